@@ -1,0 +1,70 @@
+"""Command-line interface called by the workflow's rules: `scorebridge <command> ...`.
+
+Each command lives beside the code it drives and takes its own arguments
+(`scorebridge <command> --help`). Commands are looked up lazily so that
+`scorebridge --help` stays fast and a data command never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from .errors import ScorebridgeError
+
+__all__ = ["COMMANDS", "main"]
+
+# command name -> (module, function, one-line help); the function takes argv (list[str]).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "era5-fetch": ("scorebridge.data.era5", "fetch_cli", "download (cds) or generate (synthetic) raw ERA5 netCDF"),
+    "era5-ingest": ("scorebridge.data.era5", "ingest_cli", "normalise ERA5 files/stores into the zarr data contract"),
+    "igra-fetch": ("scorebridge.data.igra", "fetch_cli", "download (http) or generate (synthetic) IGRA v2 station files"),
+    "igra-ingest": ("scorebridge.data.igra", "ingest_cli", "parse IGRA v2 station files into the zarr data contract"),
+    "igra-collocate": ("scorebridge.data.collocate", "collocate_cli", "soundings inside an ERA5 grid, matched to its times"),
+    "cells-simulate": ("scorebridge.data.simulators", "simulate_cli", "simulate a snapshot time course (LV, repressilator, OU)"),
+    "cells-ingest": ("scorebridge.data.cells", "ingest_cli", "read h5ad/npy/npz/csv snapshots into the zarr data contract"),
+    "tracking-init": ("scorebridge.tracking", "init_cli", "create the MLflow store and experiments once"),
+    "sr-train": ("scorebridge.sr.cli", "train_cli", "train the score-based prior"),
+    "sr-sample": ("scorebridge.sr.cli", "sample_cli", "posterior-sample super-resolved ensembles"),
+    "sr-evaluate": ("scorebridge.sr.cli", "evaluate_cli", "score samples and baselines; figures; MLflow"),
+    "bridge-fit": ("scorebridge.bridge.cli", "fit_cli", "fit the multi-marginal Schrödinger bridge with reference refinement"),
+    "bridge-evaluate": ("scorebridge.bridge.cli", "evaluate_cli", "leave-one-out evaluation against baselines; figures; MLflow"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: scorebridge <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`scorebridge <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"scorebridge: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    try:
+        fn = getattr(importlib.import_module(module), func)
+        rc = fn(rest)
+    except ScorebridgeError as err:
+        print(f"scorebridge {name}: error: {err}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Crash-safe outputs: write beside the target, then rename into place.
+
+A store or file only appears under its final name once it is complete, so neither
+Snakemake nor a reader ever takes a half-written output as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_path", "write_json", "read_json", "remove"]
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file or a directory tree if it exists."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path to write `path` (file or directory) into.
+
+    On success the temporary is renamed onto `path` (replacing an old one); on any
+    error it is removed and nothing is left under `path`.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"nothing was written to {tmp} for {final}")
+        remove(final)
+        os.replace(tmp, final)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (NaN written as null)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and x != x:
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+            return clean(x.item())
+        if hasattr(x, "tolist"):
+            return clean(x.tolist())
+        return x
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(obj), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())

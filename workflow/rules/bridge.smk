@@ -1,0 +1,55 @@
+# Population trajectories: multi-marginal Schrödinger bridge with iterative reference
+# refinement, fitted on all snapshots, then scored leave-one-out against baselines.
+
+
+rule bridge_fit:
+    input:
+        cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
+        experiments=f"{RESULTS}/mlflow/experiments.json",
+    output:
+        f"{RESULTS}/bridge/{{experiment}}/model.pt",
+    log:
+        f"{RESULTS}/logs/bridge_fit/{{experiment}}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=res("bridge_fit", "runtime", 30),
+        mem_mb=res("bridge_fit", "mem_mb", 4000),
+    params:
+        spec=lambda w: spec_json("bridge", w.experiment),
+    shell:
+        "scorebridge bridge-fit --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "--cells {input.cells} --experiments {input.experiments} --out {output} > {log} 2>&1"
+
+
+rule bridge_evaluate:
+    input:
+        cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
+        model=f"{RESULTS}/bridge/{{experiment}}/model.pt",
+        experiments=f"{RESULTS}/mlflow/experiments.json",
+    output:
+        metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
+        predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),
+        figures=report(
+            directory(f"{RESULTS}/bridge/{{experiment}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/bridge_figures.rst",
+            category="Schrödinger bridges",
+            subcategory="{experiment}",
+        ),
+    log:
+        f"{RESULTS}/logs/bridge_evaluate/{{experiment}}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=res("bridge_evaluate", "runtime", 60),
+        mem_mb=res("bridge_evaluate", "mem_mb", 4000),
+    params:
+        spec=lambda w: spec_json("bridge", w.experiment),
+    shell:
+        "scorebridge bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "--cells {input.cells} --model {input.model} --experiments {input.experiments} "
+        "--predictions {output.predictions} --figures {output.figures} "
+        "--out {output.metrics} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# Snapshot time courses -> results/data/cells/{dataset}.zarr.
+
+
+rule cells_simulate:
+    output:
+        f"{RESULTS}/raw/cells/{{dataset}}.npz",
+    log:
+        f"{RESULTS}/logs/cells_simulate/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("cells", w.dataset),
+    shell:
+        "scorebridge cells-simulate --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule cells_ingest:
+    input:
+        cells_raw_inputs,
+    output:
+        directory(f"{RESULTS}/data/cells/{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/cells_ingest/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("cells", w.dataset),
+    shell:
+        "scorebridge cells-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"

@@ -1,0 +1,122 @@
+# Shared helpers of the workflow (config look-ups, CLI arguments, targets).
+import json
+import os
+import uuid
+
+# One id per `snakemake` invocation, inherited by every job (locally and through sbatch),
+# so that MLflow can group the runs of one invocation.
+os.environ.setdefault("SCOREBRIDGE_INVOCATION", uuid.uuid4().hex)
+
+RESULTS = "results"
+ENV = "../../envs/scorebridge.yaml"
+
+
+def entry(section, name):
+    """The config entry `config[section][name]`, with the global seed filled in."""
+    try:
+        spec = dict(config[section][name])
+    except KeyError:
+        raise ValueError(
+            f"config key '{section}.{name}' is not defined; defined: {sorted(config.get(section, {}))}"
+        )
+    if spec.get("seed") is None and section in ("sr", "bridge"):
+        spec["seed"] = config["seed"]
+    return spec
+
+
+def spec_json(section, name):
+    """The entry as compact JSON, passed to the CLI and tracked by Snakemake as a param."""
+    return json.dumps(entry(section, name), sort_keys=True, separators=(",", ":"))
+
+
+def res(rule_name, key, default):
+    """A resource for a rule from `config.resources[rule]`, else the default."""
+    value = config.get("resources", {}).get(rule_name, {}).get(key)
+    return default if value is None else value
+
+
+def local_files(section, name, patterns):
+    """Expand the user's file names and globs; an unmatched pattern is an error naming the key."""
+    import glob
+
+    files = []
+    for pattern in patterns:
+        found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise ValueError(
+                f"config key '{section}.{name}.files': no file matches '{pattern}'"
+            )
+        files += found
+    if not files:
+        raise ValueError(
+            f"config key '{section}.{name}.files': source 'local' needs at least one file"
+        )
+    return files
+
+
+def names(section):
+    return sorted(config.get(section, {}))
+
+
+def all_targets():
+    targets = []
+    targets += expand(f"{RESULTS}/data/era5/{{d}}.zarr", d=names("era5"))
+    targets += expand(f"{RESULTS}/data/igra/{{d}}.zarr", d=names("igra"))
+    targets += [
+        f"{RESULTS}/data/obs/{igra_collocate_era5(d)}/{d}.zarr" for d in names("igra")
+    ]
+    targets += expand(f"{RESULTS}/data/cells/{{d}}.zarr", d=names("cells"))
+    targets += expand(f"{RESULTS}/sr/{{e}}/metrics.json", e=names("sr"))
+    targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.json", e=names("bridge"))
+    return targets
+
+
+# Input functions.
+
+
+def era5_raw_inputs(wildcards):
+    """Files the ingestion reads: the user's files (local), a fetched file (cds,
+    synthetic), or nothing (arco: read lazily from the remote store)."""
+    spec = entry("era5", wildcards.dataset)
+    if spec["source"] in ("cds", "synthetic"):
+        return [f"{RESULTS}/raw/era5/{wildcards.dataset}.nc"]
+    if spec["source"] == "local":
+        return local_files("era5", wildcards.dataset, spec["files"])
+    return []
+
+
+def igra_raw_inputs(wildcards):
+    spec = entry("igra", wildcards.dataset)
+    if spec["source"] == "local":
+        return local_files("igra", wildcards.dataset, spec["files"])
+    return [f"{RESULTS}/raw/igra/{wildcards.dataset}"]
+
+
+def igra_fetch_inputs(wildcards):
+    spec = entry("igra", wildcards.dataset)
+    if spec["source"] == "synthetic":
+        return [f"{RESULTS}/data/era5/{spec['synthetic']['era5']}.zarr"]
+    return []
+
+
+def igra_collocate_era5(dataset):
+    spec = entry("igra", dataset)
+    return spec["collocate"]["era5"] or spec["synthetic"]["era5"]
+
+
+def cells_raw_inputs(wildcards):
+    spec = entry("cells", wildcards.dataset)
+    if spec["source"] == "simulate":
+        return [f"{RESULTS}/raw/cells/{wildcards.dataset}.npz"]
+    if not spec.get("path"):
+        raise ValueError(
+            f"config key 'cells.{wildcards.dataset}.path': required for source '{spec['source']}'"
+        )
+    return [os.path.expanduser(spec["path"])]
+
+
+def sr_obs(wildcards):
+    spec = entry("sr", wildcards.experiment)
+    if spec.get("igra"):
+        return [f"{RESULTS}/data/obs/{spec['era5']}/{spec['igra']}.zarr"]
+    return []

@@ -1,0 +1,30 @@
+# ERA5: raw source -> results/data/era5/{dataset}.zarr (the data contract in DESIGN.md).
+
+
+rule era5_fetch:
+    output:
+        f"{RESULTS}/raw/era5/{{dataset}}.nc",
+    log:
+        f"{RESULTS}/logs/era5_fetch/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("era5", w.dataset),
+    shell:
+        "scorebridge era5-fetch --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule era5_ingest:
+    input:
+        era5_raw_inputs,
+    output:
+        directory(f"{RESULTS}/data/era5/{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/era5_ingest/{{dataset}}.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        spec=lambda w: spec_json("era5", w.dataset),
+    shell:
+        "scorebridge era5-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"

@@ -1,0 +1,48 @@
+# IGRA v2: station files -> results/data/igra/{dataset}.zarr; collocation with an ERA5 grid.
+
+
+rule igra_fetch:
+    input:
+        igra_fetch_inputs,
+    output:
+        directory(f"{RESULTS}/raw/igra/{{dataset}}"),
+    log:
+        f"{RESULTS}/logs/igra_fetch/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("igra", w.dataset),
+    shell:
+        "scorebridge igra-fetch --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+
+
+rule igra_ingest:
+    input:
+        igra_raw_inputs,
+    output:
+        directory(f"{RESULTS}/data/igra/{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/igra_ingest/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("igra", w.dataset),
+    shell:
+        "scorebridge igra-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+
+
+rule igra_collocate:
+    input:
+        igra=f"{RESULTS}/data/igra/{{dataset}}.zarr",
+        era5=f"{RESULTS}/data/era5/{{era5}}.zarr",
+    output:
+        directory(f"{RESULTS}/data/obs/{{era5}}/{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/igra_collocate/{{era5}}/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("igra", w.dataset),
+    shell:
+        "scorebridge igra-collocate --spec {params.spec:q} --igra {input.igra} "
+        "--era5 {input.era5} --out {output} > {log} 2>&1"

@@ -1,0 +1,80 @@
+# Atmospheric super-resolution: prior training, zero-shot posterior sampling, evaluation.
+
+
+rule sr_train:
+    input:
+        era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
+        experiments=f"{RESULTS}/mlflow/experiments.json",
+    output:
+        f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
+    log:
+        f"{RESULTS}/logs/sr_train/{{experiment}}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=res("sr_train", "runtime", 60),
+        mem_mb=res("sr_train", "mem_mb", 8000),
+        gpu=res("sr_train", "gpus", 0),
+    params:
+        spec=lambda w: spec_json("sr", w.experiment),
+        ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
+    shell:
+        "scorebridge sr-train --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "--era5 {input.era5} --experiments {input.experiments} "
+        "--checkpoint-dir {params.ckpt_dir} --out {output} > {log} 2>&1"
+
+
+rule sr_sample:
+    input:
+        era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
+        obs=sr_obs,
+        checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
+        experiments=f"{RESULTS}/mlflow/experiments.json",
+    output:
+        directory(f"{RESULTS}/sr/{{experiment}}/samples.zarr"),
+    log:
+        f"{RESULTS}/logs/sr_sample/{{experiment}}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=res("sr_sample", "runtime", 60),
+        mem_mb=res("sr_sample", "mem_mb", 8000),
+        gpu=res("sr_sample", "gpus", 0),
+    params:
+        spec=lambda w: spec_json("sr", w.experiment),
+        obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
+    shell:
+        "scorebridge sr-sample --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "--era5 {input.era5} {params.obs} --checkpoint {input.checkpoint} "
+        "--experiments {input.experiments} --out {output} > {log} 2>&1"
+
+
+rule sr_evaluate:
+    input:
+        era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
+        obs=sr_obs,
+        samples=f"{RESULTS}/sr/{{experiment}}/samples.zarr",
+        experiments=f"{RESULTS}/mlflow/experiments.json",
+    output:
+        metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
+        figures=report(
+            directory(f"{RESULTS}/sr/{{experiment}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/sr_figures.rst",
+            category="Super-resolution",
+            subcategory="{experiment}",
+        ),
+    log:
+        f"{RESULTS}/logs/sr_evaluate/{{experiment}}.log",
+    conda:
+        ENV
+    params:
+        spec=lambda w: spec_json("sr", w.experiment),
+        obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
+    shell:
+        "scorebridge sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "--era5 {input.era5} {params.obs} --samples {input.samples} "
+        "--experiments {input.experiments} --figures {output.figures} "
+        "--out {output.metrics} > {log} 2>&1"
