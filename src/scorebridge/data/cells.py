@@ -1,0 +1,481 @@
+"""Snapshot time courses (single cells, simulated systems) into the cells zarr contract.
+
+Inputs (config entry of ``cells:``, see config/README.md "## cells"):
+
+- AnnData ``.h5ad``: time from the ``obs`` column ``time_key``; features from the
+  ``obsm`` embedding ``obsm_key`` (e.g. ``X_pca``), or made from the expression matrix
+  (``X`` or ``layer``) by the configured preprocessing: normalise total counts, log1p,
+  highly variable genes (dispersion z-score within mean bins, Satija et al. 2015), PCA.
+- ``.npy``: one array (time, cells, features).
+- ``.npz``: ragged snapshots ``t0 .. t{K-1}`` (each (n_k, features)), or one 3-D array,
+  or a flat ``X`` (cells, features) with ``time`` (cells); optional ``times`` (K,),
+  ``features`` (names) and ``true_parameters`` (JSON string, written by the simulators).
+- CSV: a time column ``time_key`` (e.g. ``samples``) and feature columns (``features``,
+  or every other numeric column).
+
+Output (``results/data/cells/{dataset}.zarr``)::
+
+    X     (cell, feature) float32     the features
+    time  (cell) float64              the snapshot time of each cell (cells sorted by time)
+    cell, feature                     string coordinates (cell ids, feature names)
+    attrs: times (JSON list), n_cells (JSON list per time), source,
+           preprocessing (JSON), provenance (JSON, with the input's sha256),
+           true_parameters (JSON, simulated data only), time_labels (JSON, when labels
+           were categories rather than numbers)
+
+Array inputs with explicit times must list them strictly increasing; CSV and h5ad time
+labels are sorted by value. Errors name the file, the row/cell/key and what was expected.
+``load_snapshots(path)`` reads the zarr back as a list of per-time arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import parse_spec
+from ..errors import ConfigError, InputError
+from ..io import atomic_path
+from ..provenance import package_versions, sha256_file
+
+__all__ = [
+    "Snapshots",
+    "read_snapshots",
+    "read_array",
+    "read_csv",
+    "read_h5ad",
+    "highly_variable_genes",
+    "preprocess_expression",
+    "write_cells_zarr",
+    "load_snapshots",
+    "ingest",
+    "ingest_cli",
+]
+
+log = logging.getLogger(__name__)
+
+_META_KEYS = ("times", "features", "true_parameters", "time")
+
+
+@dataclass
+class Snapshots:
+    """Cells of a time course, flat: X (n, d), time (n,), with names and metadata."""
+
+    X: np.ndarray
+    time: np.ndarray
+    features: list[str]
+    cells: list[str]
+    preprocessing: dict = field(default_factory=dict)
+    extra_attrs: dict = field(default_factory=dict)
+    extra_vars: dict = field(default_factory=dict)  # name -> (dims, array), e.g. PCA loadings
+
+
+def _show(items: list, limit: int = 5) -> str:
+    items = list(items)
+    text = ", ".join(map(str, items[:limit]))
+    return text + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _check_finite(X: np.ndarray, names: list[str], path, what: str = "cell") -> None:
+    bad = ~np.all(np.isfinite(X), axis=1)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise InputError(f"NaN or infinite feature values in {len(idx)} {what}(s): {_show([names[i] for i in idx])}", path)
+
+
+def _check_times(times: np.ndarray, path, key: str) -> None:
+    times = np.asarray(times, dtype=float)
+    if not np.all(np.isfinite(times)):
+        raise InputError(f"`{key}` has missing or non-finite values: {times.tolist()}", path)
+    if np.any(np.diff(times) <= 0):
+        i = int(np.flatnonzero(np.diff(times) <= 0)[0])
+        raise InputError(f"`{key}` must be strictly increasing; got {times[i]} then {times[i + 1]} at positions {i}, {i + 1}: {times.tolist()}", path)
+
+
+def _from_snapshot_list(snaps: list[tuple[str, np.ndarray]], times, path, times_key: str, features=None) -> Snapshots:
+    """Stack named per-time arrays (name, (n_k, d)) into flat Snapshots after checks."""
+    if times is None:
+        times = np.arange(len(snaps), dtype=float)
+    times = np.asarray(times, dtype=float).ravel()
+    if times.size != len(snaps):
+        raise InputError(f"`{times_key}` lists {times.size} times but the input has {len(snaps)} snapshots", path)
+    _check_times(times, path, times_key)
+    dims = {}
+    for name, a in snaps:
+        if a.ndim != 2:
+            raise InputError(f"snapshot '{name}' has shape {a.shape}; expected (cells, features)", path)
+        if a.shape[0] == 0:
+            raise InputError(f"snapshot '{name}' has no cells", path)
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise InputError(f"snapshot '{name}' has dtype {a.dtype}; expected real numbers", path)
+        dims[name] = a.shape[1]
+    if len(set(dims.values())) > 1:
+        raise InputError(f"snapshots differ in their number of features: {_show([f'{k}: {v}' for k, v in dims.items()], 20)}", path)
+    d = next(iter(dims.values()))
+    for name, a in snaps:
+        bad = np.flatnonzero(~np.all(np.isfinite(a), axis=1))
+        if bad.size:
+            raise InputError(f"NaN or infinite feature values in snapshot '{name}', cell(s) {_show(bad.tolist())}", path)
+    X = np.concatenate([a for _, a in snaps]).astype(np.float64)
+    time = np.repeat(times, [a.shape[0] for _, a in snaps])
+    cells = [f"{name}_{i}" for name, a in snaps for i in range(a.shape[0])]
+    if features is None:
+        features = [f"x{i + 1}" for i in range(d)]
+    features = [str(f) for f in np.asarray(features).ravel()]
+    if len(features) != d:
+        raise InputError(f"{len(features)} feature names for {d} features", path)
+    return Snapshots(X, time, features, cells)
+
+
+def read_array(path, spec: dict) -> Snapshots:
+    """Read .npy (time, cells, features) or .npz (ragged t0..tK, one 3-D array, or flat X + time)."""
+    path = Path(path)
+    cfg_times = spec.get("times")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as err:  # object arrays need pickle, which we never load from user files
+        raise InputError(f"cannot read as a numeric array ({err}); store ragged snapshots as an .npz with keys t0, t1, ...", path) from None
+    except (OSError, EOFError) as err:
+        raise InputError(f"cannot read the file: {err}", path) from None
+    if isinstance(loaded, np.ndarray):
+        if loaded.ndim != 3:
+            raise InputError(f"array of shape {loaded.shape}; expected 3-D (time, cells, features), or an .npz with ragged snapshots t0, t1, ...", path)
+        snaps = [(f"t{k}", loaded[k]) for k in range(loaded.shape[0])]
+        return _from_snapshot_list(snaps, cfg_times, path, "times" if cfg_times is not None else "times (default 0, 1, ...)")
+    with loaded as z:
+        keys = list(z.keys())
+        meta = {}
+        if "true_parameters" in keys:
+            meta["true_parameters"] = str(z["true_parameters"])
+        features = z["features"] if "features" in keys else None
+        file_times = z["times"] if "times" in keys else None
+        ragged = sorted((k for k in keys if re.fullmatch(r"t\d+", k)), key=lambda k: int(k[1:]))
+        times, times_key = (cfg_times, "config key 'times'") if cfg_times is not None else (file_times, "npz key 'times'")
+        if ragged:
+            ks = [int(k[1:]) for k in ragged]
+            if ks != list(range(len(ks))):
+                raise InputError(f"snapshot keys must run t0, t1, ... without gaps; found {_show(ragged, 20)}", path)
+            out = _from_snapshot_list([(k, z[k]) for k in ragged], times, path, times_key, features)
+        elif "X" in keys and "time" in keys:
+            X, t = np.asarray(z["X"], dtype=np.float64), np.asarray(z["time"], dtype=np.float64)
+            if X.ndim != 2 or t.shape != (X.shape[0],):
+                raise InputError(f"flat npz needs X (cells, features) and time (cells,); got X {X.shape}, time {t.shape}", path)
+            out = _from_labels(X, t, [f"cell{i}" for i in range(X.shape[0])], path, "cell", "npz key 'time'")
+            out.features = [str(f) for f in features] if features is not None else [f"x{i + 1}" for i in range(X.shape[1])]
+        else:
+            arrays = [k for k in keys if k not in _META_KEYS]
+            if len(arrays) != 1:
+                raise InputError(f"cannot tell which arrays are the snapshots among keys {keys}; use t0, t1, ... (ragged) or one 3-D array", path)
+            a = z[arrays[0]]
+            if a.ndim != 3:
+                raise InputError(f"npz key '{arrays[0]}' has shape {a.shape}; expected (time, cells, features)", path)
+            out = _from_snapshot_list([(f"t{k}", a[k]) for k in range(a.shape[0])], times, path, times_key, features)
+    out.extra_attrs.update(meta)
+    return out
+
+
+def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, key: str) -> Snapshots:
+    """Flat cells with per-cell time labels: convert labels to float, check, sort by time."""
+    import pandas as pd
+
+    labels = pd.Series(labels).reset_index(drop=True)
+    extra: dict[str, Any] = {}
+    missing = labels.isna().to_numpy()
+    if missing.any():
+        idx = np.flatnonzero(missing)
+        raise InputError(f"missing time label ({key}) in {len(idx)} {what}(s): {_show([cell_names[i] for i in idx])}", path)
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        cats = labels.cat.categories
+        num = pd.to_numeric(pd.Series(cats), errors="coerce")
+        if num.notna().all():
+            time = num.to_numpy(dtype=float)[labels.cat.codes.to_numpy()]
+        elif labels.cat.ordered:
+            time = labels.cat.codes.to_numpy().astype(float)
+            extra["time_labels"] = json.dumps({str(c): float(i) for i, c in enumerate(cats)})
+        else:
+            raise InputError(f"time labels ({key}) are categories that are not numbers: {_show(list(cats))}; make the category ordered or the labels numeric", path)
+    else:
+        num = pd.to_numeric(labels, errors="coerce")
+        bad = num.isna().to_numpy()
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            raise InputError(f"non-numeric time label ({key}) in {len(idx)} {what}(s): {_show([f'{cell_names[i]} ({labels[i]!r})' for i in idx])}", path)
+        time = num.to_numpy(dtype=float)
+    if not np.all(np.isfinite(time)):
+        idx = np.flatnonzero(~np.isfinite(time))
+        raise InputError(f"non-finite time label ({key}) in {what}(s): {_show([cell_names[i] for i in idx])}", path)
+    _check_finite(X, cell_names, path, what)
+    order = np.argsort(time, kind="stable")
+    out = Snapshots(X[order], time[order], [], [cell_names[i] for i in order])
+    out.extra_attrs.update(extra)
+    return out
+
+
+def read_csv(path, spec: dict) -> Snapshots:
+    """CSV with a time column `time_key` and feature columns (`features`, else every other numeric column)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"cannot parse as CSV: {err}", path) from None
+    key = spec.get("time_key") or "time"
+    if key not in df.columns:
+        raise ConfigError("time_key", f"column '{key}' not in {path}; columns: {_show(list(df.columns), 30)}")
+    features = spec.get("features")
+    if features is None:
+        features = [c for c in df.columns if c != key and pd.api.types.is_numeric_dtype(df[c])]
+        if not features:
+            raise InputError(f"no numeric feature columns besides '{key}'", path)
+    else:
+        unknown = [c for c in features if c not in df.columns]
+        if unknown:
+            raise ConfigError("features", f"column(s) {unknown} not in {path}; columns: {_show(list(df.columns), 30)}")
+        for c in features:
+            if not pd.api.types.is_numeric_dtype(df[c]):
+                bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
+                i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+                raise InputError(f"feature column '{c}' is not numeric (value {df[c].iloc[i]!r})", path, line=i + 2)
+    X = df[list(features)].to_numpy(dtype=np.float64)
+    lines = [f"line {i + 2}" for i in range(len(df))]  # header is line 1
+    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'")
+    out.features = [str(c) for c in features]
+    return out
+
+
+def highly_variable_genes(X, n_top: int, n_bins: int = 20) -> np.ndarray:
+    """Indices of the `n_top` most variable genes of log-normalised X (cells, genes), sorted.
+
+    Dispersion-based (Satija et al. 2015): dispersion = var / mean per gene; its log is
+    z-scored within `n_bins` equal-width bins of mean expression; the highest z-scores
+    win (genes with zero mean never). X may be dense or scipy-sparse.
+    """
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    sq = X.multiply(X) if hasattr(X, "multiply") else X * X
+    var = np.asarray(sq.mean(axis=0)).ravel() - mean**2
+    var = var * X.shape[0] / max(X.shape[0] - 1, 1)
+    ok = mean > 0
+    disp = np.full(mean.shape, -np.inf)
+    disp[ok] = np.log(np.maximum(var[ok], 1e-300) / mean[ok])
+    z = np.full(mean.shape, -np.inf)
+    if ok.any():
+        edges = np.linspace(mean[ok].min(), mean[ok].max(), n_bins + 1)
+        bins = np.clip(np.digitize(mean, edges[1:-1]), 0, n_bins - 1)
+        for b in np.unique(bins[ok]):
+            sel = ok & (bins == b)
+            mu, sd = disp[sel].mean(), disp[sel].std(ddof=1) if sel.sum() > 1 else 0.0
+            z[sel] = (disp[sel] - mu) / sd if sd > 0 else 0.0
+    n_top = min(int(n_top), int(ok.sum()))
+    top = np.argsort(-z, kind="stable")[:n_top]
+    return np.sort(top)
+
+
+def preprocess_expression(X, genes: list[str], cfg: dict, path) -> tuple[np.ndarray, list[str], dict, dict]:
+    """normalise total -> log1p -> HVG -> PCA (each optional); returns (features, names, record, extra vars)."""
+    import scipy.sparse as sp
+
+    cfg = {"normalize_total": True, "target_sum": 1e4, "log1p": True, "n_top_genes": 2000, "hvg_bins": 20, "n_pcs": 5, "standardize": False, "seed": 0, **(cfg or {})}
+    X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    record: dict[str, Any] = {"steps": []}
+    extra: dict[str, Any] = {}
+    if cfg["normalize_total"] or cfg["log1p"]:
+        neg = (X.data < 0).any() if sp.issparse(X) else (X < 0).any()
+        if neg:
+            raise InputError("the expression matrix has negative values; normalise/log1p expect counts (set preprocess.normalize_total/log1p false, or use obsm_key)", path)
+    if cfg["normalize_total"]:
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        scale = np.where(totals > 0, cfg["target_sum"] / np.where(totals > 0, totals, 1.0), 0.0)
+        X = sp.diags(scale) @ X if sp.issparse(X) else X * scale[:, None]
+        record["steps"].append({"normalize_total": {"target_sum": cfg["target_sum"], "empty_cells": int((totals <= 0).sum())}})
+    if cfg["log1p"]:
+        if sp.issparse(X):
+            X = X.copy()
+            X.data = np.log1p(X.data)
+        else:
+            X = np.log1p(X)
+        record["steps"].append({"log1p": True})
+    if cfg["n_top_genes"] is not None and cfg["n_top_genes"] < X.shape[1]:
+        keep = highly_variable_genes(X, cfg["n_top_genes"], cfg["hvg_bins"])
+        X = X[:, keep]
+        genes = [genes[i] for i in keep]
+        record["steps"].append({"highly_variable_genes": {"flavor": "dispersion z-score in mean bins (Satija 2015)", "n_top_genes": len(keep), "n_bins": cfg["hvg_bins"], "genes": genes}})
+    X = X.toarray() if sp.issparse(X) else X
+    names = list(genes)
+    if cfg["n_pcs"] is not None:
+        from sklearn.decomposition import PCA
+
+        k = int(cfg["n_pcs"])
+        if k > min(X.shape):
+            raise ConfigError("preprocess.n_pcs", f"{k} components but the data has {X.shape[0]} cells x {X.shape[1]} genes")
+        pca = PCA(n_components=k, random_state=cfg["seed"])
+        X = pca.fit_transform(X)
+        names = [f"PC{i + 1}" for i in range(k)]
+        record["steps"].append({"pca": {"n_pcs": k, "explained_variance_ratio": pca.explained_variance_ratio_.tolist(), "seed": cfg["seed"]}})
+        extra["pca_components"] = (("feature", "gene"), pca.components_.astype(np.float32))
+        extra["pca_mean"] = (("gene",), pca.mean_.astype(np.float32))
+        extra["gene"] = (("gene",), np.asarray(genes, dtype=object))
+    if cfg["standardize"]:
+        sd = X.std(axis=0)
+        X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        record["steps"].append({"standardize": True})
+    return X, names, record, extra
+
+
+def read_h5ad(path, spec: dict) -> Snapshots:
+    """AnnData: time from obs[`time_key`]; features from obsm[`obsm_key`] or the preprocessed expression."""
+    import anndata
+
+    path = Path(path)
+    try:
+        adata = anndata.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"cannot read as AnnData .h5ad: {err}", path) from None
+    key = spec.get("time_key") or "time"
+    if key not in adata.obs.columns:
+        raise ConfigError("time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(adata.obs.columns), 30)}")
+    cells = [str(c) for c in adata.obs_names]
+    obsm_key = spec.get("obsm_key")
+    extra_vars: dict = {}
+    if obsm_key:
+        if obsm_key not in adata.obsm:
+            raise ConfigError("obsm_key", f"'{obsm_key}' not in the obsm of {path}; obsm keys: {_show(list(adata.obsm.keys()), 30)}")
+        X = np.asarray(adata.obsm[obsm_key], dtype=np.float64)
+        if X.ndim != 2:
+            raise InputError(f"obsm['{obsm_key}'] has shape {X.shape}; expected (cells, features)", path)
+        n = spec.get("n_components")
+        if n is not None:
+            if n > X.shape[1]:
+                raise ConfigError("n_components", f"{n} components but obsm['{obsm_key}'] has {X.shape[1]}")
+            X = X[:, :n]
+        names = [f"{obsm_key}_{i + 1}" for i in range(X.shape[1])]
+        record = {"features": f"obsm['{obsm_key}']", "n_components": X.shape[1]}
+        _check_finite(X, cells, path)
+    else:
+        import scipy.sparse as sp
+
+        layer = spec.get("layer")
+        if layer is not None and layer not in adata.layers:
+            raise ConfigError("layer", f"'{layer}' not in the layers of {path}; layers: {_show(list(adata.layers.keys()), 30)}")
+        M = adata.layers[layer] if layer is not None else adata.X
+        genes = [str(g) for g in adata.var_names]
+        if spec.get("features") is not None:
+            pos = {g: i for i, g in enumerate(genes)}
+            unknown = [g for g in spec["features"] if g not in pos]
+            if unknown:
+                raise ConfigError("features", f"gene(s) {_show(unknown)} not in the var names of {path}")
+            idx = [pos[g] for g in spec["features"]]
+            M, genes = M[:, idx], [genes[i] for i in idx]
+        M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
+        if sp.issparse(M):  # find the cells holding non-finite stored values without densifying
+            bad = np.unique(M.tocoo().row[~np.isfinite(M.tocoo().data)])
+            if bad.size:
+                raise InputError(f"NaN or infinite expression values in {bad.size} cell(s): {_show([cells[i] for i in bad])}", path)
+        else:
+            _check_finite(M, cells, path)
+        X, names, record, extra_vars = preprocess_expression(M, genes, spec.get("preprocess") or {}, path)
+        record = {"features": f"layers['{layer}']" if layer else "X", **record}
+    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'")
+    out.features = names
+    out.preprocessing = record
+    out.extra_vars = extra_vars
+    if "true_parameters" in adata.uns:
+        out.extra_attrs["true_parameters"] = str(adata.uns["true_parameters"])
+    return out
+
+
+_READERS = {"h5ad": read_h5ad, "npy": read_array, "npz": read_array, "csv": read_csv, "simulate": read_array}
+
+
+def read_snapshots(path, spec: dict) -> Snapshots:
+    """Read `path` by the entry's `source` (else its suffix) and check it has at least two time points."""
+    path = Path(path)
+    source = spec.get("source") or path.suffix.lstrip(".").lower()
+    if source not in _READERS:
+        raise ConfigError("source", f"unknown source '{source}'; known: {sorted(_READERS)}")
+    if not path.exists():
+        raise InputError("no such file", path)
+    snaps = _READERS[source](path, spec)
+    if snaps.X.shape[0] == 0:
+        raise InputError("no cells", path)
+    if snaps.X.shape[1] == 0:
+        raise InputError("no features", path)
+    uniq = np.unique(snaps.time)
+    if uniq.size < 2:
+        raise InputError(f"only one time point ({uniq.tolist()}); a time course needs at least two snapshots", path)
+    return snaps
+
+
+def write_cells_zarr(out, snaps: Snapshots, attrs: dict) -> None:
+    """Write the cells contract atomically: X (cell, feature) float32, time (cell) float64."""
+    import xarray as xr
+
+    data = {"X": (("cell", "feature"), snaps.X.astype(np.float32)), "time": (("cell",), snaps.time.astype(np.float64))}
+    coords = {"cell": np.asarray(snaps.cells, dtype=object), "feature": np.asarray(snaps.features, dtype=object)}
+    for name, (dims, arr) in snaps.extra_vars.items():
+        (coords if name == "gene" else data)[name] = (dims, arr)
+    ds = xr.Dataset(data, coords=coords)
+    uniq, counts = np.unique(snaps.time, return_counts=True)
+    ds.attrs.update(
+        {
+            "times": json.dumps(uniq.tolist()),
+            "n_cells": json.dumps(counts.tolist()),
+            "preprocessing": json.dumps(snaps.preprocessing, sort_keys=True),
+            **{k: v for k, v in snaps.extra_attrs.items()},
+            **attrs,
+        }
+    )
+    chunk = min(len(snaps.time), 65536)
+    encoding = {"X": {"chunks": (chunk, snaps.X.shape[1])}, "time": {"chunks": (chunk,)}}
+    with atomic_path(out) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
+
+
+def load_snapshots(path) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """Read a cells zarr back: ([X_k (n_k, d) float64 per time], times (K,), attrs)."""
+    import xarray as xr
+
+    ds = xr.open_zarr(path, consolidated=False)
+    X = ds["X"].values.astype(np.float64)
+    time = ds["time"].values.astype(np.float64)
+    times = np.unique(time)
+    return [X[time == t] for t in times], times, dict(ds.attrs)
+
+
+def ingest(spec: dict, path, out) -> Snapshots:
+    """Read `path` per the cells entry `spec` and write the zarr contract to `out`."""
+    snaps = read_snapshots(path, spec)
+    if snaps.preprocessing == {}:
+        snaps.preprocessing = {"features": "as given"}
+    provenance = {
+        "source": spec.get("source"),
+        "input": str(path),
+        "sha256": sha256_file(path),
+        "spec": spec,
+        "packages": package_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_cells_zarr(out, snaps, {"source": str(spec.get("source")), "provenance": json.dumps(provenance, sort_keys=True, default=str)})
+    return snaps
+
+
+def ingest_cli(argv: list[str]) -> int:
+    """`scorebridge cells-ingest --spec JSON --out X.zarr input`."""
+    parser = argparse.ArgumentParser(prog="scorebridge cells-ingest", description="read h5ad/npy/npz/csv snapshots into the cells zarr contract")
+    parser.add_argument("--spec", required=True, help="the cells dataset's config entry as JSON")
+    parser.add_argument("--out", required=True, help="output zarr store")
+    parser.add_argument("input", help="input file (.h5ad, .npy, .npz, .csv)")
+    args = parser.parse_args(argv)
+    spec = parse_spec(args.spec)
+    snaps = ingest(spec, args.input, args.out)
+    uniq, counts = np.unique(snaps.time, return_counts=True)
+    log.info("%s: %d cells x %d features at %d times %s (cells per time %s) -> %s", args.input, snaps.X.shape[0], snaps.X.shape[1], uniq.size, uniq.tolist(), counts.tolist(), args.out)
+    return 0
