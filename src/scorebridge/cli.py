@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cells-simulate": ("scorebridge.data.simulators", "simulate_cli", "simulate a snapshot time course (LV, repressilator, OU)"),
     "cells-ingest": ("scorebridge.data.cells", "ingest_cli", "read h5ad/npy/npz/csv snapshots into the zarr data contract"),
     "tracking-init": ("scorebridge.tracking", "init_cli", "create the MLflow store and experiments once"),
+    "tracking-sync": ("scorebridge.tracking", "sync_cli", "replay what a job could not log to MLflow (pending files)"),
+    "metrics-table": ("scorebridge.plots", "metrics_table_cli", "render a metrics.json as an HTML table for the report"),
     "sr-train": ("scorebridge.sr.cli", "train_cli", "train the score-based prior"),
     "sr-sample": ("scorebridge.sr.cli", "sample_cli", "posterior-sample super-resolved ensembles"),
     "sr-evaluate": ("scorebridge.sr.cli", "evaluate_cli", "score samples and baselines; figures; MLflow"),

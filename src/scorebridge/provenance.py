@@ -5,17 +5,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["package_versions", "sha256_file", "sha256_tree", "config_hash", "git_state", "SECRET_KEYS", "redact"]
+__all__ = ["package_versions", "sha256_file", "sha256_tree", "config_hash", "git_state", "SECRET_KEYS", "is_secret_key", "redact"]
 
 PACKAGES = ("scorebridge", "numpy", "xarray", "zarr", "dask", "torch", "pot", "mlflow", "snakemake", "cfgrib", "eccodes", "netCDF4", "pandas", "scipy")
 
-# Keys whose values are never logged or stored (matched case-insensitively as substrings).
-SECRET_KEYS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
+# Words that make a key secret wherever they appear in it (as a whole word of the key,
+# split at _ - . space and camelCase): `token`, `hf_token`, `aws_secret_access_key`.
+SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth",
+               "authorization", "apikey", "passphrase", "cookie", "session")
+# `key` alone is ambiguous (`time_key`, `sort_key` are not secrets): secret only as the whole
+# name (`key`) or after one of these words (`api_key`, `cdsapi_key`, `access_key`).
+SECRET_KEY_QUALIFIERS = ("api", "cds", "cdsapi", "access", "private", "secret", "ssh", "client", "signing",
+                         "encryption", "account", "license", "licence", "auth", "service", "master", "ecmwf")
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a config key or environment variable name holds a secret.
+
+    >>> [is_secret_key(k) for k in ("key", "CDSAPI_KEY", "apiKey", "token", "time_key", "monkey")]
+    [True, True, True, True, False, False]
+    """
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name))
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", text.lower()) if w]
+    if any(w in SECRET_KEYS for w in words):
+        return True
+    if words and words[-1] == "key":
+        return len(words) == 1 or words[-2] in SECRET_KEY_QUALIFIERS
+    return False
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -69,7 +91,7 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
 def redact(obj: Any) -> Any:
     """Copy of a config with the values of secret-looking keys replaced by '***'."""
     if isinstance(obj, dict):
-        return {k: ("***" if any(s in str(k).lower() for s in SECRET_KEYS) else redact(v)) for k, v in obj.items()}
+        return {k: ("***" if is_secret_key(k) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
