@@ -14,8 +14,7 @@ rule bridge_fit:
         ENV
     threads: 2
     resources:
-        runtime=res("bridge_fit", "runtime", 30),
-        mem_mb=res("bridge_fit", "mem_mb", 4000),
+        **cluster_resources("bridge_fit", runtime=30, mem_mb=4000),
     params:
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:
@@ -44,8 +43,7 @@ rule bridge_evaluate:
         ENV
     threads: 2
     resources:
-        runtime=res("bridge_evaluate", "runtime", 60),
-        mem_mb=res("bridge_evaluate", "mem_mb", 4000),
+        **cluster_resources("bridge_evaluate", runtime=60, mem_mb=4000),
     params:
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:

@@ -8,6 +8,8 @@ rule cells_simulate:
         f"{RESULTS}/logs/cells_simulate/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("cells_simulate", runtime=30, mem_mb=2000),
     params:
         spec=lambda w: spec_json("cells", w.dataset),
     shell:
@@ -23,6 +25,8 @@ rule cells_ingest:
         f"{RESULTS}/logs/cells_ingest/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("cells_ingest", runtime=30, mem_mb=4000),
     params:
         spec=lambda w: spec_json("cells", w.dataset),
     shell:

@@ -30,9 +30,58 @@ def spec_json(section, name):
 
 
 def res(rule_name, key, default):
-    """A resource for a rule from `config.resources[rule]`, else the default."""
-    value = config.get("resources", {}).get(rule_name, {}).get(key)
-    return default if value is None else value
+    """A resource for a rule from `config.resources[rule]`, then
+    `config.resources.default`, else the default."""
+    resources = config.get("resources", {})
+    for scope in (rule_name, "default"):
+        value = resources.get(scope, {}).get(key)
+        if value is not None:
+            return value
+    return default
+
+
+# config `resources.<rule>.<key>` -> the resource name Snakemake and
+# snakemake-executor-plugin-slurm read (sbatch -t, --mem, --cpus-per-task, --nodes, -p, -A, --gpus).
+CLUSTER_RESOURCES = {
+    "runtime": "runtime",
+    "mem_mb": "mem_mb",
+    "cpus": "cpus_per_task",
+    "nodes": "nodes",
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+}
+
+
+def uses_gpu(section, component):
+    """Function of wildcards: False when the experiment's config says CPU
+    (`<section>.<experiment>.<component>.device: cpu`), else True."""
+
+    def decide(wildcards):
+        spec = entry(section, wildcards.experiment)
+        device = (spec.get(component) or {}).get("device") or spec.get("device")
+        return str(device or "auto").lower() != "cpu"
+
+    return decide
+
+
+def cluster_resources(rule_name, gpus=0, gpu_when=None, **defaults):
+    """A rule's resources, from `config.resources.<rule>`, then `config.resources.default`,
+    then `defaults` (runtime in minutes, mem_mb, cpus, nodes, partition, account), named
+    as the SLURM executor plugin reads them. `gpus` is the rule's default GPU count;
+    `gpu_when(wildcards)` False (the config says CPU) requests none."""
+    resources = {
+        name: res(rule_name, key, defaults.get(key))
+        for key, name in CLUSTER_RESOURCES.items()
+    }
+    count = res(rule_name, "gpus", gpus)
+    model = res(rule_name, "gpu_model", None)
+    if gpu_when is None or not count:
+        resources["gpu"] = count
+        resources["gpu_model"] = model if count else None
+    else:
+        resources["gpu"] = lambda w: count if gpu_when(w) else 0
+        resources["gpu_model"] = lambda w: model if gpu_when(w) else None
+    return resources
 
 
 def local_files(section, name, patterns):

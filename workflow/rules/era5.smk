@@ -8,6 +8,8 @@ rule era5_fetch:
         f"{RESULTS}/logs/era5_fetch/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("era5_fetch", runtime=120, mem_mb=2000),
     params:
         spec=lambda w: spec_json("era5", w.dataset),
     shell:
@@ -24,6 +26,8 @@ rule era5_ingest:
     conda:
         ENV
     threads: 2
+    resources:
+        **cluster_resources("era5_ingest", runtime=60, mem_mb=4000),
     params:
         spec=lambda w: spec_json("era5", w.dataset),
     shell:

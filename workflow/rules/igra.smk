@@ -10,6 +10,8 @@ rule igra_fetch:
         f"{RESULTS}/logs/igra_fetch/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("igra_fetch", runtime=60, mem_mb=2000),
     params:
         spec=lambda w: spec_json("igra", w.dataset),
     shell:
@@ -25,6 +27,8 @@ rule igra_ingest:
         f"{RESULTS}/logs/igra_ingest/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("igra_ingest", runtime=30, mem_mb=4000),
     params:
         spec=lambda w: spec_json("igra", w.dataset),
     shell:
@@ -41,6 +45,8 @@ rule igra_collocate:
         f"{RESULTS}/logs/igra_collocate/{{era5}}/{{dataset}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("igra_collocate", runtime=30, mem_mb=4000),
     params:
         spec=lambda w: spec_json("igra", w.dataset),
     shell:

@@ -13,9 +13,13 @@ rule sr_train:
         ENV
     threads: 2
     resources:
-        runtime=res("sr_train", "runtime", 60),
-        mem_mb=res("sr_train", "mem_mb", 8000),
-        gpu=res("sr_train", "gpus", 0),
+        **cluster_resources(
+            "sr_train",
+            runtime=60,
+            mem_mb=8000,
+            gpus=1,
+            gpu_when=uses_gpu("sr", "train"),
+        ),
     params:
         spec=lambda w: spec_json("sr", w.experiment),
         ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
@@ -39,9 +43,13 @@ rule sr_sample:
         ENV
     threads: 2
     resources:
-        runtime=res("sr_sample", "runtime", 60),
-        mem_mb=res("sr_sample", "mem_mb", 8000),
-        gpu=res("sr_sample", "gpus", 0),
+        **cluster_resources(
+            "sr_sample",
+            runtime=60,
+            mem_mb=8000,
+            gpus=1,
+            gpu_when=uses_gpu("sr", "sample"),
+        ),
     params:
         spec=lambda w: spec_json("sr", w.experiment),
         obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
@@ -70,6 +78,8 @@ rule sr_evaluate:
         f"{RESULTS}/logs/sr_evaluate/{{experiment}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("sr_evaluate", runtime=30, mem_mb=8000),
     params:
         spec=lambda w: spec_json("sr", w.experiment),
         obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",

@@ -8,6 +8,8 @@ rule tracking_init:
         f"{RESULTS}/logs/tracking_init.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("tracking_init", runtime=10, mem_mb=1000),
     params:
         sr=lambda w: ",".join(names("sr")),
         bridge=lambda w: ",".join(names("bridge")),
