@@ -1,0 +1,152 @@
+"""The trained score-based prior: what posterior sampling loads and calls.
+
+Interface (stable; used by scorebridge.sr.posterior / evaluate)::
+
+    from scorebridge.sr.prior import load_prior
+    prior = load_prior("results/sr/default/checkpoint.pt", device="auto",
+                       channels=None)         # optional expected channels -> ConfigError if different
+    prior.denoise(x, sigma)  # EDM D(x; σ): x (B, C, H, W) normalised fields, sigma (B,) or float
+                             # -> (B, C, H, W) float32 estimate of E[y | x]. Differentiable in x
+                             # (weights are frozen); any H, W (padded inside the U-Net).
+    prior.score(x, sigma)    # ∇_x log p_σ(x) = (D(x; σ) - x) / σ²
+    prior.channels           # [(variable, level or None), ...] e.g. [("t", 850.0), ("t2m", None)]
+    prior.channel_names      # ["t/850", "t2m", ...]
+    prior.normalisation      # Normalisation: .mean, .std (np.float32 arrays, length C),
+                             #   .normalise(x) / .denormalise(x) on (..., C, H, W) arrays or tensors
+    prior.sigma_min, prior.sigma_max, prior.sigma_data   # floats (EDM schedule defaults)
+    prior.config             # the experiment's config entry the prior was trained with
+    prior.device, prior.nfe  # device; number of denoiser forward calls (batched calls count once;
+                             #   reset with prior.nfe = 0)
+    prior.info               # training summary: steps, seconds, params, final loss, train times
+
+    from scorebridge.sr.edm import edm_sigmas
+    sigmas = edm_sigmas(n, prior.sigma_min, prior.sigma_max, rho=7)   # n levels + final 0
+
+The denoiser uses the EMA weights. `precision="auto"` (default "fp32") would run the
+network in bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core.checkpoint import load_checkpoint
+from ..core.device import autocast, select_device
+from ..errors import ConfigError, InputError
+from .data import Channel, Normalisation, channel_names
+from .edm import EDMPrecond
+from .unet import UNet
+
+__all__ = ["Prior", "load_prior", "build_denoiser", "FORMAT"]
+
+FORMAT = "scorebridge-sr-prior/1"
+
+
+def build_denoiser(n_channels: int, model: dict, sigma_data: float) -> EDMPrecond:
+    """EDMPrecond(UNet) from the `train.model` config keys."""
+    net = UNet(
+        n_channels,
+        base=int(model.get("base", 24)),
+        mults=tuple(model.get("mults", (1, 2, 2))),
+        blocks=int(model.get("blocks", 1)),
+        attention=bool(model.get("attention", False)),
+        dropout=float(model.get("dropout", 0.0)),
+    )
+    return EDMPrecond(net, sigma_data)
+
+
+@dataclass
+class Prior:
+    denoiser: EDMPrecond
+    channels: list[Channel]
+    normalisation: Normalisation
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float
+    config: dict
+    device: torch.device
+    precision: str = "fp32"
+    info: dict = field(default_factory=dict)
+    nfe: int = 0
+
+    @property
+    def channel_names(self) -> list[str]:
+        return channel_names(self.channels)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """D(x; σ) on normalised fields (B, C, H, W); sigma (B,) or a scalar."""
+        if x.ndim != 4 or x.shape[1] != self.n_channels:
+            raise ValueError(f"prior.denoise expects (B, {self.n_channels}, H, W) for channels {self.channel_names}, got {tuple(x.shape)}")
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        self.nfe += 1
+        with autocast(self.device, self.precision):
+            return self.denoiser(x, sigma)
+
+    __call__ = denoise
+
+    def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """∇_x log p(x; σ) = (D(x; σ) - x) / σ² (Karras et al. Eq. 3)."""
+        s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
+        return (self.denoise(x, sigma) - x.float()) / s**2
+
+    def check_channels(self, channels: Sequence[Channel], what: str = "config") -> None:
+        _check_channels(self.channels, channels, self.info.get("path", "checkpoint"), what)
+
+
+def _norm_channels(channels) -> list[Channel]:
+    return [(str(v), None if lv is None else float(lv)) for v, lv in channels]
+
+
+def _check_channels(have, want, path, what="config") -> None:
+    have, want = _norm_channels(have), _norm_channels(want)
+    if have != want:
+        raise ConfigError(
+            "sr.train.variables",
+            f"checkpoint {path} was trained on channels {channel_names(have)}, but the {what} asks for "
+            f"{channel_names(want)}; retrain the prior (delete the checkpoint) or use the matching experiment",
+        )
+
+
+def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = "auto", channels: Sequence[Channel] | None = None, precision: str = "fp32") -> Prior:
+    """Load the prior written by `scorebridge sr-train --out`; see the module docstring."""
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    state = load_checkpoint(checkpoint_path, map_location="cpu")
+    if state.get("format") != FORMAT:
+        raise InputError(f"not an SR prior checkpoint (format {state.get('format')!r}, expected {FORMAT!r}); pass the file `sr-train --out` wrote", checkpoint_path)
+    chans = _norm_channels(state["channels"])
+    if channels is not None:
+        _check_channels(chans, channels, checkpoint_path)
+    edm = state["edm"]
+    den = build_denoiser(len(chans), state["model_kwargs"], edm["sigma_data"])
+    try:
+        den.load_state_dict(state["ema"])
+    except RuntimeError as err:
+        raise InputError(f"weights do not fit the recorded architecture ({err})", checkpoint_path) from None
+    den.to(dev).eval()
+    for p in den.parameters():
+        p.requires_grad_(False)
+    info: dict[str, Any] = dict(state.get("info", {}))
+    info["path"] = str(checkpoint_path)
+    return Prior(
+        denoiser=den,
+        channels=chans,
+        normalisation=Normalisation.from_dict(state["normalisation"]),
+        sigma_min=float(edm["sigma_min"]),
+        sigma_max=float(edm["sigma_max"]),
+        sigma_data=float(edm["sigma_data"]),
+        config=state.get("config", {}),
+        device=dev,
+        precision=precision,
+        info=info,
+    )

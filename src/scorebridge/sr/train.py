@@ -1,0 +1,266 @@
+"""Training of the score-based prior: `scorebridge sr-train` (rule sr_train).
+
+    scorebridge sr-train --spec JSON --experiment NAME --era5 ZARR --experiments JSON \
+        --checkpoint-dir DIR --out checkpoint.pt
+
+Trains an EDM-preconditioned U-Net (scorebridge.sr.edm, .unet) on the normalised ERA5
+fields of the training times (scorebridge.sr.data.split_times), on random crops and
+random ensemble members, with the shared loop of scorebridge.core.train (AdamW, EMA
+with warm-up, bf16 autocast on GPU, checkpoints, resume, DDP under torchrun).
+
+Step checkpoints go to DIR/<identity hash>/step_*.pt: a rerun with the same config
+resumes from the newest one; a changed config trains afresh in its own folder. The
+output (`--out`) holds the EMA weights and everything `scorebridge.sr.prior.load_prior`
+needs; it is written atomically by rank 0, and logged with the loss curve through
+scorebridge.tracking.tracked_run (kind "sr", rule "sr_train").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import SCHEMA, validate_config, parse_spec
+from ..core.checkpoint import identity_hash, save_checkpoint
+from ..core.device import select_device
+from ..core.distributed import init_distributed, shutdown
+from ..core.seed import derive_seed, seed_everything, step_generator
+from ..core.train import TrainOptions, fit
+from ..errors import ConfigError
+from ..provenance import package_versions
+from .data import FieldBatcher, channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
+from .edm import edm_loss, sample_sigma
+from .prior import FORMAT, build_denoiser
+from .unet import count_parameters
+
+__all__ = ["train_prior", "train_cli", "resolve_spec", "VAL_SIGMAS"]
+
+log = logging.getLogger(__name__)
+
+# noise levels of the held-out denoising loss reported after training
+VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def resolve_spec(spec: dict) -> dict:
+    """The experiment entry with every schema default filled in (validated)."""
+    return validate_config(dict(spec), SCHEMA.parent / "sr.schema.yaml")
+
+
+def _options(train: dict, seed: int) -> TrainOptions:
+    ema = train["ema"]
+    return TrainOptions(
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        lr_warmup=train["lr_warmup"],
+        lr_decay=train["lr_decay"],
+        weight_decay=train["weight_decay"],
+        grad_clip=train["grad_clip"],
+        ema_decay=ema["decay"],
+        ema_start=ema["start"],
+        ema_warmup=ema["warmup"],
+        checkpoint_every=train["checkpoint_every"],
+        keep_checkpoints=train["keep_checkpoints"],
+        log_every=train["log_every"],
+        seed=seed,
+        precision=train["precision"],
+    )
+
+
+# keys of `train` that do not change what is learned (excluded from the checkpoint identity)
+_NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb")
+
+
+def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed: int, device) -> dict[float, float]:
+    """EDM loss of `denoiser` on fields (N, C, H, W) at fixed σ, fixed noise (seeded)."""
+    out = {}
+    x = torch.from_numpy(fields).to(device)
+    g = torch.Generator().manual_seed(derive_seed(seed, "val"))
+    noise = torch.randn(x.shape, generator=g).to(device)
+    with torch.no_grad():
+        for s in sigmas:
+            sig = torch.full((x.shape[0],), float(s), device=device)
+            out[float(s)] = float(edm_loss(denoiser, x, sig, noise, sigma_data))
+    return out
+
+
+def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None, out: str | Path, run=None, experiment: str = "sr") -> dict:
+    """Train the prior of one experiment and write `out`; returns the training summary."""
+    spec = resolve_spec(spec)
+    train = spec["train"]
+    seed = int(spec["seed"] if spec.get("seed") is not None else 0)
+    if train["threads"]:
+        torch.set_num_threads(int(train["threads"]))
+    device = select_device(train["device"], key="sr.train.device")
+    info = init_distributed(device)
+    try:
+        seed_everything(derive_seed(seed, "sr_train", info.rank), deterministic=True)
+        ds = open_era5(era5)
+        channels = resolve_channels(ds, train["variables"], train["levels"])
+        norm = normalisation_of(ds, channels)
+        train_idx, test_idx = split_times(ds, train)
+        batcher = FieldBatcher(ds, channels, train_idx, norm, train["crop"], train["max_memory_mb"])
+        edm = train["edm"]
+        torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
+        denoiser = build_denoiser(len(channels), train["model"], edm["sigma_data"]).to(device)
+        opts = _options(train, seed)
+        if opts.batch_size % info.world_size:
+            raise ConfigError("sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes")
+        times = ds["time"].values[train_idx]
+        identity = {
+            "channels": [[v, lv] for v, lv in channels],
+            "normalisation": norm.to_dict(),
+            "train": {k: v for k, v in train.items() if k not in _NOT_IDENTITY},
+            "seed": seed,
+            "train_times": [str(times[0]), str(times[-1]), int(len(times))],
+            "grid": [int(ds.sizes["latitude"]), int(ds.sizes["longitude"])],
+        }
+        ihash = identity_hash(identity)
+        ckdir = Path(checkpoint_dir) / ihash if checkpoint_dir else None
+        n_params = count_parameters(denoiser)
+        if info.is_main:
+            log.info("channels %s; %d training / %d held-out times; crop %s; %d parameters; device %s; %d process(es)",
+                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, n_params, device, info.world_size)
+
+        def loss_fn(model, step: int, part: slice) -> torch.Tensor:
+            g = step_generator(seed, step, "sr_batch")
+            y = batcher.batch(g, opts.batch_size)
+            sigma = sample_sigma(opts.batch_size, edm["p_mean"], edm["p_std"], generator=g)
+            noise = torch.randn(y.shape, generator=g)
+            y, sigma, noise = (t[part].to(device, non_blocking=True) for t in (y, sigma, noise))
+            return edm_loss(model, y, sigma, noise, edm["sigma_data"])
+
+        def log_fn(step: int, metrics: dict) -> None:
+            if run is not None:
+                run.log_metrics(metrics, step=step + 1)
+
+        denoiser, ema, result = fit(denoiser, loss_fn, opts, device=device, identity=identity, checkpoint_dir=ckdir,
+                                    dist_info=info, log_fn=log_fn, desc=f"sr-train {experiment}")
+        summary: dict = {}
+        if info.is_main:
+            losses = [v for _, v in result.losses]
+            tail = losses[-max(1, len(losses) // 10):]
+            summary = {
+                "steps": result.step,
+                "seconds": result.seconds,
+                "resumed_from": result.resumed_from,
+                "params": n_params,
+                "world_size": info.world_size,
+                "device": str(device),
+                "final_loss": float(np.mean(tail)) if tail else None,
+                "train_times": [str(t) for t in ds["time"].values[train_idx]],
+                "test_times": [str(t) for t in ds["time"].values[test_idx]],
+                "identity_hash": ihash,
+                "losses": result.losses,
+            }
+            if len(test_idx):
+                val_idx = test_idx[np.linspace(0, len(test_idx) - 1, min(16, len(test_idx))).astype(int)]
+                vfields = load_fields(ds, channels, val_idx, norm)
+                if vfields.ndim == 5:
+                    vfields = vfields[:, 0]
+                val = held_out_loss(ema.module, vfields, VAL_SIGMAS, edm["sigma_data"], seed, device)
+                summary["val_loss"] = {f"{k:g}": v for k, v in val.items()}
+                summary["val_loss_mean"] = float(np.mean(list(val.values())))
+            state = {
+                "format": FORMAT,
+                "model_kwargs": dict(train["model"]),
+                "ema": ema.module.state_dict(),
+                "model": denoiser.state_dict(),
+                "channels": [(v, lv) for v, lv in channels],
+                "normalisation": norm.to_dict(),
+                "edm": dict(edm),
+                "config": spec,
+                "identity": identity,
+                "losses": result.losses,
+                "info": {k: v for k, v in summary.items() if k != "losses"},
+                "era5": str(era5),
+                "versions": package_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            save_checkpoint(out, state)
+        return summary
+    finally:
+        shutdown(info)
+
+
+class _NullRun:
+    def log_metrics(self, *a, **k):
+        pass
+
+    def log_artifact(self, *a, **k):
+        pass
+
+
+def _tracked(args, spec, rank0: bool):
+    if not rank0:
+        return contextlib.nullcontext(None)
+    if not args.experiments:
+        log.info("no --experiments given: the run is not tracked in MLflow")
+        return contextlib.nullcontext(_NullRun())
+    try:
+        from ..tracking import tracked_run
+    except ImportError as err:  # tracking not installed / not built yet: train anyway
+        log.warning("MLflow tracking unavailable (%s); training without it", err)
+        return contextlib.nullcontext(_NullRun())
+    return tracked_run(experiments=args.experiments, kind="sr", experiment=args.experiment, rule="sr_train",
+                       wildcards={"experiment": args.experiment}, spec=spec, datasets={"era5": args.era5})
+
+
+def _loss_figure(losses, path: Path, run) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from ..plots import save_figure
+    except ImportError:
+        return
+    steps = np.array([s for s, _ in losses]) + 1
+    vals = np.array([v for _, v in losses])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, vals, lw=0.6, alpha=0.4, label="per step")
+    k = max(1, len(vals) // 50)
+    if len(vals) >= k:
+        smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("EDM loss")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, str(path), run=run)
+
+
+def train_cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="scorebridge sr-train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--era5", required=True, help="ERA5 zarr store")
+    p.add_argument("--experiments", default=None, help="results/mlflow/experiments.json")
+    p.add_argument("--checkpoint-dir", default=None, help="folder of step checkpoints (resume from the newest)")
+    p.add_argument("--out", required=True, help="the trained prior (checkpoint.pt)")
+    args = p.parse_args(argv)
+    spec = resolve_spec(parse_spec(args.spec))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with _tracked(args, spec, rank0) as run:
+        summary = train_prior(spec, args.era5, args.checkpoint_dir, args.out, run=run, experiment=args.experiment)
+        if rank0 and run is not None:
+            flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+            flat.update({f"val/loss/sigma={k}": v for k, v in summary.get("val_loss", {}).items()})
+            run.log_metrics(flat)
+            try:
+                _loss_figure(summary["losses"], Path(args.out).with_name("train_loss.png"), run)
+            except Exception as err:  # a figure never breaks training
+                log.warning("loss figure not written: %s", err)
+            run.log_artifact(args.out)
+        if rank0:
+            print(json.dumps({k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1))
+    return 0

@@ -1,0 +1,178 @@
+"""A small U-Net F(x, c_noise) for the EDM denoiser (scorebridge.sr.edm.EDMPrecond).
+
+    x: (B, C, H, W)  ->  (B, C_out, H, W);   c_noise: (B,) (= ln σ / 4 under EDM)
+
+Residual blocks (GroupNorm, SiLU, 3x3 convolutions) with the noise embedding
+(sinusoidal features of c_noise -> MLP) applied as a per-channel scale and shift
+after the second normalisation (the "adaptive GroupNorm" of Dhariwal & Nichol 2021);
+average-pool down-sampling, nearest up-sampling, skip connections by concatenation,
+optional self-attention at the coarsest level. Any H x W works: inputs are padded
+(edge replication) to a multiple of 2^(levels-1) and cropped back. The last
+convolution starts at zero, so an untrained denoiser is D(x; σ) = c_skip x.
+Defaults (base 32, mults (1, 2, 2), one block per level) give ~0.4M parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNet", "count_parameters"]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _groups(ch: int, max_groups: int = 8) -> int:
+    g = min(max_groups, ch)
+    while ch % g:
+        g -= 1
+    return g
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of the scalar noise conditioning, then a two-layer MLP."""
+
+    def __init__(self, features: int, dim: int):
+        super().__init__()
+        if features % 2:
+            raise ValueError("noise embedding features must be even")
+        self.features = features
+        self.mlp = nn.Sequential(nn.Linear(features, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        half = self.features // 2
+        freqs = torch.exp(-math.log(1e4) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half)
+        # c_noise = ln(σ)/4 is O(1); scale so the slowest frequencies still vary over σ in [1e-3, 1e2]
+        arg = 250.0 * c_noise.float()[:, None] * freqs[None, :]
+        return self.mlp(torch.cat([torch.cos(arg), torch.sin(arg)], dim=1))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.affine = nn.Linear(emb, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return (h + self.skip(x)) / math.sqrt(2.0)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, ch: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return (x + self.proj(out)) / math.sqrt(2.0)
+
+
+class UNet(nn.Module):
+    """U-Net with `len(mults)` resolution levels (len(mults) - 1 down-samplings).
+
+    Args:
+        in_channels: channels of x (variables x levels).
+        out_channels: defaults to in_channels.
+        base: channels at the finest level; level i has base * mults[i].
+        mults: channel multipliers per level.
+        blocks: residual blocks per level (down path; the up path has the same).
+        attention: self-attention at the coarsest level.
+        dropout: dropout inside residual blocks.
+        emb_dim: width of the noise embedding (default 4 * base).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        base: int = 32,
+        mults: tuple[int, ...] | list[int] = (1, 2, 2),
+        blocks: int = 1,
+        attention: bool = False,
+        dropout: float = 0.0,
+        emb_dim: int | None = None,
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        mults = tuple(int(m) for m in mults)
+        if not mults or blocks < 1 or base < 1:
+            raise ValueError("UNet needs at least one level, one block per level and base >= 1")
+        self.levels = len(mults)
+        emb = emb_dim or 4 * base
+        self.embed = NoiseEmbedding(base if base % 2 == 0 else base + 1, emb)
+        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        chans = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        ch = base
+        for i, c in enumerate(chans):
+            level = nn.ModuleList()
+            for _ in range(blocks):
+                level.append(ResBlock(ch, c, emb, dropout))
+                ch = c
+            self.down.append(level)
+        self.mid1 = ResBlock(ch, ch, emb, dropout)
+        self.attn = SelfAttention(ch) if attention else nn.Identity()
+        self.mid2 = ResBlock(ch, ch, emb, dropout)
+        self.up = nn.ModuleList()
+        for i in reversed(range(self.levels)):
+            level = nn.ModuleList()
+            c = chans[i]
+            for j in range(blocks):
+                level.append(ResBlock(ch + (c if j == 0 else 0), c, emb, dropout))
+                ch = c
+            self.up.append(level)
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def multiple(self) -> int:
+        """H and W are padded to a multiple of this."""
+        return 2 ** (self.levels - 1)
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        h0, w0 = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h0) % m, (-w0) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]) if c_noise.numel() == 1 else c_noise.reshape(-1))
+        h = self.conv_in(x)
+        skips = []
+        for i, level in enumerate(self.down):
+            for block in level:
+                h = block(h, emb)
+            skips.append(h)
+            if i < self.levels - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid2(self.attn(self.mid1(h, emb)), emb)
+        for k, level in enumerate(self.up):
+            i = self.levels - 1 - k
+            if i < self.levels - 1:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = torch.cat([h, skips[i]], dim=1)
+            for block in level:
+                h = block(h, emb)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out[..., :h0, :w0]
