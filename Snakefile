@@ -12,6 +12,10 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+# Front page of `snakemake --report results/report.html`; captions in workflow/report/.
+report: "workflow/report/workflow.rst"
+
+
 # Validate against workflow/schemas/config.schema.yaml, filling defaults; errors name the key.
 validate_config(
     config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")

@@ -117,6 +117,9 @@ def all_targets():
     targets += expand(f"{RESULTS}/data/cells/{{d}}.zarr", d=names("cells"))
     targets += expand(f"{RESULTS}/sr/{{e}}/metrics.json", e=names("sr"))
     targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.json", e=names("bridge"))
+    # metrics tables for the report (rules in tracking.smk)
+    targets += expand(f"{RESULTS}/sr/{{e}}/metrics.html", e=names("sr"))
+    targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.html", e=names("bridge"))
     return targets
 
 
