@@ -11,7 +11,7 @@ rule cells_simulate:
     resources:
         **cluster_resources("cells_simulate", runtime=30, mem_mb=2000),
     params:
-        spec=lambda w: spec_json("cells", w.dataset),
+        spec=lambda w: spec_json("cells", w.dataset, only=["source", "simulate"]),
     shell:
         "scorebridge cells-simulate --spec {params.spec:q} --out {output} > {log} 2>&1"
 

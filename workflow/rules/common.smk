@@ -24,9 +24,15 @@ def entry(section, name):
     return spec
 
 
-def spec_json(section, name):
-    """The entry as compact JSON, passed to the CLI and tracked by Snakemake as a param."""
-    return json.dumps(entry(section, name), sort_keys=True, separators=(",", ":"))
+def spec_json(section, name, only=None, drop=()):
+    """The entry as compact JSON, passed to the CLI and tracked by Snakemake as a param.
+    `only`/`drop` keep a rule's spec to the keys its command reads, so that a changed
+    config key reruns exactly the rules it affects (--rerun-triggers params)."""
+    spec = entry(section, name)
+    if only is not None:
+        spec = {k: v for k, v in spec.items() if k in only}
+    spec = {k: v for k, v in spec.items() if k not in drop}
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 def res(rule_name, key, default):

@@ -48,7 +48,7 @@ rule igra_collocate:
     resources:
         **cluster_resources("igra_collocate", runtime=30, mem_mb=4000),
     params:
-        spec=lambda w: spec_json("igra", w.dataset),
+        spec=lambda w: spec_json("igra", w.dataset, only=["collocate"]),
     shell:
         "scorebridge igra-collocate --spec {params.spec:q} --igra {input.igra} "
         "--era5 {input.era5} --out {output} > {log} 2>&1"

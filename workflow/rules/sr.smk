@@ -21,7 +21,7 @@ rule sr_train:
             gpu_when=uses_gpu("sr", "train"),
         ),
     params:
-        spec=lambda w: spec_json("sr", w.experiment),
+        spec=lambda w: spec_json("sr", w.experiment, drop=["sample", "evaluate"]),
         ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
     shell:
         "scorebridge sr-train --spec {params.spec:q} --experiment {wildcards.experiment} "
@@ -51,7 +51,7 @@ rule sr_sample:
             gpu_when=uses_gpu("sr", "sample"),
         ),
     params:
-        spec=lambda w: spec_json("sr", w.experiment),
+        spec=lambda w: spec_json("sr", w.experiment, drop=["evaluate"]),
         obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
     shell:
         "scorebridge sr-sample --spec {params.spec:q} --experiment {wildcards.experiment} "

@@ -37,6 +37,8 @@ rule sr_metrics_table:
         f"{RESULTS}/logs/sr_metrics_table/{{experiment}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("sr_metrics_table", runtime=10, mem_mb=1000),
     shell:
         "scorebridge metrics-table --metrics {input} --title 'Super-resolution: {wildcards.experiment}' "
         "--out {output} > {log} 2>&1"
@@ -57,6 +59,8 @@ rule bridge_metrics_table:
         f"{RESULTS}/logs/bridge_metrics_table/{{experiment}}.log",
     conda:
         ENV
+    resources:
+        **cluster_resources("bridge_metrics_table", runtime=10, mem_mb=1000),
     shell:
         "scorebridge metrics-table --metrics {input} --title 'Schrödinger bridge: {wildcards.experiment}' "
         "--out {output} > {log} 2>&1"
