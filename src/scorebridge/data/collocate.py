@@ -34,7 +34,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path
 from ..provenance import package_versions
 
-__all__ = ["G0", "era5_grid", "collocate", "collocate_cli"]
+__all__ = ["G0", "era5_grid", "collocate", "open_obs", "collocate_cli"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ def _open(path: Path, what: str):
         return xr.open_zarr(path, consolidated=False)
     except Exception as err:  # not a zarr store, or a broken one
         raise InputError(f"cannot open as a {what} zarr store: {err}", path) from None
+
+
+def strings_as_object(ds):
+    """Variables stored as zarr v3 `string` (read back as numpy StringDType) as object arrays
+    of str, which every numpy/xarray/pandas operation accepts (e.g. `where` with NaN)."""
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "T":
+            ds[name] = var.astype(object)
+    return ds
+
+
+def open_obs(path):
+    """The collocated obs (small: loaded into memory), strings as object arrays."""
+    return strings_as_object(_open(Path(path), "collocated obs").load())
 
 
 def era5_grid(ds, path="ERA5") -> dict:

@@ -251,13 +251,18 @@ def write_igra_zarr(data: IgraData, path: str | Path, attrs: dict | None = None)
 
 
 def open_igra(path: str | Path):
-    """(obs, soundings): the two xarray Datasets of an IGRA zarr store."""
+    """(obs, soundings): the two xarray Datasets of an IGRA zarr store (lazy; strings as
+    object arrays of str rather than numpy StringDType)."""
     import xarray as xr
+
+    from .collocate import strings_as_object
 
     path = Path(path)
     if not path.exists():
         raise InputError("IGRA zarr not found", path)
-    return xr.open_zarr(path, consolidated=False), xr.open_zarr(path, group="soundings", consolidated=False)
+    obs = xr.open_zarr(path, consolidated=False)
+    snd = xr.open_zarr(path, group="soundings", consolidated=False)
+    return strings_as_object(obs), strings_as_object(snd)
 
 
 def _filters(spec: dict) -> dict:
