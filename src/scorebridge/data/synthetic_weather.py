@@ -1,0 +1,380 @@
+"""Synthetic ERA5: a seeded 2-D turbulence simulation dressed as pressure-level weather.
+
+The dynamics are two independent copies of the forced, dissipative barotropic vorticity
+equation on a doubly periodic square of side 2*pi (pseudo-spectral, 2/3 de-aliasing,
+RK4 with an integrating factor for the linear terms):
+
+    d(zeta)/dt + J(psi, zeta) + U0 d(zeta)/dx = F - mu*zeta - nu*(-lap)^4 zeta,   zeta = lap(psi)
+
+with a white-in-time random forcing F on a ring of wavenumbers near k_f, linear drag
+mu (absorbs the inverse energy cascade) and hyperdiffusion nu (absorbs enstrophy at the
+grid scale). Forward enstrophy cascade above k_f gives the k^-3 kinetic-energy spectrum
+of 2-D turbulence (Kraichnan 1967), the slope ERA5 shows at synoptic scales (Nastrom and
+Gage 1985). The state starts from random phases with that spectrum and is spun up, so
+short runs are already statistically steady.
+
+The two streamfunctions are read as the barotropic (psi0) and first baroclinic (psi1)
+vertical modes. On pressure level p, with s = ln(p_ref/p) / ln(p_ref/p_top):
+
+    Phi'(p) = f0 * (A(s) psi0 + B(s) psi1)               geostrophic geopotential
+    u = Ubar(s) - (1/f0) dPhi'/dy,  v = (1/f0) dPhi'/dx   geostrophic wind
+    T = Tbar(p) - (1/R) dPhi/dln p                        hydrostatic balance
+
+so thermal wind holds by construction; q is relative humidity (a smooth function of the
+relative vorticity) times saturation specific humidity (Bolton 1980). Single-level
+fields are taken near 1000 hPa. Everything is seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as _fft
+import pandas as pd
+import xarray as xr
+
+from ..errors import ConfigError
+
+__all__ = [
+    "PRESSURE_VARIABLES",
+    "SINGLE_VARIABLES",
+    "SyntheticGrid",
+    "simulate_turbulence",
+    "synthetic_era5",
+    "energy_spectrum",
+]
+
+G = 9.80665  # m s-2
+R_DRY = 287.05  # J kg-1 K-1
+OMEGA = 7.292e-5  # s-1
+EARTH_RADIUS = 6.371e6  # m
+
+# ERA5 short name -> (CF standard_name, long_name, units) of the fields this source makes.
+PRESSURE_VARIABLES: dict[str, tuple[str, str, str]] = {
+    "t": ("air_temperature", "Temperature", "K"),
+    "u": ("eastward_wind", "U component of wind", "m s**-1"),
+    "v": ("northward_wind", "V component of wind", "m s**-1"),
+    "z": ("geopotential", "Geopotential", "m**2 s**-2"),
+    "q": ("specific_humidity", "Specific humidity", "kg kg**-1"),
+    "r": ("relative_humidity", "Relative humidity", "%"),
+    "vo": ("atmosphere_relative_vorticity", "Vorticity (relative)", "s**-1"),
+}
+SINGLE_VARIABLES: dict[str, tuple[str, str, str]] = {
+    "t2m": ("air_temperature", "2 metre temperature", "K"),
+    "u10": ("eastward_wind", "10 metre U wind component", "m s**-1"),
+    "v10": ("northward_wind", "10 metre V wind component", "m s**-1"),
+    "msl": ("air_pressure_at_mean_sea_level", "Mean sea level pressure", "Pa"),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticGrid:
+    """The output grid and time axis (keys of the `synthetic` config block)."""
+
+    nlat: int = 32
+    nlon: int = 32
+    ntime: int = 48
+    start: str = "2020-01-01"
+    step_hours: int = 6
+    lat0: float = 30.0
+    lon0: float = 250.0
+    resolution: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "SyntheticGrid":
+        known = {k: v for k, v in (spec or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def latitude(self) -> np.ndarray:
+        """Descending, as the CDS writes it."""
+        return (self.lat0 + self.resolution * np.arange(self.nlat))[::-1].astype(np.float64)
+
+    @property
+    def longitude(self) -> np.ndarray:
+        return self.lon0 + self.resolution * np.arange(self.nlon, dtype=np.float64)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return pd.date_range(self.start, periods=self.ntime, freq=f"{self.step_hours}h")
+
+
+def _wavenumbers(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer wavenumbers (ky, kx) for rfft2 on a 2*pi periodic domain."""
+    ky = np.fft.fftfreq(ny, 1.0 / ny)[:, None]
+    kx = np.fft.rfftfreq(nx, 1.0 / nx)[None, :]
+    return ky, kx
+
+
+def simulate_turbulence(
+    ny: int,
+    nx: int,
+    nsteps: int,
+    dt_out: float,
+    *,
+    seed: int = 0,
+    nmodes: int = 2,
+    k_force: float | None = None,
+    drag: float = 0.01,
+    advect: float = 0.6,
+    spinup: float = 5.0,
+    cfl: float = 0.8,
+    hyper: float = 1.0,
+) -> np.ndarray:
+    """Streamfunctions psi of `nmodes` independent forced 2-D turbulence runs.
+
+    Returns float64 (nsteps, nmodes, ny, nx) sampled every `dt_out` (non-dimensional
+    time; the domain is [0, 2*pi)^2 and the RMS velocity is about 1) after `spinup`.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 20240607]))
+    ky, kx = _wavenumbers(ny, nx)
+    k2 = kx**2 + ky**2
+    k = np.sqrt(k2)
+    kmax = min(ny, nx) / 2.0
+    k2_inv = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0)
+    dealias = (np.abs(kx) < 2.0 / 3.0 * (nx / 2.0)) & (np.abs(ky) < 2.0 / 3.0 * (ny / 2.0))
+    kf = k_force if k_force is not None else max(2.5, kmax / 5.0)
+    ring = (k >= kf - 1.0) & (k <= kf + 1.0)
+    # hyperdiffusion nu k^8 damps the highest resolved wavenumber at rate `hyper` per unit time
+    nu = hyper / (2.0 / 3.0 * kmax) ** 8
+    linear = -(drag + nu * k2**4) - 1j * advect * kx  # integrating factor exponent
+
+    # initial state: random phases, E(k) ~ k^-3 above kf (flat-ish below), RMS velocity 1
+    spectrum = np.where(k > 0, (k / kf) ** 2 / (1.0 + (k / kf) ** 5), 0.0)  # E(k) shape
+    amp = np.sqrt(spectrum * k)  # shell energy E(k) ~ pi k |zeta_k|^2 / k^2
+    phase = rng.uniform(0.0, 2.0 * np.pi, size=(nmodes, *k.shape))
+    zeta_h = amp * np.exp(1j * phase) * dealias
+    zeta_h[:, 0, 0] = 0.0
+    zeta_h /= np.sqrt(_kinetic_energy(zeta_h, k2_inv, ny, nx))[:, None, None]
+
+    ik = np.stack([-1j * ky * np.ones_like(kx), 1j * kx * np.ones_like(ky)])  # d/dy, d/dx
+
+    def tendency(zh: np.ndarray) -> np.ndarray:
+        """-J(psi, zeta) = -(u zeta_x + v zeta_y), u = -psi_y, v = psi_x (one batched FFT)."""
+        psi_h = -zh * k2_inv
+        grads = _fft.irfft2(
+            np.stack([ik[0] * psi_h, ik[1] * psi_h, ik[1] * zh, -ik[0] * zh]), s=(ny, nx)
+        )  # u, v, zeta_x, zeta_y  (ik[0] = -i ky so -ik[0] = i ky)
+        return -_fft.rfft2(grads[0] * grads[2] + grads[1] * grads[3]) * dealias
+
+    dx = 2.0 * np.pi / max(ny, nx)
+    # forcing: a random vorticity increment on the ring, scaled to inject energy eps*dt per
+    # step (white in time, so the mean injection is independent of the state); with
+    # drag-dominated energy loss the steady state has eps = 2 mu E, E = 0.5 (RMS velocity 1).
+    eps = drag
+
+    def forcing(dt: float) -> np.ndarray:
+        noise = rng.standard_normal((2, nmodes, *k.shape))
+        fh = (noise[0] + 1j * noise[1]) * ring
+        e = _kinetic_energy(fh, k2_inv, ny, nx)
+        return fh * np.sqrt(eps * dt / np.maximum(e, 1e-300))[:, None, None]
+
+    def advance(zh: np.ndarray, interval: float) -> np.ndarray:
+        """Integrate over `interval` with IFRK4 (Cox and Matthews 2002), steps sized by CFL."""
+        psi_h = -zh * k2_inv
+        u, v = _fft.irfft2(np.stack([ik[0] * psi_h, ik[1] * psi_h]), s=(ny, nx))
+        umax = float(np.sqrt(np.max(u**2 + v**2))) + advect + 1e-6
+        nsub = max(1, int(np.ceil(interval / (cfl * dx / umax))))
+        dt = interval / nsub
+        e_half = np.exp(linear * dt / 2.0)
+        e_full = e_half**2
+        for _ in range(nsub):
+            a = tendency(zh)
+            b = tendency(e_half * (zh + 0.5 * dt * a))
+            c = tendency(e_half * zh + 0.5 * dt * b)
+            d = tendency(e_full * zh + dt * e_half * c)
+            zh = e_full * zh + dt / 6.0 * (e_full * a + 2.0 * e_half * (b + c) + d) + forcing(dt)
+            zh[:, 0, 0] = 0.0
+        return zh
+
+    nspin = max(1, int(np.ceil(spinup / dt_out)))
+    for _ in range(nspin):
+        zeta_h = advance(zeta_h, spinup / nspin)
+    out = np.empty((nsteps, nmodes, ny, nx))
+    for i in range(nsteps):
+        out[i] = _fft.irfft2(-zeta_h * k2_inv, s=(ny, nx))
+        if i + 1 < nsteps:
+            zeta_h = advance(zeta_h, dt_out)
+    return out
+
+
+def _kinetic_energy(zeta_h: np.ndarray, k2_inv: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """Domain-mean kinetic energy 0.5 <u^2 + v^2> per mode from rfft2 vorticity (Parseval:
+    0.5/N^2 sum |zeta_k|^2 / k^2, the half-spectrum columns counted twice)."""
+    weight = np.full(k2_inv.shape, 2.0)
+    weight[:, 0] = 1.0
+    if nx % 2 == 0:
+        weight[:, -1] = 1.0
+    return 0.5 * (weight * np.abs(zeta_h) ** 2 * k2_inv).sum(axis=(-2, -1)) / (ny * nx) ** 2
+
+
+def energy_spectrum(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic kinetic-energy spectrum E(k), k = 1..min(ny, nx)/2, of fields (..., ny, nx),
+    averaged over leading axes (shell sums of 0.5 |u_k|^2 + 0.5 |v_k|^2)."""
+    ny, nx = u.shape[-2:]
+    uh = np.fft.fft2(u - u.mean(axis=(-2, -1), keepdims=True)) / (ny * nx)
+    vh = np.fft.fft2(v - v.mean(axis=(-2, -1), keepdims=True)) / (ny * nx)
+    e = 0.5 * (np.abs(uh) ** 2 + np.abs(vh) ** 2)
+    e = e.reshape(-1, ny, nx).mean(axis=0)
+    ky = np.fft.fftfreq(ny, 1.0 / ny)[:, None]
+    kx = np.fft.fftfreq(nx, 1.0 / nx)[None, :]
+    shell = np.rint(np.sqrt(kx**2 + ky**2)).astype(int)
+    kmax = min(ny, nx) // 2
+    ks = np.arange(1, kmax + 1)
+    return ks, np.array([e[shell == kk].sum() for kk in ks])
+
+
+# --- vertical structure and thermodynamics -------------------------------------------------
+
+
+def _std_temperature(p_hpa: np.ndarray) -> np.ndarray:
+    """Mid-latitude mean temperature (K): lapse rate 6.5 K/km in the troposphere in log-p
+    (T = T0 (p/p0)^(R Gamma / g)), isothermal 216.65 K above the tropopause."""
+    t = 288.15 * (p_hpa / 1013.25) ** (R_DRY * 0.0065 / G)
+    return np.maximum(t, 216.65) - 8.0  # a winter-ish mid-latitude offset
+
+
+def _std_geopotential(p_hpa: np.ndarray) -> np.ndarray:
+    """Geopotential (m2 s-2) of the mean state from the hypsometric equation."""
+    grid = np.linspace(np.log(1013.25), np.log(1.0), 4000)  # ln p from surface upward
+    temp = _std_temperature(np.exp(grid))
+    # dPhi = -R T dlnp, Phi = 0 at 1013.25 hPa
+    phi = np.concatenate([[0.0], np.cumsum(-R_DRY * 0.5 * (temp[1:] + temp[:-1]) * np.diff(grid))])
+    return np.interp(-np.log(p_hpa), -grid, phi)
+
+
+def _modes(p_hpa: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Vertical structure A, B (barotropic, baroclinic), their d/dlnp, and the mean wind."""
+    s = np.log(1000.0 / p_hpa) / np.log(1000.0 / 100.0)  # 0 at 1000 hPa, 1 at 100 hPa
+    ds_dlnp = -1.0 / np.log(10.0)
+    a = 0.6 + 0.8 * s  # barotropic amplitude grows with height (jet level strongest)
+    b = np.cos(np.pi * s)  # first baroclinic mode, changes sign mid-troposphere
+    da = np.full_like(s, 0.8 * ds_dlnp)
+    db = -np.pi * np.sin(np.pi * s) * ds_dlnp
+    ubar = 4.0 + 22.0 * np.sin(np.pi / 2.0 * np.clip(s / 0.8, 0.0, 1.0))  # westerlies, 26 m/s aloft
+    dubar = 22.0 * np.cos(np.pi / 2.0 * np.clip(s / 0.8, 0.0, 1.0)) * np.pi / 2.0 / 0.8 * (s < 0.8) * ds_dlnp
+    return a, b, da, db, ubar, dubar
+
+
+def _saturation_q(t: np.ndarray, p_pa: np.ndarray | float) -> np.ndarray:
+    """Saturation specific humidity (kg/kg), Bolton (1980) vapour pressure over water."""
+    es = 611.2 * np.exp(17.67 * (t - 273.15) / (t - 29.65))
+    es = np.minimum(es, 0.5 * p_pa)
+    return 0.622 * es / (p_pa - 0.378 * es)
+
+
+def synthetic_era5(
+    variables: list[str],
+    levels: list[float],
+    grid: SyntheticGrid,
+    *,
+    eddy_wind: float = 10.0,
+    turnover_hours: float = 24.0,
+) -> xr.Dataset:
+    """ERA5-like fields on `grid`, in the new CDS netCDF layout (valid_time,
+    pressure_level, latitude descending, longitude as configured), float32, CF attrs.
+
+    `eddy_wind` (m/s) is the RMS eddy wind of the barotropic mode; `turnover_hours` the
+    physical time of one non-dimensional time unit (about one eddy turnover)."""
+    unknown = [v for v in variables if v not in PRESSURE_VARIABLES and v not in SINGLE_VARIABLES]
+    if unknown:
+        raise ConfigError(
+            "variables",
+            f"the synthetic source cannot make {unknown}; it makes {sorted(PRESSURE_VARIABLES)} "
+            f"(pressure levels) and {sorted(SINGLE_VARIABLES)} (single level)",
+        )
+    if not variables:
+        raise ConfigError("variables", "no variables requested")
+    plev_vars = [v for v in variables if v in PRESSURE_VARIABLES]
+    levels_hpa = np.asarray(sorted({float(x) for x in levels}, reverse=True), dtype=np.float64)
+    if plev_vars and (levels_hpa.size == 0 or np.any(levels_hpa <= 0) or np.any(levels_hpa > 1100)):
+        raise ConfigError("levels", f"need pressure levels in (0, 1100] hPa for {plev_vars}; got {levels}")
+
+    lat = grid.latitude  # descending
+    lon = grid.longitude
+    times = grid.times
+    lat_mid = float(np.deg2rad(grid.lat0 + grid.resolution * (grid.nlat - 1) / 2.0))
+    f0 = 2.0 * OMEGA * np.sin(lat_mid) if abs(np.sin(lat_mid)) > 0.17 else 2.0 * OMEGA * 0.5
+    dy = EARTH_RADIUS * np.deg2rad(grid.resolution)  # m per grid step north
+    dx = dy * np.cos(lat_mid)
+    dt_out = grid.step_hours / turnover_hours  # non-dimensional time per output step
+
+    psi_nd = simulate_turbulence(grid.nlat, grid.nlon, grid.ntime, dt_out, seed=grid.seed)
+    # to physical units: psi (m2/s) with RMS eddy wind `eddy_wind` (barotropic), 0.5x (baroclinic)
+    ky, kx = _wavenumbers(grid.nlat, grid.nlon)
+    psi_h = _fft.rfft2(psi_nd)
+    sy = 2.0 * np.pi / (grid.nlat * dy)  # d/dy of a unit wavenumber, 1/m (rows run south->north)
+    sx = 2.0 * np.pi / (grid.nlon * dx)
+    dpsi_dx = _fft.irfft2(1j * kx * sx * psi_h, s=psi_nd.shape[-2:])
+    dpsi_dy = _fft.irfft2(1j * ky * sy * psi_h, s=psi_nd.shape[-2:])
+    lap = _fft.irfft2(-((kx * sx) ** 2 + (ky * sy) ** 2) * psi_h, s=psi_nd.shape[-2:])
+    rms = np.sqrt(np.mean(dpsi_dx**2 + dpsi_dy**2, axis=(0, 2, 3)))  # per mode
+    scale = np.array([eddy_wind, 0.5 * eddy_wind])[: rms.size] / rms
+    psi = psi_nd * scale[None, :, None, None]
+    dpsi_dx *= scale[None, :, None, None]
+    dpsi_dy *= scale[None, :, None, None]
+    lap *= scale[None, :, None, None]
+    # rows of the simulation run south -> north; flip to the descending CDS latitude order
+    psi, dpsi_dx, dpsi_dy, lap = (x[:, :, ::-1, :] for x in (psi, dpsi_dx, dpsi_dy, lap))
+    y = (lat - lat.mean())[:, None] * dy / grid.resolution  # m north of the centre, (nlat, 1)
+
+    def level_fields(p: np.ndarray) -> dict[str, np.ndarray]:
+        """Fields (time, level, lat, lon) at pressures p (hPa)."""
+        a, b, da, db, ubar, dubar = _modes(p)
+        sel = lambda arr, w0, w1: w0[None, :, None, None] * arr[:, 0:1] + w1[None, :, None, None] * arr[:, 1:2]  # noqa: E731
+        psi_p = sel(psi, a, b)
+        u = ubar[None, :, None, None] - sel(dpsi_dy, a, b)
+        v = sel(dpsi_dx, a, b)
+        vort = sel(lap, a, b)
+        # geopotential: mean + geostrophic mean-flow gradient (-f0 Ubar y) + eddies (f0 psi)
+        phi = _std_geopotential(p)[None, :, None, None] - f0 * ubar[None, :, None, None] * y[None, None] + f0 * psi_p
+        # hydrostatic temperature T = -(1/R) dPhi/dlnp; the mean part from the standard atmosphere
+        dphi_eddy = f0 * sel(psi, da, db) - f0 * dubar[None, :, None, None] * y[None, None]
+        temp = _std_temperature(p)[None, :, None, None] - dphi_eddy / R_DRY
+        # relative humidity: moist in cyclonic (positive vorticity) regions, 5..100 %
+        zs = vort / (np.std(vort) + 1e-30)
+        rh = np.clip(0.55 + 0.35 * np.tanh(zs) - 0.25 * (1.0 - p / 1000.0)[None, :, None, None], 0.05, 1.0)
+        q = rh * _saturation_q(temp, p[None, :, None, None] * 100.0)
+        return {"t": temp, "u": u, "v": v, "z": phi, "q": q, "r": 100.0 * rh, "vo": vort}
+
+    data_vars = {}
+    coords = {
+        "number": ((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}),
+        "valid_time": ("valid_time", times.values.astype("datetime64[ns]"), {"long_name": "time", "standard_name": "time"}),
+        "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}),
+        "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}),
+        "expver": ("valid_time", np.array(["0001"] * grid.ntime, dtype=object), {"long_name": "Experiment version"}),
+    }
+    if plev_vars:
+        coords["pressure_level"] = ("pressure_level", levels_hpa, {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure", "positive": "down", "stored_direction": "decreasing"})
+        fields = level_fields(levels_hpa)
+        for name in plev_vars:
+            std_name, long_name, units = PRESSURE_VARIABLES[name]
+            attrs = {"units": units, "long_name": long_name, "standard_name": std_name, "GRIB_shortName": name}
+            data_vars[name] = (("valid_time", "pressure_level", "latitude", "longitude"), fields[name].astype(np.float32), attrs)
+    single = [v for v in variables if v in SINGLE_VARIABLES]
+    if single:
+        near = level_fields(np.array([1000.0]))
+        sfc = {
+            "t2m": near["t"][:, 0] + 2.0,
+            "u10": 0.7 * near["u"][:, 0],
+            "v10": 0.7 * near["v"][:, 0],
+            # msl from the 1000 hPa geopotential: p = 1000 hPa + rho0 * Phi(1000) (rho0 = 1.2 kg/m3)
+            "msl": 100000.0 + 1.2 * near["z"][:, 0],
+        }
+        for name in single:
+            std_name, long_name, units = SINGLE_VARIABLES[name]
+            attrs = {"units": units, "long_name": long_name, "standard_name": std_name, "GRIB_shortName": name}
+            data_vars[name] = (("valid_time", "latitude", "longitude"), sfc[name].astype(np.float32), attrs)
+    ds = xr.Dataset(data_vars, coords={k: (v[0], v[1], v[2]) for k, v in coords.items()})
+    ds.attrs = {
+        "GRIB_centre": "ecmf",
+        "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
+        "Conventions": "CF-1.7",
+        "institution": "scorebridge synthetic source (not ECMWF data)",
+        "history": "generated by scorebridge.data.synthetic_weather: forced 2-D turbulence, seed "
+        f"{grid.seed}, {grid.nlat}x{grid.nlon} at {grid.resolution} deg, {grid.ntime} steps of {grid.step_hours} h",
+    }
+    return ds
