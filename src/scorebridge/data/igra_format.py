@@ -6,8 +6,9 @@ soundings; each is one header record (starting with ``#``) followed by NUMLEV da
 records. Fields run into each other, so every field is read by its column positions.
 
 The parser never loops over records in Python: the whole file is one byte buffer,
-lines are found with numpy, records are gathered into a fixed-width byte matrix and
-every integer column is decoded at once (digits weighted by powers of ten). A
+lines are found with numpy, and each column of a field is gathered for all records at
+once (`buf[starts + column]`) and decoded by a vectorised left-to-right state machine
+that validates the text and accumulates the digits. A
 multi-decade station file (~100 MB) parses in a few seconds (see benchmarks/).
 
 Units on output (SI): pressure Pa, geopotential height m, temperature K (TEMP is
@@ -96,6 +97,7 @@ STATION_LIST_COLUMNS: list[tuple[str, int, int]] = [
     ("LSTYEAR", 78, 81),
     ("NOBS", 83, 88),
 ]
+_CHARS = np.array([chr(i) for i in range(256)], dtype="U1")  # byte -> one-character str
 HEADER_WIDTH = 71
 DATA_WIDTH = 51
 _H = {name: (a - 1, b) for name, a, b in HEADER_COLUMNS}  # 0-based half-open slices
@@ -106,7 +108,6 @@ OBS_FLOAT = ("pressure", "gph", "temperature", "rh", "dpd", "wdir", "wspd", "u",
 OBS_FLAGS = ("pflag", "zflag", "tflag")
 OBS_INT = ("lvltyp1", "lvltyp2")
 
-_BLOCK = 1 << 18  # records gathered per block (bounds the temporary index arrays)
 
 
 # --------------------------------------------------------------------------- container
@@ -240,57 +241,57 @@ def _lines(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts[keep], ends[keep], lineno[keep]
 
 
-def _gather(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    """Fixed-width byte matrix (n, width) of lines, padded with blanks past each line's end."""
-    n = len(starts)
-    out = np.empty((n, width), np.uint8)
-    cols = np.arange(width, dtype=np.int64)
-    last = len(buf) - 1
-    for a in range(0, n, _BLOCK):
-        s = starts[a : a + _BLOCK, None]
-        idx = s + cols
-        valid = idx < ends[a : a + _BLOCK, None]
-        np.minimum(idx, last, out=idx)
-        block = buf[idx]
-        block[~valid] = 32
-        out[a : a + _BLOCK] = block
-    return out
-
-
 class _FieldError(Exception):
     def __init__(self, row: int, column: str, text: str, why: str):
         self.row, self.column, self.text, self.why = row, column, text, why
 
 
-def _ints(mat: np.ndarray, name: str, cols: dict[str, tuple[int, int]]) -> np.ndarray:
-    """Decode a right-aligned signed integer column of a byte matrix, all rows at once.
+def _ints(buf: np.ndarray, starts: np.ndarray, name: str, cols: dict[str, tuple[int, int]]) -> np.ndarray:
+    """Decode a right-aligned signed integer field of every record at once.
 
-    Valid text: blanks, an optional '-', then one or more digits ending at the field's
-    last column. Anything else raises _FieldError naming the first bad row.
+    `starts` are the records' first bytes in `buf` (every record is long enough). The
+    field's columns are read one at a time as 1-D gathers, left to right, by a small
+    state machine: blanks, then an optional '-', then digits up to the last column.
+    Anything else raises _FieldError naming the first bad record.
     """
     a, b = cols[name]
-    f = mat[:, a:b]
-    digit = (f >= 48) & (f <= 57)
-    minus = f == 45
-    blank = f == 32
-    bad = ~(digit | minus | blank).all(axis=1)
-    bad |= ~digit[:, -1]  # right-aligned: ends with a digit (also catches blank fields)
-    if f.shape[1] > 1:
-        bad |= (~blank[:, :-1] & blank[:, 1:]).any(axis=1)  # no blank after a sign or digit
-        bad |= (minus[:, :-1] & ~digit[:, 1:]).any(axis=1)  # '-' is followed by a digit
-        bad |= (digit[:, :-1] & minus[:, 1:]).any(axis=1)  # no '-' after a digit
+    n = len(starts)
+    value = np.zeros(n, np.int32)  # at most 6 columns: fits
+    started = np.zeros(n, bool)  # a sign or digit has been seen
+    negative = np.zeros(n, bool)
+    bad = np.zeros(n, bool)
+    digit = started
+    d = np.empty(n, np.uint8)
+    tmp = np.empty(n, bool)
+    for j in range(a, b):
+        c = buf[starts + j]
+        np.subtract(c, np.uint8(48), out=d)  # wraps around for bytes below '0'
+        digit = d <= 9
+        blank = c == 32
+        minus = c == 45
+        np.logical_and(started, ~digit, out=tmp)  # after the sign or first digit: digits only
+        bad |= tmp
+        np.logical_or(digit, blank, out=tmp)
+        tmp |= minus
+        bad |= ~tmp  # a character that is neither blank, sign nor digit
+        negative |= minus
+        value *= 10
+        d *= digit
+        value += d
+        started |= ~blank
+    bad |= ~digit  # ends with a digit (a blank field or a lone '-' is malformed)
     if bad.any():
         row = int(np.argmax(bad))
-        text = bytes(f[row]).decode("latin-1")
+        text = bytes(buf[starts[row] + a : starts[row] + b]).decode("latin-1")
         raise _FieldError(row, name, text, "is not an integer")
-    weights = 10 ** np.arange(f.shape[1] - 1, -1, -1, dtype=np.int64)
-    value = (np.where(digit, f - 48, 0).astype(np.int64) * weights).sum(axis=1)
-    return np.where(minus.any(axis=1), -value, value)
+    np.negative(value, out=value, where=negative)
+    return value.astype(np.int64)
 
 
-def _text(mat: np.ndarray, name: str, cols: dict[str, tuple[int, int]]) -> np.ndarray:
+def _text(buf: np.ndarray, starts: np.ndarray, name: str, cols: dict[str, tuple[int, int]]) -> np.ndarray:
+    """A character field of every record, stripped of blanks (str array)."""
     a, b = cols[name]
-    f = np.ascontiguousarray(mat[:, a:b])
+    f = buf[starts[:, None] + np.arange(a, b)]
     return np.char.strip(f.view(f"S{b - a}").ravel().astype(f"U{b - a}"))
 
 
@@ -368,9 +369,9 @@ def parse_igra(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraData:
         raise InputError(
             f"header record too short ({int(hlen[k])} characters, expected {HEADER_WIDTH})", source, int(lineno[hrow[k]])
         )
-    hmat = _gather(buf, starts[hrow], ends[hrow], HEADER_WIDTH)
+    hstart = starts[hrow]
     try:
-        hv = {k: _ints(hmat, k, _H) for k in ("YEAR", "MONTH", "DAY", "HOUR", "RELTIME", "NUMLEV", "LAT", "LON")}
+        hv = {k: _ints(buf, hstart, k, _H) for k in ("YEAR", "MONTH", "DAY", "HOUR", "RELTIME", "NUMLEV", "LAT", "LON")}
     except _FieldError as err:
         raise InputError(
             f"header column {err.column} (columns {_H[err.column][0] + 1}-{_H[err.column][1]}): "
@@ -412,9 +413,9 @@ def parse_igra(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraData:
             source,
             int(lineno[drow[k]]),
         )
-    dmat = _gather(buf, starts[drow], ends[drow], DATA_WIDTH)
+    dstart = starts[drow]
     try:
-        raw = {k: _ints(dmat, k, _D) for k in ("LVLTYP1", "LVLTYP2", "ETIME", "PRESS", "GPH", "TEMP", "RH", "DPDP", "WDIR", "WSPD")}
+        raw = {k: _ints(buf, dstart, k, _D) for k in ("LVLTYP1", "LVLTYP2", "ETIME", "PRESS", "GPH", "TEMP", "RH", "DPDP", "WDIR", "WSPD")}
     except _FieldError as err:
         raise InputError(
             f"data column {err.column} (columns {_D[err.column][0] + 1}-{_D[err.column][1]}): '{err.text}' {err.why}",
@@ -434,14 +435,14 @@ def parse_igra(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraData:
     hour = hv["HOUR"]
     reltime = hv["RELTIME"]
     soundings = {
-        "station": _text(hmat, "ID", _H).astype(object),
+        "station": _text(buf, hstart, "ID", _H).astype(object),
         "time": time,
         "latitude": hv["LAT"] / 1e4,
         "longitude": hv["LON"] / 1e4,
         "hour": np.where((hour >= 0) & (hour <= 23), hour, -1).astype(np.int16),
         "reltime": np.where(reltime == 9999, -1, reltime).astype(np.int16),
-        "p_src": _text(hmat, "P_SRC", _H).astype(object),
-        "np_src": _text(hmat, "NP_SRC", _H).astype(object),
+        "p_src": _text(buf, hstart, "P_SRC", _H).astype(object),
+        "np_src": _text(buf, hstart, "NP_SRC", _H).astype(object),
         "nlevels": numlev.astype(np.int64),
         "line": lineno[hrow],
     }
@@ -466,7 +467,7 @@ def parse_igra(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraData:
     }
     obs = {k: x.astype(np.float32) for k, x in obs.items()}
     for name, col in (("pflag", "PFLAG"), ("zflag", "ZFLAG"), ("tflag", "TFLAG")):
-        obs[name] = dmat[:, _D[col][0]].copy().view("S1").astype("U1")
+        obs[name] = _CHARS[buf[dstart + _D[col][0]]]
     obs["lvltyp1"] = raw["LVLTYP1"].astype(np.int8)
     obs["lvltyp2"] = raw["LVLTYP2"].astype(np.int8)
     return IgraData(soundings, obs, source, [source])
@@ -603,3 +604,37 @@ def format_station_list(rows: Iterable[dict]) -> str:
             f"{r.get('state', ''):<2.2s} {r['name']:<30.30s} {r['first_year']:4d} {r['last_year']:4d} {r.get('nobs', 0):6d}"
         )
     return "\n".join(out) + "\n"
+
+
+def _right_aligned(values: np.ndarray, width: int, name: str) -> np.ndarray:
+    """(n, width) bytes of right-aligned signed integers, all at once."""
+    v = np.asarray(values, dtype=np.int64)
+    neg = v < 0
+    a = np.abs(v)
+    if ((a >= 10**width) | (neg & (a >= 10 ** (width - 1)))).any():
+        raise ValueError(f"{name}: a value does not fit in {width} columns")
+    ndig = 1 + sum((a >= 10**k).astype(np.int64) for k in range(1, width))
+    out = np.empty((len(v), width), np.uint8)
+    for k in range(width):  # k-th digit from the right
+        digit = (a // 10**k) % 10
+        out[:, width - 1 - k] = np.where(k < ndig, 48 + digit, np.where((k == ndig) & neg, 45, 32))
+    return out
+
+
+def format_data_records(fields: dict[str, np.ndarray]) -> np.ndarray:
+    """Many data records at once: a (n, 53) byte matrix, each row one record + blank + LF.
+
+    `fields` maps the DATA_COLUMNS names (LVLTYP1 ... WSPD) to integer arrays in IGRA
+    units, and the flags (PFLAG, ZFLAG, TFLAG) to one-character str or byte arrays.
+    Row-for-row identical to :func:`format_data_record`.
+    """
+    n = len(fields["PRESS"])
+    out = np.full((n, DATA_WIDTH + 2), 32, np.uint8)
+    out[:, -1] = 10
+    for name, a, b in DATA_COLUMNS:
+        x = np.asarray(fields[name])
+        if name.endswith("FLAG"):
+            out[:, a - 1] = np.frombuffer(x.astype("S1").tobytes(), np.uint8) if x.dtype.kind in "US" else x
+        else:
+            out[:, a - 1 : b] = _right_aligned(x, b - a + 1, name)
+    return out
