@@ -11,7 +11,9 @@ rule era5_fetch:
     resources:
         **cluster_resources("era5_fetch", runtime=120, mem_mb=2000),
     params:
-        spec=lambda w: spec_json("era5", w.dataset),
+        spec=lambda w: spec_json(
+            "era5", w.dataset, drop=("files", "chunks", "stream", "member", "arco_url")
+        ),
     shell:
         "scorebridge era5-fetch --spec {params.spec:q} --out {output} > {log} 2>&1"
 
@@ -29,6 +31,8 @@ rule era5_ingest:
     resources:
         **cluster_resources("era5_ingest", runtime=60, mem_mb=4000),
     params:
-        spec=lambda w: spec_json("era5", w.dataset),
+        spec=lambda w: spec_json(
+            "era5", w.dataset, drop=("synthetic", "product", "product_type")
+        ),
     shell:
-        "scorebridge era5-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "scorebridge era5-ingest --spec {params.spec:q} --threads {threads} --out {output} {input} > {log} 2>&1"

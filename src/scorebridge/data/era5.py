@@ -401,7 +401,11 @@ def ingest_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scorebridge era5-ingest", description="normalise ERA5 files or stores into the zarr data contract")
     parser.add_argument("--spec", required=True, help="the dataset's config entry as JSON")
     parser.add_argument("--out", required=True, help="zarr store to write")
+    parser.add_argument("--threads", type=int, default=None, help="dask threads when the spec's stream.workers is null")
     parser.add_argument("files", nargs="*", help="input netCDF/GRIB files (local, cds, synthetic)")
     args = parser.parse_args(argv)
-    ingest(parse_spec(args.spec), args.out, args.files)
+    spec = parse_spec(args.spec)
+    if args.threads and not (spec.get("stream") or {}).get("workers"):
+        spec["stream"] = {**(spec.get("stream") or {}), "workers": args.threads}
+    ingest(spec, args.out, args.files)
     return 0

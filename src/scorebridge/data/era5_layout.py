@@ -209,7 +209,7 @@ def _standardise_time(ds: xr.Dataset, label: str) -> xr.Dataset:
         ds = ds.assign_coords(time=("time", vt))
         order = np.argsort(vt, kind="stable")
         keep = order[np.concatenate([[True], np.diff(vt[order]) > np.timedelta64(0, "ns")])]
-        return ds.isel(time=keep)
+        return ds.isel(time=keep).transpose("time", ...)
     if "time" in ds.dims:
         if "valid_time" in ds.coords and ds["valid_time"].dims == ("time",):
             ds = ds.assign_coords(time=("time", ds["valid_time"].values))
