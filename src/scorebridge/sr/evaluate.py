@@ -1,0 +1,312 @@
+"""Evaluation of super-resolved ensembles on held-out times: metrics.json, figures, MLflow.
+
+Scores (see :mod:`scorebridge.sr.metrics` for the formulas), per channel ``{var}/{level}``:
+
+- ``rmse|mae|bias/{ch}`` of the posterior mean and ``.../{ch}/{baseline}`` for the
+  baselines ``bicubic``, ``bilinear`` (of the coarse field) and ``nearest_radiosonde``;
+  ``rmse_ratio/{ch}`` = posterior-mean RMSE / bicubic RMSE;
+- ``spread/{ch}``, ``spread_skill/{ch}``, ``crps/{ch}`` (fair CRPS), the rank histogram
+  (in metrics.json), ``crps/{ch}/bicubic`` (the deterministic baseline's CRPS = its MAE);
+- power spectra (metrics.json) and ``spectral_ratio/{ch}[/baseline]``: power at the
+  upper half of the wavenumbers relative to the truth's (1 = right amount of small-scale
+  structure; interpolation is far below 1);
+- ``withheld_rmse/{var}/{conditioning}``: RMSE at the radiosondes hidden from
+  conditioning, for the main conditioning set, each comparison set, bicubic and the
+  nearest conditioning radiosonde;
+- ``cost/*``: network passes and seconds per sample (from the sampler).
+
+Summary keys for the targets: ``summary/rmse_ratio`` (mean over channels),
+``summary/spread_skill`` (mean), ``summary/withheld_rmse_gain`` (relative RMSE
+reduction at withheld radiosondes from adding radiosondes to the coarse field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from . import metrics as M
+from .baselines import nearest_station_at, nearest_station_field, upsample
+
+__all__ = ["evaluate", "evaluate_cli"]
+
+log = logging.getLogger(__name__)
+
+
+def _name(ch) -> str:
+    v, lv = ch
+    return v if lv is None else f"{v}/{lv:g}"
+
+
+def _open_samples(path: str | Path):
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("samples store not found (run sr-sample first)", path)
+    try:
+        ds = xr.open_zarr(path, consolidated=False)
+        sampling = json.loads(ds.attrs["sampling"])
+        channels = [(v, None if lv is None else float(lv)) for v, lv in json.loads(ds.attrs["channels"])]
+    except (KeyError, ValueError, OSError) as err:
+        raise InputError(f"not a samples store written by sr-sample ({err})", path) from None
+    return ds, sampling, channels
+
+
+def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[str, np.ndarray], tol_pa: float = 50.0) -> tuple[dict, dict]:
+    """RMSE at withheld stations for each prediction field ``[T, C, H, W]`` (and the nearest radiosonde)."""
+    import warnings
+
+    from .operators import build_point_obs
+    from .posterior import read_obs
+
+    withheld = sampling.get("withheld_stations") or []
+    table = read_obs(obs_path, sorted({v for v, _ in channels}))
+    t64 = np.asarray(times).astype("datetime64[ns]")
+    in_times = np.isin(table.time, t64)
+    target = table.select(in_times & np.isin(table.station, withheld))
+    source = table.select(in_times & ~np.isin(table.station, withheld))
+    out: dict = {}
+    counts: dict = {}
+    if not withheld or len(target.value) == 0:
+        return out, {"n_withheld_obs": 0, "withheld_stations": withheld}
+    preds: dict[str, list] = {k: [] for k in pred_fields}
+    obs_vals, obs_vars = [], []
+    for ti, t in enumerate(t64):
+        sub = target.select(target.time == t)
+        if len(sub.value) == 0:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            op, y, kept, _ = build_point_obs(channels, lat, lon, sub.latitude, sub.longitude, sub.pressure, sub.variable, sub.value, sub.station)
+        if len(kept) == 0:
+            continue
+        import torch
+
+        for k, f in pred_fields.items():
+            preds[k].append(op(torch.as_tensor(f[ti : ti + 1], dtype=torch.float64)).numpy()[0])
+        obs_vals.append(y.numpy()[0])
+        obs_vars.append(sub.variable[kept])
+        preds.setdefault("_rows", []).append(sub.select(kept))
+    if not obs_vals:
+        return out, {"n_withheld_obs": 0, "withheld_stations": withheld}
+    yv = np.concatenate(obs_vals)
+    vv = np.concatenate(obs_vars)
+    rows = preds.pop("_rows")
+    from .posterior import ObsTable
+
+    cat = ObsTable(*(np.concatenate([getattr(r, f) for r in rows]) for f in ("station", "time", "latitude", "longitude", "pressure", "variable", "value")))
+    pv = {k: np.concatenate(v) for k, v in preds.items()}
+    pv["nearest_radiosonde"] = nearest_station_at(cat, source, tol_pa)
+    for v in sorted(set(vv)):
+        sel = vv == v
+        for k, p in pv.items():
+            out[f"withheld_rmse/{v}/{k}"] = M.point_rmse(p[sel], yv[sel])
+        counts[v] = int(sel.sum())
+    # all variables together, in units of each variable's observed std (comparable across variables)
+    scale = {v: np.nanstd(yv[vv == v]) or 1.0 for v in set(vv)}
+    s = np.array([scale[v] for v in vv])
+    for k, p in pv.items():
+        out[f"withheld_rmse/all_normalised/{k}"] = M.point_rmse(p / s, yv / s)
+    return out, {"n_withheld_obs": int(len(yv)), "per_variable": counts, "withheld_stations": withheld}
+
+
+def evaluate(samples_path, era5_path, obs_path=None, figures=None, run=None, options: dict | None = None) -> dict:
+    """Score a samples store against the ERA5 truth; returns the metrics dict (``options``: the `evaluate` config)."""
+    options = dict(options or {})
+    tol = float(options.get("station_pressure_tolerance_pa", 50.0))
+    from .data import load_fields, open_era5
+    from .posterior import vars_to_fields
+
+    sds, sampling, channels = _open_samples(samples_path)
+    ds = open_era5(era5_path)
+    tidx = np.asarray(sds["time_index"].values, np.int64)
+    if tidx.max() >= ds.sizes["time"] or not np.array_equal(np.asarray(ds["time"].values)[tidx], np.asarray(sds["time"].values)):
+        raise InputError(f"the samples' times do not match the ERA5 store {era5_path} (sampled from another dataset?)", samples_path)
+    truth = load_fields(ds, channels, tidx, member=0 if "number" in ds.dims else None, check_nan=False).astype(np.float64)
+    ens = vars_to_fields(sds, channels).astype(np.float64)  # [T, N, C, H, W]
+    mean = vars_to_fields(sds, channels, "_mean").astype(np.float64)
+    coarse = vars_to_fields(sds, channels, "_coarse").astype(np.float64)
+    lat = np.asarray(sds["latitude"].values, np.float64)
+    lon = np.asarray(sds["longitude"].values, np.float64)
+    H, W = len(lat), len(lon)
+    k = int(sampling["coarse_factor"])
+    base = {"bicubic": upsample(coarse, k, (H, W), "bicubic"), "bilinear": upsample(coarse, k, (H, W), "bilinear")}
+    table = None
+    if obs_path:
+        from .posterior import read_obs
+
+        full = read_obs(obs_path, sorted({v for v, _ in channels}))
+        table = full.select(~np.isin(full.station, sampling.get("withheld_stations") or []))
+        base["nearest_radiosonde"] = nearest_station_field(table, np.asarray(sds["time"].values), channels, lat, lon, tol)
+
+    out: dict = {}
+    names = [_name(c) for c in channels]
+    for fn in ("rmse", "mae", "bias"):
+        f = getattr(M, fn)
+        for c, v in zip(names, f(mean, truth, lat)):
+            out[f"{fn}/{c}"] = float(v)
+        for b, fld in base.items():
+            for c, v in zip(names, f(fld, truth, lat)):
+                out[f"{fn}/{c}/{b}"] = float(v)
+    ssr = M.spread_skill(ens, truth, lat)
+    sp = M.spread(ens, lat)
+    crps = M.fair_crps(ens, truth, lat)
+    for i, c in enumerate(names):
+        out[f"rmse_ratio/{c}"] = out[f"rmse/{c}"] / out[f"rmse/{c}/bicubic"]
+        out[f"spread/{c}"] = float(sp[i])
+        out[f"spread_skill/{c}"] = float(ssr[i])
+        out[f"crps/{c}"] = float(crps[i])
+        out[f"crps/{c}/bicubic"] = out[f"mae/{c}/bicubic"]  # CRPS of a point forecast = its absolute error
+    hist = M.rank_histogram(ens, truth)
+    spectra: dict = {}
+    for i, c in enumerate(names):
+        kk, pt = M.power_spectrum(truth[:, i])
+        entry = {"k": kk.tolist(), "truth": pt.tolist(), "posterior_mean": M.power_spectrum(mean[:, i])[1].tolist(), "members": M.power_spectrum(ens[:, :, i])[1].tolist()}
+        for b, fld in base.items():
+            if np.isfinite(fld[:, i]).all():
+                entry[b] = M.power_spectrum(fld[:, i])[1].tolist()
+        hi = kk > kk.max() / 2
+        for key, vals in entry.items():
+            if key in ("k", "truth"):
+                continue
+            ratio = float(np.sum(np.asarray(vals)[hi]) / np.sum(pt[hi])) if np.sum(pt[hi]) > 0 else float("nan")
+            out[f"spectral_ratio/{c}" + ("" if key == "members" else f"/{key}")] = ratio
+        spectra[c] = entry
+    # withheld radiosondes
+    wh_info: dict = {}
+    if obs_path:
+        fields = {"+".join(sampling["conditioning"]) or "prior": mean, "bicubic": base["bicubic"]}
+        if "conditioning" in sds.coords:
+            for j, name in enumerate(np.asarray(sds["conditioning"].values).astype(str)):
+                fields[name] = vars_to_fields(sds, channels, "_mean_compare", conditioning=j).astype(np.float64)
+        wh, wh_info = _withheld(obs_path, sampling, channels, np.asarray(sds["time"].values), lat, lon, fields, tol)
+        out.update(wh)
+    cost = sampling.get("cost", {})
+    out["cost/forward_per_sample"] = cost.get("forward_per_sample")
+    out["cost/backward_per_sample"] = cost.get("backward_per_sample")
+    out["cost/seconds_per_sample"] = cost.get("seconds_per_sample")
+    # summary for the targets
+    out["summary/rmse_ratio"] = float(np.mean([out[f"rmse_ratio/{c}"] for c in names]))
+    out["summary/spread_skill"] = float(np.mean(ssr))
+    out["summary/spread_skill_min"] = float(np.min(ssr))
+    out["summary/spread_skill_max"] = float(np.max(ssr))
+    out["summary/crps_normalised"] = float(np.mean(crps / np.asarray([np.std(truth[:, i]) for i in range(len(names))])))
+    a = out.get("withheld_rmse/all_normalised/coarse")
+    b = out.get("withheld_rmse/all_normalised/coarse+radiosondes")
+    if a is not None and b is not None and np.isfinite(a) and a > 0:
+        out["summary/withheld_rmse_gain"] = float((a - b) / a)
+    result = {
+        "metrics": out,
+        "rank_histogram": {c: hist[i].tolist() for i, c in enumerate(names)},
+        "spectra": spectra,
+        "withheld": wh_info,
+        "sampling": sampling,
+        "n_times": int(len(tidx)),
+        "members": int(ens.shape[1]),
+    }
+    if figures is not None:
+        _figures(Path(figures), truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, int(options.get("map_time", 0)), int(options.get("map_channels", 4)))
+    return result
+
+
+def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, map_time: int = 0, map_channels: int = 4) -> None:
+    from ..plots import new_figure, save_figure
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    t = min(map_time, truth.shape[0] - 1)
+    show = list(range(min(len(names), map_channels)))
+    cols = ["truth", "coarse", "bicubic", "posterior mean", "member 0", "ensemble spread"]
+    fig, axes = new_figure(len(show), len(cols), width=2.6, height=2.3, squeeze=False)
+    ext = [lon[0], lon[-1], lat[0], lat[-1]]
+    for r, i in enumerate(show):
+        vmin, vmax = np.nanpercentile(truth[t, i], [1, 99])
+        panels = [truth[t, i], np.repeat(np.repeat(coarse[t, i], k, 0), k, 1)[: len(lat), : len(lon)], base["bicubic"][t, i], mean[t, i], ens[t, 0, i]]
+        for cidx, p in enumerate(panels):
+            im = axes[r, cidx].imshow(p, origin="lower", extent=ext, vmin=vmin, vmax=vmax, cmap="RdBu_r", aspect="auto")
+        fig.colorbar(im, ax=axes[r, 4], shrink=0.8)
+        im2 = axes[r, 5].imshow(ens[t, :, i].std(0, ddof=1), origin="lower", extent=ext, cmap="viridis", aspect="auto")
+        fig.colorbar(im2, ax=axes[r, 5], shrink=0.8)
+        axes[r, 0].set_ylabel(names[i])
+        for cidx in range(len(cols)):
+            if r == 0:
+                axes[r, cidx].set_title(cols[cidx], fontsize=9)
+            axes[r, cidx].tick_params(labelsize=6)
+    save_figure(fig, fig_dir / "maps.png", run=run)
+
+    fig, axes = new_figure(1, len(names), width=3.2, height=2.8, squeeze=False)
+    for i, c in enumerate(names):
+        s = spectra[c]
+        ax = axes[0, i]
+        for key, style in [("truth", "k-"), ("members", "C3-"), ("posterior_mean", "C3--"), ("bicubic", "C0-"), ("bilinear", "C0:"), ("nearest_radiosonde", "C2:")]:
+            if key in s:
+                ax.loglog(s["k"], s[key], style, label=key.replace("_", " "))
+        ax.set_title(c, fontsize=9)
+        ax.set_xlabel("wavenumber (cycles per domain)")
+    axes[0, 0].set_ylabel("power")
+    axes[0, 0].legend(fontsize=6)
+    save_figure(fig, fig_dir / "spectra.png", run=run)
+
+    fig, axes = new_figure(1, len(names), width=2.6, height=2.4, squeeze=False)
+    for i, c in enumerate(names):
+        h = np.asarray(hist[i], float)
+        axes[0, i].bar(np.arange(len(h)), h / h.sum(), color="C1")
+        axes[0, i].axhline(1 / len(h), color="k", lw=0.8)
+        axes[0, i].set_title(f"{c} (ssr {out[f'spread_skill/{c}']:.2f})", fontsize=9)
+        axes[0, i].set_xlabel("rank of truth")
+    save_figure(fig, fig_dir / "rank_histogram.png", run=run)
+
+    keys = sorted({kk.split("/")[-1] for kk in out if kk.startswith("withheld_rmse/all_normalised/")})
+    if keys:
+        fig, ax = new_figure(width=5.0, height=3.0)
+        vals = [out[f"withheld_rmse/all_normalised/{kk}"] for kk in keys]
+        ax.bar(range(len(keys)), vals, color="C2")
+        ax.set_xticks(range(len(keys)), keys, rotation=20, fontsize=7)
+        ax.set_ylabel("RMSE at withheld radiosondes\n(units of each variable's std)")
+        save_figure(fig, fig_dir / "withheld_radiosondes.png", run=run)
+
+
+def evaluate_cli(argv: list[str]) -> int:
+    """``scorebridge sr-evaluate``: metrics.json, figures and MLflow for one SR experiment."""
+    from ..io import atomic_path, write_json
+    from .posterior import _null_run
+
+    p = argparse.ArgumentParser(prog="scorebridge sr-evaluate", description=evaluate_cli.__doc__)
+    p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
+    p.add_argument("--experiment", default="default")
+    p.add_argument("--era5", required=True, help="ERA5 zarr (the truth)")
+    p.add_argument("--obs", default=None, help="collocated radiosonde observations zarr")
+    p.add_argument("--samples", required=True, help="samples.zarr written by sr-sample")
+    p.add_argument("--experiments", default=None, help="results/mlflow/experiments.json (omit: no MLflow)")
+    p.add_argument("--figures", required=True, help="directory for the figures")
+    p.add_argument("--out", required=True, help="metrics.json to write")
+    a = p.parse_args(argv)
+    from ..config import parse_spec
+
+    from .posterior import _sample_spec
+
+    spec = _sample_spec(parse_spec(a.spec))
+    if a.experiments:
+        from ..tracking import tracked_run
+
+        ctx = tracked_run(experiments=a.experiments, kind="sr", experiment=a.experiment, rule="sr_evaluate", wildcards={"experiment": a.experiment}, spec=spec,
+                          datasets={"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})})
+    else:
+        ctx = _null_run()
+    with ctx as run:
+        with atomic_path(a.figures) as tmp:
+            result = evaluate(a.samples, a.era5, a.obs, figures=tmp, run=run, options=spec.get("evaluate"))
+        scalars = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float)) and v is not None and np.isfinite(v)}
+        run.log_metrics(scalars)
+        write_json(a.out, result)
+        run.log_artifact(a.out)
+    m = result["metrics"]
+    log.info("posterior-mean RMSE / bicubic %.3f, spread-skill %.3f (%.3f..%.3f), withheld gain %s, %s forward + %s backward passes per sample",
+             m["summary/rmse_ratio"], m["summary/spread_skill"], m["summary/spread_skill_min"], m["summary/spread_skill_max"],
+             m.get("summary/withheld_rmse_gain"), m["cost/forward_per_sample"], m["cost/backward_per_sample"])
+    return 0
