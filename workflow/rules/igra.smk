@@ -13,7 +13,9 @@ rule igra_fetch:
     resources:
         **cluster_resources("igra_fetch", runtime=60, mem_mb=2000),
     params:
-        spec=lambda w: spec_json("igra", w.dataset),
+        spec=lambda w: spec_json(
+            "igra", w.dataset, drop=["collocate", "dates", "pressure_range"]
+        ),
     shell:
         "scorebridge igra-fetch --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
 
@@ -30,7 +32,11 @@ rule igra_ingest:
     resources:
         **cluster_resources("igra_ingest", runtime=30, mem_mb=4000),
     params:
-        spec=lambda w: spec_json("igra", w.dataset),
+        spec=lambda w: spec_json(
+            "igra",
+            w.dataset,
+            only=["source", "stations", "dates", "area", "pressure_range"],
+        ),
     shell:
         "scorebridge igra-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
 
@@ -43,6 +49,8 @@ rule igra_collocate:
         directory(f"{RESULTS}/data/obs/{{era5}}/{{dataset}}.zarr"),
     log:
         f"{RESULTS}/logs/igra_collocate/{{era5}}/{{dataset}}.log",
+    wildcard_constraints:
+        era5=r"[A-Za-z0-9_\-]+",
     conda:
         ENV
     resources:
