@@ -70,7 +70,7 @@ def open_era5(path: str | Path):
     for coord in ("time", "latitude", "longitude"):
         if coord not in ds.coords and coord not in ds.dims:
             raise InputError(f"missing coordinate '{coord}' (ERA5 data contract)", path)
-    ds.attrs.setdefault("source_path", str(path))
+    ds.attrs["source_path"] = str(path)  # named in error messages
     return ds
 
 

@@ -60,6 +60,9 @@ def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: f
     frac = i / (n - 1) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     sig = (hi + frac * (lo - hi)) ** rho
+    sig[0] = sigma_max  # exact end points (no round-off through the 1/ρ powers)
+    if n > 1:
+        sig[-1] = sigma_min
     if append_zero:
         sig = torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     return sig.to(device) if device is not None else sig
