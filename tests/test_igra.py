@@ -529,3 +529,40 @@ def test_fetch_local_copies(tmp_path, excerpt):
     raw = tmp_path / "raw"
     assert main(["igra-fetch", "--spec", '{"source": "local"}', "--out", str(raw), str(path)]) == 0
     assert (raw / path.name).read_bytes() == path.read_bytes()
+
+
+def test_vectorised_writer_matches_record_writer():
+    from scorebridge.data.igra_format import format_data_records
+
+    rng = np.random.default_rng(0)
+    n = 300
+    names = [c for c, _, _ in DATA_COLUMNS]
+    f = {
+        "LVLTYP1": rng.integers(1, 4, n), "LVLTYP2": rng.integers(0, 3, n), "ETIME": rng.choice([-9999, -8888, 0, 5, 12345, 99959], n),
+        "PRESS": rng.integers(-9999, 110000, n), "PFLAG": rng.choice([" ", "A", "B"], n), "GPH": rng.integers(-9999, 99999, n),
+        "ZFLAG": rng.choice([" ", "A", "B"], n), "TEMP": rng.integers(-9999, 9999, n), "TFLAG": rng.choice([" ", "B"], n),
+        "RH": rng.integers(-9999, 1000, n), "DPDP": rng.integers(-9999, 999, n), "WDIR": rng.integers(-9999, 361, n), "WSPD": rng.integers(-9999, 9999, n),
+    }
+    mat = format_data_records(f)
+    text = mat.tobytes().decode()
+    assert text == "".join(format_data_record(*[f[k][i] for k in names]) + "\n" for i in range(n))
+    header = format_header("ZZXUA000001", 2000, 1, 1, 0, 2315, n, 0.0, 0.0)
+    back = parse_igra((header + "\n" + text).encode())
+    np.testing.assert_array_equal(back.obs["lvltyp1"], f["LVLTYP1"])
+    raw_t = np.where(np.isnan(back.obs["temperature"]), -1, np.round((back.obs["temperature"] - 273.15) * 10))
+    np.testing.assert_array_equal(raw_t, np.where(np.isin(f["TEMP"], [-9999, -8888]), -1, f["TEMP"]))
+
+
+def test_synthetic_input_errors(tmp_path):
+    ds = make_era5(nt=2)
+    with pytest.raises(InputError, match="no temperature 't'"):
+        synthesize_soundings(ds.drop_vars("t"), {})
+    with pytest.raises(ConfigError, match="synthetic.hours"):
+        synthesize_soundings(ds, {"synthetic": {"hours": [3]}})
+    # a 0..360 grid (straddling the antimeridian) and ensemble members: ids in -180..180 in the header
+    wrap = ds.assign_coords(longitude=177.0 + 0.5 * np.arange(ds.sizes["longitude"])).expand_dims(number=2)
+    syn = synthesize_soundings(wrap, {"synthetic": {"n_stations": 6, "seed": 1}})
+    lons = np.array([r["longitude"] for r in syn.station_rows])
+    assert ((lons >= 177) | (lons <= -177.5)).all() and (lons < 0).any() and (lons > 0).any()
+    assert main(["igra-fetch", "--spec", '{"source": "synthetic"}', "--out", str(tmp_path / "raw"), str(tmp_path / "nope.zarr")]) == 1
+    assert not (tmp_path / "raw").exists()

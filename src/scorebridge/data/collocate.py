@@ -34,20 +34,30 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path
 from ..provenance import package_versions
 
-__all__ = ["G0", "era5_grid", "collocate", "open_obs", "collocate_cli"]
+__all__ = ["G0", "open_zarr", "strings_as_object", "era5_grid", "collocate", "open_obs", "collocate_cli"]
 
 log = logging.getLogger(__name__)
 
 G0 = 9.80665  # m s-2: geopotential = G0 * geopotential height (WMO definition)
 
 
-def _open(path: Path, what: str):
+def open_zarr(path, **kw):
+    """xr.open_zarr without consolidated metadata, quiet about the `.snakemake_timestamp`
+    marker Snakemake leaves in directory outputs."""
+    import warnings
+
     import xarray as xr
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+        return xr.open_zarr(path, consolidated=False, **kw)
+
+
+def _open(path: Path, what: str):
     if not Path(path).exists():
         raise InputError(f"{what} zarr not found", path)
     try:
-        return xr.open_zarr(path, consolidated=False)
+        return open_zarr(path)
     except Exception as err:  # not a zarr store, or a broken one
         raise InputError(f"cannot open as a {what} zarr store: {err}", path) from None
 

@@ -253,15 +253,13 @@ def write_igra_zarr(data: IgraData, path: str | Path, attrs: dict | None = None)
 def open_igra(path: str | Path):
     """(obs, soundings): the two xarray Datasets of an IGRA zarr store (lazy; strings as
     object arrays of str rather than numpy StringDType)."""
-    import xarray as xr
-
-    from .collocate import strings_as_object
+    from .collocate import open_zarr, strings_as_object
 
     path = Path(path)
     if not path.exists():
         raise InputError("IGRA zarr not found", path)
-    obs = xr.open_zarr(path, consolidated=False)
-    snd = xr.open_zarr(path, group="soundings", consolidated=False)
+    obs = open_zarr(path)
+    snd = open_zarr(path, group="soundings")
     return strings_as_object(obs), strings_as_object(snd)
 
 

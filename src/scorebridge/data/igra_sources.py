@@ -502,14 +502,12 @@ def write_zip(dest: Path, member: str, text: str) -> None:
 
 def fetch_synthetic(spec: dict, inputs: list[str], out: Path) -> dict:
     """Write synthetic station files sampled from the ERA5 zarr given as the input."""
-    import xarray as xr
+    from .collocate import _open
 
     if len(inputs) != 1:
         raise ConfigError("synthetic.era5", f"source 'synthetic' needs exactly one ERA5 zarr as input, got {inputs}")
     era5 = Path(inputs[0])
-    if not era5.exists():
-        raise InputError("ERA5 zarr not found", era5)
-    ds = xr.open_zarr(era5, consolidated=False)
+    ds = _open(era5, "ERA5")
     syn = synthesize_soundings(ds, spec)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
