@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -310,10 +311,10 @@ def _expand(patterns: Iterable[str]) -> list[Path]:
 
 
 def _input_record(files: list[Path]) -> list[dict]:
+    """Path, size and (for fetched files) how they were made; digests come from `_Digests`."""
     out = []
     for path in files:
         item = {"path": str(path), "bytes": path.stat().st_size if path.is_file() else None}
-        item["sha256"] = sha256_file(path) if path.is_file() else None
         if path.is_file() and _engine(path) != "cfgrib":
             try:
                 with xr.open_dataset(path, chunks=None) as ds:
@@ -325,6 +326,30 @@ def _input_record(files: list[Path]) -> list[dict]:
     return out
 
 
+class _Digests(threading.Thread):
+    """sha256 of the input files, computed in a daemon thread while the data streams
+    (hashlib releases the GIL on large blocks), so provenance adds no wall time."""
+
+    def __init__(self, files: list[Path]):
+        super().__init__(daemon=True, name="era5-sha256")
+        self.files = files
+        self.digests: list[str | None] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.digests = [sha256_file(p) if p.is_file() else None for p in self.files]
+        except BaseException as err:  # noqa: BLE001 - reported by result()
+            self.error = err
+
+    def result(self) -> list[str | None]:
+        self.join()
+        if self.error is not None:
+            raise InputError(f"cannot read input for its sha256: {self.error}")
+        return self.digests
+
+
 def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike] = ()) -> Path:
     """Normalise the inputs of one ERA5 dataset into the zarr store `out` (atomically)."""
     out = Path(out)
@@ -334,6 +359,7 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
     stream = spec.get("stream") or {}
     files = [Path(f) for f in files]
     provenance: dict = {"source": source, "spec": redact(spec)}
+    hashing = None
     if source == "arco":
         url = spec.get("arco_url") or layout_default_arco()
         ds = layout.standardise(open_arco(url), url)
@@ -349,6 +375,7 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
             files = _expand(spec.get("files") or [])
         data = open_inputs(files, sel, chunk_time)
         provenance["inputs"] = _input_record(files)
+        hashing = _Digests(files)
     else:
         raise ConfigError("source", f"unknown source {source!r}; expected cds, arco, local or synthetic")
     provenance["packages"] = package_versions()
@@ -358,6 +385,9 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
     with atomic_path(out) as tmp:
         _configure_dask(stream)
         stats = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(stream.get("block_mb") or 256), progress=_progress())
+        if hashing is not None:
+            for item, digest in zip(provenance["inputs"], hashing.result()):
+                item["sha256"] = digest
         _set_attrs(tmp, {"normalisation": json.dumps(stats, sort_keys=True), "provenance": json.dumps(provenance, sort_keys=True, default=str), "Conventions": "CF-1.7"})
     log.info("wrote %s: %s", out, {k: v for k, v in data.sizes.items()})
     return out

@@ -2,10 +2,12 @@
 
 The store's metadata and coordinates are written first; then blocks of whole time chunks
 are computed one at a time, each written into its region of the store while, in the
-same dask graph, its sums for the normalisation statistics are reduced. Peak memory is
-about one block (`block_mb`) times a small factor, whatever the number of files or time
-steps. Statistics are shifted sums in float64 (mean = c + S1/N, var = S2/N - (S1/N)^2
-with c the first time step's mean), so one pass is numerically safe.
+same dask graph, its sums for the normalisation statistics are reduced (one small task
+per chunk, so every chunk is read once). Peak memory is about one block (`block_mb`)
+times a small factor, whatever the number of files or time steps. Statistics are float64
+sums of x and x^2 (squares of float32 are exact in float64): mean = S1/N,
+var = S2/N - mean^2; the cancellation costs a relative (mean/std)^2 * 1e-16, far below
+what normalisation needs for ERA5 fields.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -32,16 +33,23 @@ def time_block(ds: xr.Dataset, chunk_time: int, block_mb: float) -> int:
     return max(chunk_time, steps // chunk_time * chunk_time)
 
 
-def _reduce_axes(var: xr.DataArray) -> tuple[int, ...]:
-    return tuple(i for i, d in enumerate(var.dims) if d != "level")
-
-
-def _shift(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """Per variable (and level) mean of the first time step: the shift of the sums."""
-    first = ds.isel(time=slice(0, 1))
-    lazy = {name: da.nanmean(var.data.astype(np.float64), axis=_reduce_axes(var)) for name, var in first.data_vars.items()}
-    values = dask.compute(lazy)[0]
-    return {k: np.nan_to_num(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+def _chunk_sums(x: np.ndarray, level_axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, sum, sum of squares) of a chunk over every axis but `level_axis`, in float64
+    (float32 squares are exact in float64), NaN-aware; no temporary copy without NaNs."""
+    x = np.asarray(x)
+    letters = "abcdefgh"[: x.ndim]
+    out = letters[level_axis] if level_axis is not None else ""
+    axes = tuple(i for i in range(x.ndim) if i != level_axis)
+    s1 = x.sum(axis=axes, dtype=np.float64)
+    if not np.all(np.isfinite(s1)):
+        valid = ~np.isnan(x)
+        x = np.where(valid, x, np.zeros((), x.dtype))
+        n = valid.sum(axis=axes).astype(np.float64)
+        s1 = x.sum(axis=axes, dtype=np.float64)
+    else:
+        n = np.full(s1.shape, float(np.prod([x.shape[a] for a in axes])))
+    s2 = np.einsum(f"{letters},{letters}->{out}", x, x, dtype=np.float64)
+    return n, s1, s2
 
 
 def stream_to_zarr(
@@ -65,7 +73,6 @@ def stream_to_zarr(
     # metadata and the coordinates now; data variables by region below
     ds.to_zarr(path, mode="w-", compute=False, encoding=encoding, consolidated=False)
 
-    shift = _shift(ds)
     sums = {name: [0, 0.0, 0.0] for name in ds.data_vars}  # N, S1, S2
     block = time_block(ds, chunk_time, block_mb)
     static = [c for c in ds.coords if "time" not in ds[c].dims]
@@ -81,17 +88,16 @@ def stream_to_zarr(
         store = sub.drop_vars(static).to_zarr(path, region={"time": slice(start, stop)}, compute=False, consolidated=False)
         reductions = {}
         for name, var in sub.data_vars.items():
-            x = var.data
-            axes = _reduce_axes(var)
-            c = shift[name].reshape([-1 if d == "level" else 1 for d in var.dims]) if shift[name].ndim else shift[name]
-            xc = x.astype(np.float64) - c
-            reductions[name] = (da.sum(~da.isnan(x), axis=axes), da.nansum(xc, axis=axes), da.nansum(xc * xc, axis=axes))
+            level_axis = var.dims.index("level") if "level" in var.dims else None
+            # one small task per chunk, on the same chunk keys as the store: read once
+            reductions[name] = [dask.delayed(_chunk_sums, pure=True)(block, level_axis) for block in var.data.to_delayed().ravel()]
         _, values = dask.compute(store, reductions)
-        for name, (n, s1, s2) in values.items():
+        for name, parts in values.items():
             acc = sums[name]
-            acc[0] = acc[0] + np.asarray(n, dtype=np.float64)
-            acc[1] = acc[1] + np.asarray(s1)
-            acc[2] = acc[2] + np.asarray(s2)
+            for n, s1, s2 in parts:
+                acc[0] = acc[0] + n
+                acc[1] = acc[1] + s1
+                acc[2] = acc[2] + s2
         if bar is not None:
             bar.update(stop - start)
     if bar is not None:
@@ -101,10 +107,8 @@ def stream_to_zarr(
     for name, (n, s1, s2) in sums.items():
         n = np.asarray(n, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_c = s1 / n
-            var = np.maximum(s2 / n - mean_c**2, 0.0)
-        mean = shift[name] + mean_c
-        std = np.sqrt(var)
+            mean = s1 / n
+            std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
         if "level" in ds[name].dims:
             stats[name] = {"mean": [float(x) for x in np.atleast_1d(mean)], "std": [float(x) for x in np.atleast_1d(std)]}
         else:
