@@ -252,28 +252,37 @@ def read_csv(path, spec: dict) -> Snapshots:
     return out
 
 
-def highly_variable_genes(X, n_top: int, n_bins: int = 20) -> np.ndarray:
-    """Indices of the `n_top` most variable genes of log-normalised X (cells, genes), sorted.
+def highly_variable_genes(X, n_top: int, n_bins: int = 20, log_input: bool = True) -> np.ndarray:
+    """Indices of the `n_top` most variable genes of X (cells, genes), sorted.
 
-    Dispersion-based (Satija et al. 2015): dispersion = var / mean per gene; its log is
-    z-scored within `n_bins` equal-width bins of mean expression; the highest z-scores
-    win (genes with zero mean never). X may be dense or scipy-sparse.
+    Dispersion-based, as in Seurat v1 (Satija et al. 2015): on normalised counts
+    (``expm1(X)`` when X is log1p-transformed), dispersion = var / mean per gene; log
+    dispersion is z-scored within `n_bins` equal-width bins of log1p(mean) (bins holding a
+    single gene give z = 0); the highest z-scores win, genes with zero mean never. X may be
+    dense or scipy-sparse.
     """
+    if log_input:
+        if hasattr(X, "tocsr"):
+            X = X.tocsr(copy=True)
+            X.data = np.expm1(X.data)
+        else:
+            X = np.expm1(X)
     mean = np.asarray(X.mean(axis=0)).ravel()
     sq = X.multiply(X) if hasattr(X, "multiply") else X * X
     var = np.asarray(sq.mean(axis=0)).ravel() - mean**2
-    var = var * X.shape[0] / max(X.shape[0] - 1, 1)
+    var = np.maximum(var, 0.0) * X.shape[0] / max(X.shape[0] - 1, 1)
     ok = mean > 0
     disp = np.full(mean.shape, -np.inf)
     disp[ok] = np.log(np.maximum(var[ok], 1e-300) / mean[ok])
     z = np.full(mean.shape, -np.inf)
     if ok.any():
-        edges = np.linspace(mean[ok].min(), mean[ok].max(), n_bins + 1)
-        bins = np.clip(np.digitize(mean, edges[1:-1]), 0, n_bins - 1)
+        level = np.log1p(mean)
+        edges = np.linspace(level[ok].min(), level[ok].max(), n_bins + 1)
+        bins = np.clip(np.digitize(level, edges[1:-1]), 0, n_bins - 1)
         for b in np.unique(bins[ok]):
             sel = ok & (bins == b)
-            mu, sd = disp[sel].mean(), disp[sel].std(ddof=1) if sel.sum() > 1 else 0.0
-            z[sel] = (disp[sel] - mu) / sd if sd > 0 else 0.0
+            sd = disp[sel].std(ddof=1) if sel.sum() > 1 else 0.0
+            z[sel] = (disp[sel] - disp[sel].mean()) / sd if sd > 0 else 0.0
     n_top = min(int(n_top), int(ok.sum()))
     top = np.argsort(-z, kind="stable")[:n_top]
     return np.sort(top)
@@ -304,10 +313,10 @@ def preprocess_expression(X, genes: list[str], cfg: dict, path) -> tuple[np.ndar
             X = np.log1p(X)
         record["steps"].append({"log1p": True})
     if cfg["n_top_genes"] is not None and cfg["n_top_genes"] < X.shape[1]:
-        keep = highly_variable_genes(X, cfg["n_top_genes"], cfg["hvg_bins"])
+        keep = highly_variable_genes(X, cfg["n_top_genes"], cfg["hvg_bins"], log_input=bool(cfg["log1p"]))
         X = X[:, keep]
         genes = [genes[i] for i in keep]
-        record["steps"].append({"highly_variable_genes": {"flavor": "dispersion z-score in mean bins (Satija 2015)", "n_top_genes": len(keep), "n_bins": cfg["hvg_bins"], "genes": genes}})
+        record["steps"].append({"highly_variable_genes": {"flavor": "seurat v1 dispersion z-score in mean bins", "n_top_genes": len(keep), "n_bins": cfg["hvg_bins"], "genes": genes}})
     X = X.toarray() if sp.issparse(X) else X
     names = list(genes)
     if cfg["n_pcs"] is not None:
