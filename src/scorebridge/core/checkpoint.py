@@ -31,6 +31,7 @@ __all__ = [
     "check_identity",
     "identity_hash",
     "checkpoint_name",
+    "remove_partials",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,20 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
         return
     for _, path in list_checkpoints(directory)[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def remove_partials(directory: str | Path) -> int:
+    """Delete temp files of checkpoint writes that a kill interrupted; returns how many.
+
+    Only call this from the one process that writes to `directory`.
+    """
+    directory = Path(directory)
+    n = 0
+    if directory.is_dir():
+        for p in directory.glob(".step_*.pt.partial-*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import check_identity, checkpoint_name, identity_hash, latest_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import check_identity, checkpoint_name, identity_hash, latest_checkpoint, prune_checkpoints, remove_partials, save_checkpoint
 from .device import autocast
 from .distributed import DistInfo, all_mean, barrier, shard
 from .ema import EMA
@@ -121,6 +121,8 @@ def fit(
     result = TrainResult(step=0)
 
     if ckdir is not None:
+        if info.is_main and remove_partials(ckdir):
+            log.info("removed the temp file of an interrupted checkpoint write in %s", ckdir)
         found = latest_checkpoint(ckdir, map_location=device)
         if found is not None:
             path, state = found
