@@ -178,3 +178,29 @@ def sr_obs(wildcards):
     if spec.get("igra"):
         return [f"{RESULTS}/data/obs/{spec['era5']}/{spec['igra']}.zarr"]
     return []
+
+
+def torch_launcher(rule_name, section, component, gpus=0):
+    """Function of wildcards: how a training command starts. `scorebridge` (one process);
+    `torchrun --standalone --nproc_per_node P -m scorebridge` (DDP on one node) when the
+    rule's resources ask for P > 1 GPUs, or on CPU when `<component>.nproc` is P > 1;
+    `srun torchrun --nnodes N ... -m scorebridge` (c10d rendezvous on the first node of
+    the SLURM job) when they ask for N > 1 nodes."""
+
+    def launch(wildcards):
+        spec = entry(section, wildcards.experiment).get(component) or {}
+        nodes = int(res(rule_name, "nodes", 1) or 1)
+        on_gpu = uses_gpu(section, component)(wildcards)
+        count = res(rule_name, "gpus", gpus) if on_gpu else 0
+        per_node = max(1, int(count) // nodes) if count else int(spec.get("nproc") or 1)
+        if nodes == 1 and per_node == 1:
+            return "scorebridge"
+        if nodes == 1:
+            return f"torchrun --standalone --nproc_per_node {per_node} -m scorebridge"
+        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
+        return (
+            f"srun --ntasks-per-node 1 torchrun --nnodes {nodes} --nproc_per_node {per_node} "
+            f"--rdzv_backend c10d --rdzv_endpoint {head}:29500 --rdzv_id $SLURM_JOB_ID -m scorebridge"
+        )
+
+    return launch

@@ -23,8 +23,9 @@ rule sr_train:
     params:
         spec=lambda w: spec_json("sr", w.experiment, drop=["sample", "evaluate"]),
         ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
+        launch=torch_launcher("sr_train", "sr", "train", gpus=1),
     shell:
-        "scorebridge sr-train --spec {params.spec:q} --experiment {wildcards.experiment} "
+        "{params.launch} sr-train --spec {params.spec:q} --experiment {wildcards.experiment} "
         "--era5 {input.era5} --experiments {input.experiments} "
         "--checkpoint-dir {params.ckpt_dir} --out {output} > {log} 2>&1"
 
