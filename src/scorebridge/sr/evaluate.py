@@ -183,7 +183,7 @@ def evaluate(samples_path, era5_path, obs_path=None, figures=None, run=None, opt
     if obs_path:
         fields = {"+".join(sampling["conditioning"]) or "prior": mean, "bicubic": base["bicubic"]}
         if "conditioning" in sds.coords:
-            for j, name in enumerate(np.asarray(sds["conditioning"].values).astype(str)):
+            for j, name in enumerate(str(x) for x in np.asarray(sds["conditioning"].values, dtype=object)):
                 fields[name] = vars_to_fields(sds, channels, "_mean_compare", conditioning=j).astype(np.float64)
         wh, wh_info = _withheld(obs_path, sampling, channels, np.asarray(sds["time"].values), lat, lon, fields, tol)
         out.update(wh)

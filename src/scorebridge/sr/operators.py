@@ -328,9 +328,9 @@ def build_point_obs(
     lon = _wrap_longitude(np.asarray(longitude, dtype=np.float64), grid_lon)
     p = np.asarray(pressure_pa, dtype=np.float64) / 100.0  # hPa
     vals = np.asarray(values, dtype=np.float64)
-    variable = np.asarray(variable).astype(str)
+    variable = np.array([str(x) for x in np.asarray(variable, dtype=object)])
     n = len(vals)
-    station = np.asarray(station if station is not None else [""] * n).astype(str)
+    station = np.array([str(x) for x in np.asarray(station if station is not None else [""] * n, dtype=object)])
     report = PointObsReport(n_total=n)
 
     # Channels per variable, by ascending log-pressure.
@@ -389,7 +389,7 @@ def build_point_obs(
     report.n_outside_horizontal = len(outside_h)
     report.n_outside_vertical = len(outside_v)
     if outside_h:
-        names = sorted(set(station[outside_h]))
+        names = sorted({str(x) for x in station[outside_h]})
         report.outside_stations = names
         msg = (
             f"{len(outside_h)} observation(s) from station(s) {names[:10]}{'...' if len(names) > 10 else ''} lie outside the "

@@ -185,6 +185,7 @@ def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
     if missing:
         raise InputError(f"missing {missing} (collocated observations data contract)", path)
     base = {n: np.asarray(ds[n].values) for n in need}
+    base["station"] = np.array([str(x) for x in base["station"]], dtype=object)
     present = [v for v in variables if v in ds.variables and ds[v].dims == ds["station"].dims]
     cols = {f: [] for f in ("station", "time", "latitude", "longitude", "pressure", "variable", "value")}
     for v in present:
@@ -199,7 +200,7 @@ def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
         empty["station"] = empty["variable"] = np.zeros(0, dtype=str)
         return ObsTable(**empty, path=str(path))
     out = {f: np.concatenate(c) for f, c in cols.items()}
-    out["station"] = out["station"].astype(str)
+    out["station"] = np.array([str(x) for x in out["station"]])  # object / numpy StringDType -> str
     out["time"] = out["time"].astype("datetime64[ns]")
     return ObsTable(**out, path=str(path))
 
