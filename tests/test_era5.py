@@ -185,6 +185,21 @@ def test_multi_file_archives_by_time_and_variable_equal_one_file(tmp_path):
     assert len(json.loads(split.attrs["provenance"])["inputs"]) == 6
 
 
+def test_streams_through_a_dask_distributed_scheduler(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    src = new_cds(ntime=8, seed=6)
+    f = write_new(src, tmp_path / "d.nc")
+    local = read(ingest(spec(), tmp_path / "local.zarr", [f]))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        remote = read(ingest(spec(stream={"address": cluster.scheduler_address, "block_mb": 0.05}), tmp_path / "remote.zarr", [f]))
+        assert any("chunk_sums" in p for p in cluster.scheduler.task_prefixes), "the scheduler ran the tasks"
+    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+    assert remote.attrs["normalisation"] == local.attrs["normalisation"]
+    with pytest.raises(ConfigError, match="stream.address"):
+        ingest(spec(stream={"address": "tcp://127.0.0.1:9"}), tmp_path / "x.zarr", [f])
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_lazy_until_written(tmp_path):
     """open_inputs builds a dask graph chunked by time; nothing is loaded."""
     f = write_new(new_cds(ntime=8), tmp_path / "l.nc")
@@ -338,6 +353,22 @@ def test_cds_request_config_errors(bad, key):
     with pytest.raises(ConfigError) as err:
         build_cds_requests({**base, **bad})
     assert f"config key '{key}'" in str(err.value)
+
+
+def test_cds_parts_joined_into_one_netcdf_with_the_requests(tmp_path):
+    """What era5-fetch does after retrieval: parts per product and month -> one file."""
+    from scorebridge.data.era5 import SOURCE_ATTR, _join_cds_parts
+
+    src = new_cds(ntime=8, seed=8)
+    parts = [write_new(src[["t", "u"]].isel(valid_time=slice(0, 4)), tmp_path / "p0.nc"), write_new(src[["t", "u"]].isel(valid_time=slice(4, 8)), tmp_path / "p1.nc"), write_new(src[["t2m"]], tmp_path / "s0.nc")]
+    reqs = [("reanalysis-era5-pressure-levels", {"month": ["01"]}), ("reanalysis-era5-pressure-levels", {"month": ["02"]}), ("reanalysis-era5-single-levels", {"month": ["01", "02"]})]
+    _join_cds_parts(parts, reqs, tmp_path / "joined.nc")
+    with xr.open_dataset(tmp_path / "joined.nc") as ds:
+        assert json.loads(ds.attrs[SOURCE_ATTR])["requests"][2]["dataset"] == "reanalysis-era5-single-levels"
+    a = read(ingest(spec(source="cds"), tmp_path / "a.zarr", [tmp_path / "joined.nc"]))
+    b = read(ingest(spec(), tmp_path / "b.zarr", [write_new(src, tmp_path / "whole.nc")]))
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert json.loads(a.attrs["provenance"])["inputs"][0]["made_by"]["source"] == "cds"
 
 
 def test_cds_fetch_without_credentials_fails_cleanly(tmp_path):

@@ -11,6 +11,7 @@ normalisation statistics and provenance in the store's attributes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import glob
 import json
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import xarray as xr
@@ -382,8 +383,7 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
     provenance["git"] = git_state(Path(__file__).parent)
     provenance["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    with atomic_path(out) as tmp:
-        _configure_dask(stream)
+    with atomic_path(out) as tmp, _dask_scheduler(stream):
         stats = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(stream.get("block_mb") or 256), progress=_progress())
         if hashing is not None:
             for item, digest in zip(provenance["inputs"], hashing.result()):
@@ -397,11 +397,32 @@ def layout_default_arco() -> str:
     return "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
 
 
-def _configure_dask(stream: dict) -> None:
+@contextlib.contextmanager
+def _dask_scheduler(stream: dict) -> Iterator[None]:
+    """Local threads (`stream.workers` of them), or the dask.distributed scheduler at
+    `stream.address` (workers must see the input files and the output folder)."""
     import dask
 
-    workers = stream.get("workers")
-    dask.config.set(scheduler="threads", num_workers=int(workers) if workers else None)
+    address = stream.get("address")
+    if not address:
+        workers = stream.get("workers")
+        with dask.config.set(scheduler="threads", num_workers=int(workers) if workers else None):
+            yield
+        return
+    try:
+        from dask.distributed import Client
+    except ImportError:  # pragma: no cover - in the lock file
+        raise ConfigError("stream.address", "a dask.distributed scheduler needs the 'distributed' package") from None
+    try:
+        client = Client(address, timeout="30s", set_as_default=False)
+    except Exception as err:  # noqa: BLE001 - connection failures are the user's to fix
+        raise ConfigError("stream.address", f"cannot connect to the dask scheduler at {address!r}: {err}") from None
+    try:
+        with dask.config.set(scheduler=client.get):
+            log.info("streaming through the dask.distributed scheduler at %s", address)
+            yield
+    finally:
+        client.close()
 
 
 def _set_attrs(store: Path, attrs: dict) -> None:
