@@ -450,10 +450,14 @@ def write_cells_zarr(out, snaps: Snapshots, attrs: dict) -> None:
 
 def load_snapshots(path) -> tuple[list[np.ndarray], np.ndarray, dict]:
     """Read a cells zarr back: ([X_k (n_k, d) float64 per time], times (K,), attrs)."""
+    import warnings
+
     import xarray as xr
 
-    ds = xr.open_zarr(path, consolidated=False)
-    X = ds["X"].values.astype(np.float64)
+    with warnings.catch_warnings():  # Snakemake's marker file inside directory() outputs
+        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+        ds = xr.open_zarr(path, consolidated=False)
+        X = ds["X"].values.astype(np.float64)
     time = ds["time"].values.astype(np.float64)
     times = np.unique(time)
     return [X[time == t] for t in times], times, dict(ds.attrs)
