@@ -1,10 +1,12 @@
 """Streaming a lazy (dask) dataset into a zarr store, block by block, with statistics.
 
-The store's metadata and coordinates are written first; then blocks of whole time chunks
-are computed one at a time, each written into its region of the store while, in the
-same dask graph, its sums for the normalisation statistics are reduced (one small task
-per chunk, so every chunk is read once). Peak memory is about one block (`block_mb`)
-times a small factor, whatever the number of files or time steps. Statistics are float64
+The store's metadata and coordinates are written first (xarray, so the encoding is
+xarray's); then blocks of whole time chunks are computed one at a time through dask.
+Each dask chunk is one zarr chunk (time chunks aligned, other dims whole): one task
+reads it, writes it into its region of the store and returns its sums for the
+normalisation statistics, so every chunk is read once and released when its task ends.
+Peak memory is a few chunks per worker thread, whatever the number of files or time
+steps; `block_mb` only bounds the size of each scheduled graph (and paces progress). Statistics are float64
 sums of x and x^2 (squares of float32 are exact in float64): mean = S1/N,
 var = S2/N - mean^2; the cancellation costs a relative (mean/std)^2 * 1e-16, far below
 what normalisation needs for ERA5 fields.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 
 import dask
@@ -52,6 +55,52 @@ def _chunk_sums(x: np.ndarray, level_axis: int | None) -> tuple[np.ndarray, np.n
     return n, s1, s2
 
 
+_OPEN: dict[tuple[str, str], object] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _zarr_array(store: str, name: str):
+    """The zarr array `name` of `store`, opened once per process (tasks run in threads or
+    on dask.distributed workers)."""
+    key = (store, name)
+    with _OPEN_LOCK:
+        arr = _OPEN.get(key)
+        if arr is None:
+            import zarr
+
+            arr = zarr.open_array(store=store, path=name, mode="r+")
+            if len(_OPEN) > 256:
+                _OPEN.clear()
+            _OPEN[key] = arr
+        return arr
+
+
+def _write_chunk(x: np.ndarray, store: str, name: str, region: tuple[slice, ...], level_axis: int | None):
+    """Write one chunk into its region of the store and return its statistics sums, so
+    that the chunk is read once and dropped as soon as this task ends."""
+    x = np.ascontiguousarray(x)
+    _zarr_array(store, name)[region] = x
+    return _chunk_sums(x, level_axis)
+
+
+def _chunk_tasks(x, store: str, name: str, dims: tuple[str, ...], time_offset: int) -> list:
+    """One delayed `_write_chunk` per dask chunk of `x`; chunks align with zarr chunks."""
+    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in x.chunks]
+    time_axis = dims.index("time")
+    level_axis = dims.index("level") if "level" in dims else None
+    blocks = x.to_delayed()
+    tasks = []
+    for idx in np.ndindex(blocks.shape):
+        region = []
+        for axis, i in enumerate(idx):
+            lo, hi = int(bounds[axis][i]), int(bounds[axis][i + 1])
+            if axis == time_axis:
+                lo, hi = lo + time_offset, hi + time_offset
+            region.append(slice(lo, hi))
+        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, name, tuple(region), level_axis))
+    return tasks
+
+
 def stream_to_zarr(
     ds: xr.Dataset,
     path: str | os.PathLike,
@@ -70,28 +119,22 @@ def stream_to_zarr(
     for name, var in ds.data_vars.items():
         encoding[name] = {"chunks": tuple(min(chunk_time, nt) if d == "time" else var.sizes[d] for d in var.dims)}
     encoding["time"] = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
-    # metadata and the coordinates now; data variables by region below
+    # metadata and the coordinates now (the returned delayed data write is dropped);
+    # the data variables chunk by chunk below
     ds.to_zarr(path, mode="w-", compute=False, encoding=encoding, consolidated=False)
 
     sums = {name: [0, 0.0, 0.0] for name in ds.data_vars}  # N, S1, S2
     block = time_block(ds, chunk_time, block_mb)
-    static = [c for c in ds.coords if "time" not in ds[c].dims]
-    starts = range(0, nt, block)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=nt, unit="step", desc=f"write {path.name}", disable=os.environ.get("SCOREBRIDGE_NO_PROGRESS") == "1")
-    for start in starts:
+    for start in range(0, nt, block):
         stop = min(nt, start + block)
         sub = ds.isel(time=slice(start, stop))
-        store = sub.drop_vars(static).to_zarr(path, region={"time": slice(start, stop)}, compute=False, consolidated=False)
-        reductions = {}
-        for name, var in sub.data_vars.items():
-            level_axis = var.dims.index("level") if "level" in var.dims else None
-            # one small task per chunk, on the same chunk keys as the store: read once
-            reductions[name] = [dask.delayed(_chunk_sums, pure=True)(block, level_axis) for block in var.data.to_delayed().ravel()]
-        _, values = dask.compute(store, reductions)
+        tasks = {name: _chunk_tasks(var.data, str(path), name, var.dims, start) for name, var in sub.data_vars.items()}
+        (values,) = dask.compute(tasks)
         for name, parts in values.items():
             acc = sums[name]
             for n, s1, s2 in parts:
