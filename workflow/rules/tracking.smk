@@ -15,8 +15,8 @@ rule tracking_init:
         bridge=lambda w: ",".join(names("bridge")),
         tracking=json.dumps(config["tracking"], sort_keys=True),
     shell:
-        "scorebridge tracking-init --tracking {params.tracking:q} --sr {params.sr:q} "
-        "--bridge {params.bridge:q} --out {output} > {log} 2>&1"
+        "scorebridge tracking-init --tracking {params.tracking:q} --sr={params.sr:q} "
+        "--bridge={params.bridge:q} --out {output} > {log} 2>&1"
 
 
 # Metrics tables for the report: each evaluate rule's metrics.json rendered as HTML.
