@@ -434,6 +434,7 @@ def test_error_unreadable_file_and_missing_level(tmp_path):
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.slow
 def test_kill_during_zarr_write_leaves_nothing_complete(tmp_path):
     """kill -9 mid-stream: the store never appears under its name; a rerun builds it."""
     rng = np.random.default_rng(0)
@@ -458,14 +459,17 @@ def test_kill_during_zarr_write_leaves_nothing_complete(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "a killed write must not look complete"
+    assert partial.exists()
     ingest(spec(variables=["t"], chunks={"time": 1}), out, [f])  # the rerun (in-process: quicker)
     done = xr.open_zarr(out, consolidated=False)
     assert done.t.shape == (nt, 2, ny, nx) and "normalisation" in done.attrs
+    assert not partial.exists(), "the rerun removes the killed run's leftovers"
 
 
 # --- the workflow ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_snakemake_builds_era5_targets(tmp_path):
     """End to end through Snakemake: a synthetic dataset (fetch + ingest) and a local one
     (the real GRIB), on a tiny config in a scratch working directory."""

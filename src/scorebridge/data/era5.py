@@ -383,6 +383,7 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
     provenance["git"] = git_state(Path(__file__).parent)
     provenance["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
+    _remove_stale_partials(out)
     with atomic_path(out) as tmp, _dask_scheduler(stream):
         stats = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(stream.get("block_mb") or 256), progress=_progress())
         if hashing is not None:
@@ -391,6 +392,23 @@ def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike
         _set_attrs(tmp, {"normalisation": json.dumps(stats, sort_keys=True), "provenance": json.dumps(provenance, sort_keys=True, default=str), "Conventions": "CF-1.7"})
     log.info("wrote %s: %s", out, {k: v for k, v in data.sizes.items()})
     return out
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete half-written stores of `out` left by killed runs (their process is gone);
+    they never count as complete (another name), but they hold disk space."""
+    import psutil
+
+    from ..io import remove
+
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            log.info("removing %s, left by a killed run", stale)
+            remove(stale)
 
 
 def layout_default_arco() -> str:
