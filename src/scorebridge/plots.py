@@ -18,12 +18,11 @@ from typing import Any, Mapping
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: no display on cluster nodes; set before pyplot is imported
+from .errors import InputError
+from .io import atomic_path, read_json
 
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .errors import InputError  # noqa: E402
-from .io import atomic_path, read_json  # noqa: E402
+# Headless: no display on cluster nodes. Agg can be selected even after pyplot was imported.
+matplotlib.use("Agg")
 
 __all__ = ["DPI", "new_figure", "save_figure", "flatten_metrics", "metrics_table_html", "metrics_table_cli"]
 
@@ -32,6 +31,8 @@ DPI = 120
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float = 3.2, **kwargs: Any):
     """`plt.subplots` sized per panel (inches), constrained layout."""
+    import matplotlib.pyplot as plt
+
     kwargs.setdefault("constrained_layout", True)
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=kwargs.pop("squeeze", True), **kwargs)
 
@@ -42,10 +43,12 @@ def save_figure(fig, path: str | os.PathLike, run=None, dpi: int = DPI, artifact
     `run` is the `TrackedRun` of `scorebridge.tracking.tracked_run` (or None: file only).
     The figure is closed even if writing fails, so long loops do not leak memory.
     """
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"save_figure writes PNG; got '{path.name}' (use a .png name)")
     try:
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"save_figure writes PNG; got '{path.name}' (use a .png name)")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": "scorebridge"})
     finally:
@@ -87,45 +90,57 @@ def _fmt(v: Any) -> str:
 
 
 def metrics_table_html(metrics: Mapping[str, Any], title: str) -> str:
-    """A standalone HTML page: one table per top-level group of metrics.
+    """A standalone HTML page of a metrics.json, readable at a glance.
 
-    Keys of the form `group/name/...` are grouped by `group`; inside a group, when keys
-    share the form `<metric>/<rest>` with several metrics over the same rest (e.g.
-    `rmse/t/850`, `crps/t/850`), they are pivoted into rows = rest, columns = metric.
+    Keys are flattened with '/' (a top-level `metrics` wrapper is dropped). A key
+    `<metric>/<rest>` (e.g. `rmse/t/850`, `rmse/t/850/bicubic`) becomes the cell (row `rest`,
+    column `metric`) of one pivot table, for every metric whose rows are shared with
+    another metric; other groups get their own two-column table, plain scalars a summary
+    table. Arrays (spectra, histograms) are listed by size only: they are in the figures.
     """
     flat = flatten_metrics(metrics)
+    if all(k.startswith("metrics/") for k in flat if not isinstance(flat[k], str) or not flat[k].startswith("[")) and \
+            any(k.startswith("metrics/") for k in flat):
+        flat = {(k[len("metrics/"):] if k.startswith("metrics/") else k): v for k, v in flat.items()}
+    scalars: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
     for k, v in flat.items():
-        head, _, tail = k.partition("/")
-        groups.setdefault(head if tail else "", {})[tail or head] = v
-    # merge groups that are themselves single scalars into one "summary" table
+        if isinstance(v, str) and v.startswith("[") and v.endswith("values]"):
+            arrays[k] = v
+            continue
+        head, _, rest = k.partition("/")
+        if rest:
+            groups.setdefault(head, {})[rest] = v
+        else:
+            scalars[k] = v
+    rows_of = {g: set(items) for g, items in groups.items()}
+    pivot = [g for g in groups if any(rows_of[g] & rows_of[h] for h in groups if h != g)]
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
              f"<title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin:0 0 1.5em}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
              "th{background:#eee}caption{font-weight:bold;text-align:left;padding:4px 0}</style></head><body>",
              f"<h3>{html.escape(title)}</h3>"]
-    scalars = {k: v for k, v in groups.pop("", {}).items()}
-    for g in list(groups):
-        if len(groups[g]) == 1 and "/" not in next(iter(groups[g])):
-            (name, value), = groups[g].items()
-            scalars[f"{g}/{name}"] = value
-            del groups[g]
     if scalars:
-        parts.append(_table("summary", ["metric", "value"], [[k, _fmt(v)] for k, v in sorted(scalars.items())]))
-    for g, items in groups.items():
-        # pivot `<metric>/<rest>` when metric names repeat over the same rests
-        split = [(k.partition("/")[0], k.partition("/")[2], v) for k, v in items.items()]
-        cols = sorted({m for m, rest, _ in split if rest})
-        rows = sorted({rest for _, rest, _ in split if rest})
-        if len(cols) > 1 and all(rest for _, rest, _ in split) and len(rows) * len(cols) <= 4 * len(split):
-            cell = {(rest, m): v for m, rest, v in split}
-            body = [[r] + [_fmt(cell.get((r, c))) for c in cols] for r in rows]
-            parts.append(_table(g, [""] + cols, body))
-        else:
-            parts.append(_table(g, ["metric", "value"], [[k, _fmt(v)] for k, v in sorted(items.items())]))
+        parts.append(_table("overall", ["metric", "value"], [[k, _fmt(v)] for k, v in sorted(scalars.items())]))
+    if pivot:
+        cols = sorted(pivot)
+        rows = sorted(set().union(*(rows_of[g] for g in pivot)), key=_row_key)
+        body = [[r] + [_fmt(groups[c].get(r)) for c in cols] for r in rows]
+        parts.append(_table("by variable / level (columns: metric; rows ending in a name: that baseline)", [""] + cols, body))
+    for g in sorted(set(groups) - set(pivot)):
+        parts.append(_table(g, ["", "value"], [[k, _fmt(v)] for k, v in sorted(groups[g].items(), key=lambda kv: _row_key(kv[0]))]))
+    if arrays:
+        parts.append("<p>Arrays in metrics.json (shown in the figures): " +
+                     ", ".join(f"<code>{html.escape(k)}</code> {html.escape(v)}" for k, v in sorted(arrays.items())) + "</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _row_key(row: str) -> tuple:
+    """Sort `t/850` before `t/850/bicubic`, and levels numerically."""
+    return tuple((0, float(p), "") if p.replace(".", "", 1).isdigit() else (1, 0.0, p) for p in row.split("/"))
 
 
 def _table(caption: str, header: list[str], rows: list[list[str]]) -> str:

@@ -593,7 +593,9 @@ class TrackedRun:
         if not p.exists():
             warnings.warn(f"artifact {p} does not exist; not logged", stacklevel=2)
             return
-        record = {"path": str(p.resolve()), "artifact_path": artifact_path}
+        # a file inside an `atomic_path` temporary (`.figures.partial-123/x.png`) is recorded
+        # under its final name, which is where it will be when the pending file is replayed
+        record = {"path": _final_path(p.resolve()), "artifact_path": artifact_path}
         if not (self.online and self.run_id):
             self._pending["artifacts"].append(record)
             return
@@ -662,6 +664,13 @@ class TrackedRun:
         n = {k: len(doc[k]) for k in ("params", "tags", "metrics", "artifacts", "datasets")}
         print(f"scorebridge: WARNING: not logged to MLflow ({self.error}): "
               + ", ".join(f"{v} {k}" for k, v in n.items()) + f"; kept in {self.pending_path}", file=sys.stderr, flush=True)
+
+
+_PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.partial-\d+$")
+
+
+def _final_path(p: Path) -> str:
+    return str(Path(*[(m.group("name") if (m := _PARTIAL_RE.match(part)) else part) for part in p.parts]))
 
 
 def _load_experiments(path: str | os.PathLike) -> dict:

@@ -5,7 +5,7 @@
 rule bridge_fit:
     input:
         cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
-        experiments=f"{RESULTS}/mlflow/experiments.json",
+        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
     output:
         f"{RESULTS}/bridge/{{experiment}}/model.pt",
     log:
@@ -26,7 +26,7 @@ rule bridge_evaluate:
     input:
         cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
         model=f"{RESULTS}/bridge/{{experiment}}/model.pt",
-        experiments=f"{RESULTS}/mlflow/experiments.json",
+        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
     output:
         metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
         predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),

@@ -4,7 +4,7 @@
 rule sr_train:
     input:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
-        experiments=f"{RESULTS}/mlflow/experiments.json",
+        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
     output:
         f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
     log:
@@ -35,7 +35,7 @@ rule sr_sample:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         obs=sr_obs,
         checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
-        experiments=f"{RESULTS}/mlflow/experiments.json",
+        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
     output:
         directory(f"{RESULTS}/sr/{{experiment}}/samples.zarr"),
     log:
@@ -65,7 +65,7 @@ rule sr_evaluate:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         obs=sr_obs,
         samples=f"{RESULTS}/sr/{{experiment}}/samples.zarr",
-        experiments=f"{RESULTS}/mlflow/experiments.json",
+        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
     output:
         metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
         figures=report(
