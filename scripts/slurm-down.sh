@@ -13,7 +13,7 @@ stop() { # name pidfile
     local name=$1 pidfile=$2 pid
     [ -s "$pidfile" ] || { say "$name not running (no $pidfile)"; return 0; }
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
         say "stopping $name ($pid)"
         kill "$pid"
         for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done

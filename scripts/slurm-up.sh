@@ -30,7 +30,8 @@ node_idle() {
     case "$(node_state)" in idle | mix | alloc | comp) return 0 ;; *) return 1 ;; esac
 }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE NAME: the pid file names a running NAME (not a stale pid reused by another program).
+alive() { [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
 
 # Already up: nothing to do.
 if command -v sinfo >/dev/null 2>&1 && timeout 10 sinfo >/dev/null 2>&1 && node_idle; then
@@ -81,7 +82,7 @@ chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
 chmod 0700 /etc/munge /var/lib/munge /var/log/munge
 chmod 0755 /run/munge
 chmod 0400 /etc/munge/munge.key
-if ! alive /run/munge/munged.pid; then
+if ! alive /run/munge/munged.pid munged; then
     rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
     say "starting munged"
     runuser -u munge -- /usr/sbin/munged --force || die "munged did not start (see /var/log/munge/munged.log)"
@@ -142,14 +143,14 @@ fi
 # 4. Daemons: restart them when the configuration changed, start them when not running.
 if [ "$changed" = 1 ]; then
     for d in slurmd slurmctld; do
-        if alive "$RUN/$d.pid"; then
+        if alive "$RUN/$d.pid" "$d"; then
             say "configuration changed: stopping $d"
             kill "$(cat "$RUN/$d.pid")" 2>/dev/null
-            for _ in $(seq 1 20); do alive "$RUN/$d.pid" || break; sleep 0.5; done
+            for _ in $(seq 1 20); do alive "$RUN/$d.pid" "$d" || break; sleep 0.5; done
         fi
     done
 fi
-if ! alive "$RUN/slurmctld.pid"; then
+if ! alive "$RUN/slurmctld.pid" slurmctld; then
     say "starting slurmctld"
     slurmctld || die "slurmctld did not start (see $LOGS/slurmctld.log)"
 fi
@@ -157,7 +158,7 @@ for _ in $(seq 1 20); do
     timeout 5 scontrol ping 2>/dev/null | grep -q UP && break
     sleep 0.5
 done
-if ! alive "$RUN/slurmd.pid"; then
+if ! alive "$RUN/slurmd.pid" slurmd; then
     say "starting slurmd"
     slurmd || die "slurmd did not start (see $LOGS/slurmd.log)"
 fi
