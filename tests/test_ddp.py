@@ -75,3 +75,27 @@ def test_ddp_gloo_two_processes_matches_single(tmp_path):
     assert len(dirs) == 1
     assert [s for s, _ in list_checkpoints(dirs[0])] == [s for d in (tmp_path / "ck1").iterdir() for s, _ in list_checkpoints(d)]
     assert ddp.stdout.count('"world_size": 2') == 1
+
+
+def test_rule_launches_torchrun_when_resources_ask(tmp_path):
+    """sr_train runs torchrun for nproc > 1 on CPU (and for > 1 GPU), and srun + torchrun with a
+    c10d rendezvous for > 1 node (the default, one process, is in every other workflow run)."""
+    import yaml
+
+    from conftest import ROOT, run_snakemake
+
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    exp = next(iter(base["sr"]))
+    cases = {
+        "cpu2": ({}, {"device": "cpu", "nproc": 2}, "torchrun --standalone --nproc_per_node 2 -m scorebridge sr-train"),
+        "nodes": ({"sr_train": {"gpus": 8, "nodes": 2}}, {}, "srun --ntasks-per-node 1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d"),
+    }
+    for name, (resources, train, expected) in cases.items():
+        cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+        cfg["sr"][exp]["train"] = {**cfg["sr"][exp].get("train", {}), **train}
+        cfg.setdefault("resources", {}).update(resources)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = run_snakemake("-n", "-p", "--forceall", "--configfile", str(path), "-d", str(tmp_path / name), f"results/sr/{exp}/checkpoint.pt", "-s", str(ROOT / "Snakefile"))
+        lines = [ln for ln in proc.stdout.splitlines() if "sr-train" in ln]
+        assert lines and expected in lines[0], (name, lines[:1])

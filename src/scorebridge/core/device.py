@@ -3,7 +3,8 @@
 `select_device("auto")` is CUDA when torch sees a GPU, else CPU; any torch device
 string ("cpu", "cuda", "cuda:1", "mps") overrides. Under torchrun the local rank
 picks the GPU. `autocast(device, precision)` is bf16 autocast on CUDA when asked
-("auto" or "bf16"), a no-op on CPU and for "fp32".
+("auto" or "bf16"), a no-op on CPU and for "fp32". (fp16 is not offered: it would need
+loss scaling, and bf16 has fp32's range.)
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ def select_device(spec: str | None = "auto", key: str = "device") -> torch.devic
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA for "auto"/"bf16", fp16 for "fp16", else None (fp32)."""
+    """The autocast dtype: bf16 on CUDA for "auto"/"bf16", else None (fp32)."""
     precision = (precision or "auto").lower()
-    if precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError("precision", f"'{precision}' is not one of auto, bf16, fp16, fp32")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError("precision", f"'{precision}' is not one of auto, bf16, fp32")
     if device.type != "cuda" or precision == "fp32":
         return None
-    return torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.bfloat16
 
 
 def autocast(device: torch.device, precision: str = "auto"):
