@@ -56,19 +56,19 @@ def test_mmd_point_masses_and_properties():
     a = rng.normal(size=(100, 3))
     assert mmd(a, a) == pytest.approx(0, abs=1e-12)
     b = rng.normal(size=(80, 3))
-    assert mmd(a, b) == pytest.approx(mmd(b, a), rel=1e-12)
+    assert mmd(a, b, bandwidths=[0.5, 2.0]) == pytest.approx(mmd(b, a, bandwidths=[0.5, 2.0]), rel=1e-12)
     near, far = mmd(a, b + 0.3, bandwidths=2.0), mmd(a, b + 3.0, bandwidths=2.0)
     assert 0 <= near < far
     with pytest.raises(ValueError):
         mmd(a, b, bandwidths=0.0)
 
 
-def test_median_bandwidth_rule():
-    x = np.array([[0.0], [1.0]])
-    y = np.array([[3.0]])
-    assert median_bandwidth(x, y) == pytest.approx(2.0)  # distances 1, 3, 2
-    h = 2.0
-    assert mmd(x, y) == pytest.approx(mmd(x, y, bandwidths=[c * h for c in MMD_SCALES]))
+def test_median_bandwidth_rule_uses_the_observations():
+    y = np.array([[0.0], [1.0], [3.0]])
+    assert median_bandwidth(y) == pytest.approx(2.0)  # distances 1, 3, 2
+    x = np.array([[10.0], [20.0]])
+    assert mmd(x, y) == pytest.approx(mmd(x, y, bandwidths=[c * 2.0 for c in MMD_SCALES]))
+    assert median_bandwidth(np.zeros((3, 2))) == 1.0
 
 
 def test_distribution_metrics_dict_and_subsampling():

@@ -9,10 +9,11 @@ All four compare empirical measures p = (1/n) Σ δ_{x_i} (predicted) and q = (1
 - ``mmd``: squared maximum mean discrepancy with a mixture of RBF kernels (biased
   V-statistic, always >= 0), MMD² = E k(x,x') + E k(y,y') − 2 E k(x,y) with
   k(a, b) = (1/L) Σ_l exp(−|a − b|² / (2 h_l²)). Bandwidth rule: h_l = c_l · h_med, the
-  median heuristic h_med = median of the pairwise distances of the pooled sample, and
-  c_l ∈ {0.5, 1, 2} (``MMD_SCALES``) so that both finer and coarser scales count;
-  explicit ``bandwidths`` override the rule (the same h for every comparison makes numbers
-  comparable across methods: pass them when comparing).
+  median heuristic h_med = median pairwise distance within the OBSERVED cloud (the second
+  argument), and c_l ∈ {0.5, 1, 2} (``MMD_SCALES``) so that finer and coarser scales count.
+  Taking h from the observations alone gives every method scored against the same
+  observed snapshot the same kernel, so their MMDs are comparable. Explicit
+  ``bandwidths`` override the rule.
 - ``energy_distance``: D = (2 E|X − Y| − E|X − X'| − E|Y − Y'|)^{1/2} (Székely & Rizzo), with
   all pairs (V-statistic); in 1-D this equals ``scipy.stats.energy_distance``.
 
@@ -81,22 +82,20 @@ def wasserstein2(x, y) -> float:
     return float(np.sqrt(max(_emd2(x, y, _sqdist(x, y)), 0.0)))
 
 
-def median_bandwidth(x, y) -> float:
-    """Median heuristic: the median pairwise distance of the pooled sample (distinct pairs)."""
-    x, y = _pair(x, y)
-    z = np.concatenate([x, y])
+def median_bandwidth(y) -> float:
+    """Median heuristic: the median distance between distinct points of y (1.0 if that is 0)."""
     from scipy.spatial.distance import pdist
 
-    d = pdist(z, "euclidean")
+    d = pdist(_points(y), "euclidean")
     h = float(np.median(d)) if d.size else 0.0
     return h if h > 0 else 1.0
 
 
 def mmd(x, y, bandwidths: float | Sequence[float] | None = None) -> float:
-    """Biased MMD² with a mixture of RBF kernels of the given bandwidths (None: median rule × MMD_SCALES)."""
+    """Biased MMD² with a mixture of RBF kernels of the given bandwidths (None: median of y × MMD_SCALES)."""
     x, y = _pair(x, y)
     if bandwidths is None:
-        h0 = median_bandwidth(x, y)
+        h0 = median_bandwidth(y)
         bandwidths = [c * h0 for c in MMD_SCALES]
     hs = np.atleast_1d(np.asarray(bandwidths, dtype=np.float64))
     if np.any(hs <= 0):
@@ -129,7 +128,7 @@ def _subsample(a: np.ndarray, max_points: int | None, rng: np.random.Generator) 
 def distribution_metrics(pred, obs, *, bandwidths: float | Sequence[float] | None = None, max_points: int | None = 5000, seed: int = 0) -> dict[str, float]:
     """{"w1", "w2", "mmd", "energy"} between predicted (n, d) and observed (m, d) particles.
 
-    ``bandwidths``: RBF bandwidths for the MMD (None: median heuristic × MMD_SCALES);
+    ``bandwidths``: RBF bandwidths for the MMD (None: median distance within obs × MMD_SCALES);
     ``max_points``: subsample (seeded) larger clouds to this many points (None: never).
     """
     x, y = _pair(pred, obs)
