@@ -102,14 +102,15 @@ def repressilator_drift(x, params: dict):
     """Repressilator mRNA drift: β / (1 + (m_{i−1}/k)^n) − γ m_i, cyclic.  x: (..., d) -> (..., d).
 
     Written for any number d ≥ 2 of genes in a ring (the classic circuit has d = 3).
-    Negative values (possible only through noise) are clipped at 0 inside the Hill term.
+    Negative values (possible only through noise) are clipped at 0 inside the Hill term,
+    plus 1e-12 so that gradients with respect to n stay finite at m = 0.
     """
     d = x.shape[-1]
     b, n, k, g = params["beta"], params["n"], params["k"], params["gamma"]
     cols = []
     for i in range(d):
         prev = x[..., (i - 1) % d]
-        ratio = (prev * (prev > 0)) / k  # Hill term of a non-negative concentration
+        ratio = (prev * (prev > 0) + 1e-12) / k  # Hill term of a non-negative concentration
         cols.append(b / (1 + ratio**n) - g * x[..., i])
     return _stack(cols, x)
 
