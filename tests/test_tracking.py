@@ -438,3 +438,31 @@ def test_failed_job_marks_run_failed(sqlite_store, monkeypatch):
             1 / 0
     r = MlflowClient(info["uri"]).get_run(run.run_id)
     assert r.info.status == "FAILED" and r.data.metrics["train/loss"] == 3.0
+
+
+def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch, capsys):
+    """A store that is up but refuses one item (a param re-logged with another value, a
+    metric name MLflow forbids) costs that item only, with a warning; the run stays online."""
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    from scorebridge.plots import save_figure
+    from scorebridge.tracking import _clean_key, _final_path, tracked_run
+
+    tmp, info, env, _ = sqlite_store
+    monkeypatch.chdir(tmp)
+    with tracked_run(tmp / "results" / "mlflow" / "experiments.json", kind="sr", experiment="beta", rule="sr_sample",
+                     wildcards={"experiment": "beta"}, spec={"a": 1}) as run:
+        run.log_params({"a": 2, "b": 3})
+        run.log_metrics({"/odd//name/": 1.0, "../up": 2.0, "nan": float("nan"), "text": "x"}, step=2)
+        fig = plt.figure()
+        with pytest.raises(ValueError, match="PNG"):
+            save_figure(fig, tmp / "f.pdf", run=run)
+        assert not plt.get_fignums()  # closed even on error
+    assert run.online and len(run.rejected) == 1 and "Changing param values is not allowed" in run.rejected[0]
+    assert "WARNING: MLflow rejected params ('a', '2')" in capsys.readouterr().err
+    r = MlflowClient(info["uri"]).get_run(run.run_id)
+    assert r.data.params == {"a": "1", "b": "3"}
+    assert set(r.data.metrics) == {"odd/name", "__/up", "nan"}
+    assert _clean_key("rmse/t/850") == "rmse/t/850" and _clean_key("a b:c/d-e.f") == "a b:c/d-e.f"
+    assert _final_path(Path("/r/sr/x/.figures.partial-42/maps.png")) == "/r/sr/x/figures/maps.png"

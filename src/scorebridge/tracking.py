@@ -260,8 +260,21 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 
 def _clean_key(key: str) -> str:
-    key = _BAD_KEY_CHARS.sub("_", key)
-    return key[:250] or "_"
+    """A name MLflow accepts for a param, tag or metric: allowed characters only, and a
+    normalised relative path (`rmse/t/850` stays; `/a//b/` -> `a/b`, `..` -> `__`)."""
+    key = _BAD_KEY_CHARS.sub("_", str(key))
+    parts = [("__" if part == ".." else part) for part in key.split("/") if part not in ("", ".")]
+    return "/".join(parts)[:250] or "_"
+
+
+_REJECTION_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE", "BAD_REQUEST"}
+
+
+def _is_rejection(err: BaseException) -> bool:
+    """The store answered and refused the request (bad value, duplicate param with another
+    value): not a reason to go offline."""
+    code = getattr(err, "error_code", None)
+    return isinstance(code, str) and code in _REJECTION_CODES
 
 
 # --------------------------------------------------------------------------- datasets
@@ -447,6 +460,8 @@ class TrackedRun:
         self._last_flush = time.monotonic()
         self._pending: dict[str, Any] = {"params": {}, "tags": {}, "metrics": [], "artifacts": [], "datasets": []}
         self.logged = {"params": 0, "tags": 0, "metrics": 0, "artifacts": 0, "datasets": 0}
+        self.rejected: list[str] = []
+        self._last_rejection: BaseException | None = None
 
     # -- failure handling
     def _fail(self, what: str, err: BaseException) -> None:
@@ -462,17 +477,46 @@ class TrackedRun:
                   f"scorebridge: WARNING: the job continues and writes its outputs; what is not logged is kept in "
                   f"{self.pending_path} (replay with `scorebridge tracking-sync {self.pending_path}`)", file=sys.stderr, flush=True)
 
-    def _call(self, what: str, fn, *args, **kwargs) -> bool:
+    def _call(self, what: str, fn, *args, **kwargs) -> str:
+        """'ok', 'offline' (the store failed: switched offline, or raised in fail mode) or
+        'rejected' (the store is up but refused this request, e.g. a param logged twice
+        with different values: retrying later would not help)."""
         if not self.online:
-            return False
+            return "offline"
         try:
             _retry_locked(fn, *args, **kwargs)
-            return True
+            return "ok"
         except TrackingError:
             raise
         except Exception as err:  # noqa: BLE001 - any store error must not stop the science
+            if _is_rejection(err):
+                self._last_rejection = err
+                return "rejected"
             self._fail(what, err)
-            return False
+            return "offline"
+
+    def _batch(self, what: str, items: list, send) -> list:
+        """Send `items` with `send(items)`; return those that must stay pending. A rejected
+        batch is retried item by item so that one bad item does not cost the others."""
+        if not items:
+            return []
+        status = self._call(what, send, items)
+        if status == "ok":
+            return []
+        if status == "offline":
+            return items
+        if len(items) > 1:
+            left: list = []
+            for item in items:
+                left += self._batch(what, [item], send)
+            return left
+        err = self._last_rejection
+        msg = f"MLflow rejected {what} {self.scrub(repr(items[0]))[:200]}: {self.scrub(str(err))[:400]}"
+        if self.on_error == "fail":
+            raise TrackingError(msg)
+        self.rejected.append(msg)
+        print(f"scorebridge: WARNING: {msg} (dropped)", file=sys.stderr, flush=True)
+        return []
 
     # -- start/end
     def _start(self, params: dict[str, str], tags: dict[str, str], datasets: list[dict]) -> None:
@@ -507,10 +551,11 @@ class TrackedRun:
         items = list(params.items())
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = items[i:i + MAX_PARAMS_PER_BATCH]
-            if self._call("log params", self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk]):
-                for k, _ in chunk:
-                    self._pending["params"].pop(k, None)
-                self.logged["params"] += len(chunk)
+            left = self._batch("params", chunk, lambda c: self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in c]))
+            for k, _ in chunk:
+                self._pending["params"].pop(k, None)
+            self._pending["params"].update(dict(left))
+            self.logged["params"] += len(chunk) - len(left)
 
     def _log_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -518,22 +563,24 @@ class TrackedRun:
         items = list(tags.items())
         for i in range(0, len(items), MAX_TAGS_PER_BATCH):
             chunk = items[i:i + MAX_TAGS_PER_BATCH]
-            if self._call("log tags", self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in chunk]):
-                for k, _ in chunk:
-                    self._pending["tags"].pop(k, None)
-                self.logged["tags"] += len(chunk)
+            left = self._batch("tags", chunk, lambda c: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in c]))
+            for k, _ in chunk:
+                self._pending["tags"].pop(k, None)
+            self._pending["tags"].update(dict(left))
+            self.logged["tags"] += len(chunk) - len(left)
 
     def _log_datasets(self, datasets: list[dict]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        if not datasets:
-            return
-        inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"][:36], source_type="local",
-                                       source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
-                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
-        if self._call("log dataset inputs", self.client.log_inputs, self.run_id, datasets=inputs):
-            self._pending["datasets"] = [d for d in self._pending["datasets"] if d not in datasets]
-            self.logged["datasets"] += len(datasets)
+        def send(ds: list[dict]) -> None:
+            self.client.log_inputs(self.run_id, datasets=[
+                DatasetInput(Dataset(name=d["name"], digest=d["digest"][:36], source_type="local",
+                                     source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
+                             tags=[InputTag("mlflow.data.context", d["context"])]) for d in ds])
+
+        left = self._batch("dataset inputs", datasets, send)
+        self._pending["datasets"] = [d for d in self._pending["datasets"] if d not in datasets] + left
+        self.logged["datasets"] += len(datasets) - len(left)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         clean = {_clean_key(str(k)): self.scrub(str(v))[:MAX_TAG_LENGTH] for k, v in tags.items()}
@@ -576,12 +623,13 @@ class TrackedRun:
         self._last_flush = time.monotonic()
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_METRICS_PER_BATCH], self._buffer[MAX_METRICS_PER_BATCH:]
-            ok = self.online and self.run_id is not None and self._call(
-                "log metrics", self.client.log_batch, self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk])
-            if ok:
-                self.logged["metrics"] += len(chunk)
+            if self.run_id is None:
+                left = chunk
             else:
-                self._pending["metrics"] += [list(m) for m in chunk]
+                left = self._batch("metrics", chunk, lambda c: self.client.log_batch(
+                    self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in c]))
+            self.logged["metrics"] += len(chunk) - len(left)
+            self._pending["metrics"] += [list(m) for m in left]
 
     # -- artifacts
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
@@ -601,7 +649,7 @@ class TrackedRun:
             return
         with self._scrubbed(p) as src:
             fn = self.client.log_artifacts if src.is_dir() else self.client.log_artifact
-            if self._call(f"log artifact {p.name}", fn, self.run_id, str(src), artifact_path):
+            if not self._batch(f"artifact {p.name}", [record], lambda _: fn(self.run_id, str(src), artifact_path)):
                 self.logged["artifacts"] += 1
             else:
                 self._pending["artifacts"].append(record)
@@ -629,10 +677,13 @@ class TrackedRun:
     def _end(self, status: str) -> None:
         self.flush()
         if self.online and self.run_id:
-            if self._call("end run", self.client.set_terminated, self.run_id, status):
+            if self._call("end run", self.client.set_terminated, self.run_id, status) == "ok" and not self._has_pending():
                 return
         self._pending["status"] = status
         self._write_pending()
+
+    def _has_pending(self) -> bool:
+        return any(self._pending[k] for k in ("params", "tags", "metrics", "artifacts", "datasets"))
 
     def pending(self) -> dict:
         """What has not been logged yet (empty lists/dicts when everything landed)."""
