@@ -284,3 +284,24 @@ def test_bad_input_errors(toy, tmp_path):
         train_prior(_spec(), tmp_path / "none.zarr", None, tmp_path / "o.pt")
     with pytest.raises(ConfigError, match="batch_size"):
         train_prior(_spec(batch_size=0), toy, None, tmp_path / "o.pt")
+
+
+@pytest.mark.slow
+def test_real_era5_ensemble_smoke(shared, tmp_path):
+    """The real path: ERA5 EDA GRIB (10 members, 61x120 global grid) -> ingest -> train on crops
+    with random members -> denoise the whole grid (not divisible by 4: padded inside the U-Net)."""
+    from scorebridge.data.era5 import ingest
+
+    grib = shared("era5", "era5-levels-members.grib")
+    store = ingest({"source": "local", "variables": ["t", "z"], "levels": [850, 500], "hours": [0, 12]}, tmp_path / "real.zarr", [grib])
+    spec = _spec(crop=[24, 32], steps=6, checkpoint_every=0, split={"train_fraction": 0.5})
+    summary = train_prior(spec, store, None, tmp_path / "real.pt")
+    assert np.isfinite(summary["final_loss"]) and summary["val_loss"]
+    prior = load_prior(tmp_path / "real.pt", "cpu")
+    assert prior.channel_names == ["t/850", "t/500", "z/850", "z/500"]
+    ds = open_era5(store)
+    x = torch.from_numpy(load_fields(ds, prior.channels, [3], prior.normalisation, member=0))
+    assert x.shape == (1, 4, 61, 120)
+    with torch.no_grad():
+        d = prior.denoise(x + 0.5 * torch.randn_like(x), 0.5)
+    assert d.shape == x.shape and torch.isfinite(d).all()

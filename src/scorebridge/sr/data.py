@@ -21,6 +21,7 @@ Public helpers (also used by posterior sampling and evaluation):
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,7 +65,9 @@ def open_era5(path: str | Path):
     if not path.exists():
         raise InputError("ERA5 zarr store not found", path)
     try:
-        ds = xr.open_zarr(path, consolidated=False)
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp inside directory outputs
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            ds = xr.open_zarr(path, consolidated=False)
     except Exception as err:
         raise InputError(f"not a readable zarr store ({type(err).__name__}: {err})", path) from None
     for coord in ("time", "latitude", "longitude"):
