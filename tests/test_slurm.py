@@ -82,6 +82,17 @@ def slurm_states(job_ids) -> dict[str, str]:
     return dict(line.split() for line in proc.stdout.splitlines() if line.strip())
 
 
+def slurm_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (finished jobs stay for MinJobAge)."""
+    proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    return dict(field.split("=", 1) for field in proc.stdout.split() if "=" in field)
+
+
+def default_partition() -> str:
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    return next(p.rstrip("*") for p in proc.stdout.split() if p.endswith("*"))
+
+
 def submitted(out: str) -> dict[str, tuple[str, Path]]:
     """rule/wildcards (from the SLURM log path) -> (SLURM job id, log path)."""
     jobs = {}
@@ -105,7 +116,9 @@ TINY = {
                       "synthetic": {"nlat": 16, "nlon": 16, "ntime": 8}}},
     "sr": {"tiny": {"era5": "tiny", "train": {"steps": 3, "batch_size": 2, "model": {"base": 8, "mults": [1, 2]},
                                               "checkpoint_every": 0, "log_every": 1, "device": "cpu", "threads": 1}}},
-    "resources": {"default": {"mem_mb": 1000, "runtime": 10}},
+    # One CPU per job, so that two jobs share the 2-CPU test node; sr_train's own entry
+    # wins over `default` (checked in SLURM's record of the job).
+    "resources": {"default": {"mem_mb": 1000, "runtime": 10, "cpus": 1}, "sr_train": {"mem_mb": 1200, "runtime": 15}},
 }
 DATA_TARGETS = ["results/data/era5/tiny.zarr"]
 SLURM_TARGETS = DATA_TARGETS + ["results/sr/tiny/checkpoint.pt"]
@@ -119,7 +132,8 @@ def test_workflow_through_slurm(slurm, tmp_path):
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
     on_slurm.mkdir()
     local.mkdir()
-    config = write_config(tmp_path / "config.yaml", TINY)
+    tiny = {**TINY, "resources": {**TINY["resources"], "default": {**TINY["resources"]["default"], "partition": default_partition()}}}
+    config = write_config(tmp_path / "config.yaml", tiny)
     uri = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
     (tmp_path / "server").mkdir()
     env = {"MLFLOW_TRACKING_URI": uri, "SCOREBRIDGE_INVOCATION": "slurm-test-invocation"}
@@ -144,6 +158,13 @@ def test_workflow_through_slurm(slurm, tmp_path):
     for job_id, log in jobs.values():
         assert log.exists() and on_slurm / ".snakemake" / "slurm_logs" in log.parents, log
         assert "slurm-jobstep" in log.read_text()  # the job re-entered snakemake inside the allocation
+
+    # The config's resources reached sbatch (rule entry over `default` over built-in).
+    partition = tiny["resources"]["default"]["partition"]
+    train, fetch = slurm_job(jobs["rule_sr_train/tiny"][0]), slurm_job(jobs["rule_era5_fetch/tiny"][0])
+    assert (train["TimeLimit"], train["MinMemoryNode"], train["NumCPUs"], train["Partition"]) == ("00:15:00", "1200M", "1", partition)
+    assert (fetch["TimeLimit"], fetch["MinMemoryNode"], fetch["NumCPUs"], fetch["Partition"]) == ("00:10:00", "1000M", "1", partition)
+    assert train["WorkDir"] == str(on_slurm)
 
     # The outputs equal the local run's.
     for target in DATA_TARGETS:
