@@ -267,3 +267,34 @@ def test_failed_and_cancelled_jobs(slurm, tmp_path):
     assert good.stat().st_mtime_ns == good_mtime
     for name in ("bad", "hang"):
         assert (tmp_path / f"results/data/cells/{name}.zarr/zarr.json").exists()
+
+
+def test_resources_from_config(tmp_path):
+    """The config's `resources:` become the resources the SLURM plugin reads (no cluster
+    needed: the dry run prints each job's resources): a rule's entry over `default` over
+    the rule's built-in value; GPUs on SR training/sampling unless the device is cpu."""
+    config = write_config(tmp_path / "config.yaml", {
+        "era5": TINY["era5"],
+        "sr": {"gpu": {"era5": "tiny"},
+               "cpu": {"era5": "tiny", "train": {"device": "cpu"}, "sample": {"device": "cpu"}}},
+        "resources": {"default": {"account": "proj", "partition": "short", "runtime": 20},
+                      "sr_train": {"gpus": 2, "gpu_model": "a100", "nodes": 2, "cpus": 8, "partition": "gpu", "mem_mb": 64000}},
+    })
+    proc = smk(tmp_path, config, "-n", "results/sr/gpu/samples.zarr", "results/sr/cpu/samples.zarr")
+    jobs = {}
+    for rule, wildcards, resources in re.findall(
+            r"^rule (\w+):\n(?:    (?!resources).*\n)*?(?:    wildcards: (.*)\n)(?:    .*\n)*?    resources: (.*)$",
+            proc.stdout, flags=re.M):
+        jobs[(rule, wildcards)] = dict(item.split("=", 1) for item in resources.split(", "))
+    train_gpu = jobs[("sr_train", "experiment=gpu")]
+    assert {k: train_gpu.get(k) for k in ("gpu", "gpu_model", "nodes", "cpus_per_task", "slurm_partition",
+                                            "slurm_account", "runtime", "mem_mb")} == {
+        "gpu": "2", "gpu_model": "a100", "nodes": "2", "cpus_per_task": "8", "slurm_partition": "gpu",
+        "slurm_account": "proj", "runtime": "20", "mem_mb": "64000"}
+    train_cpu = jobs[("sr_train", "experiment=cpu")]
+    assert train_cpu["gpu"] == "0" and "gpu_model" not in train_cpu  # the config says CPU: no GPU asked
+    assert jobs[("sr_sample", "experiment=gpu")]["gpu"] == "1"  # the built-in default for sampling
+    assert jobs[("sr_sample", "experiment=cpu")]["gpu"] == "0"
+    ingest = jobs[("era5_ingest", "dataset=tiny")]
+    assert (ingest["slurm_partition"], ingest["slurm_account"], ingest["runtime"], ingest["mem_mb"], ingest["gpu"]) == (
+        "short", "proj", "20", "4000", "0")
