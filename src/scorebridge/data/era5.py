@@ -351,8 +351,39 @@ class _Digests(threading.Thread):
         return self.digests
 
 
+# Reader caches, bounded so that memory does not grow with the number of input files:
+# netCDF-C gives every variable of every open file a chunk cache (64 MB by default), and
+# xarray keeps up to 128 files open. Streaming reads each chunk once, in time order, so a
+# few open files with small caches lose nothing.
+READER_CHUNK_CACHE_BYTES = 4 << 20
+READER_OPEN_FILES = 8
+
+
+@contextlib.contextmanager
+def bounded_readers() -> Iterator[None]:
+    """Small netCDF chunk caches and few open files while the block is active."""
+    try:
+        import netCDF4
+    except ImportError:  # pragma: no cover - in the lock file
+        netCDF4 = None
+    old = netCDF4.get_chunk_cache() if netCDF4 is not None else None
+    if netCDF4 is not None:
+        netCDF4.set_chunk_cache(READER_CHUNK_CACHE_BYTES, 101, 0.75)
+    try:
+        with xr.set_options(file_cache_maxsize=READER_OPEN_FILES):
+            yield
+    finally:
+        if old is not None:
+            netCDF4.set_chunk_cache(*old)
+
+
 def ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike] = ()) -> Path:
     """Normalise the inputs of one ERA5 dataset into the zarr store `out` (atomically)."""
+    with bounded_readers():
+        return _ingest(spec, out, files)
+
+
+def _ingest(spec: dict, out: str | os.PathLike, files: Iterable[str | os.PathLike]) -> Path:
     out = Path(out)
     source = spec.get("source")
     sel = Selection.from_spec(spec)
