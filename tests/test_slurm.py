@@ -125,7 +125,7 @@ SLURM_TARGETS = DATA_TARGETS + ["results/sr/tiny/checkpoint.pt"]
 
 
 @pytest.mark.slow
-def test_workflow_through_slurm(slurm, tmp_path):
+def test_workflow_through_slurm(slurm, tmp_path, monkeypatch):
     import mlflow
     import xarray as xr
 
@@ -136,7 +136,8 @@ def test_workflow_through_slurm(slurm, tmp_path):
     config = write_config(tmp_path / "config.yaml", tiny)
     uri = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
     (tmp_path / "server").mkdir()
-    env = {"MLFLOW_TRACKING_URI": uri, "SCOREBRIDGE_INVOCATION": "slurm-test-invocation"}
+    env = {"MLFLOW_TRACKING_URI": uri}
+    monkeypatch.delenv("SCOREBRIDGE_INVOCATION", raising=False)  # the Snakefile makes one per call
     env_local = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'local.db'}"}
 
     # The local reference run of the data rules overlaps with the cluster run.
@@ -175,10 +176,10 @@ def test_workflow_through_slurm(slurm, tmp_path):
 
     # MLflow: tracking_init (a SLURM job) created the experiment in the store named by
     # MLFLOW_TRACKING_URI, and sr_train (another SLURM job) logged its run there, tagged
-    # with its SLURM job id and the invocation id of this snakemake call.
+    # with its SLURM job id and the invocation id the Snakefile made for this call.
     experiments = json.loads((on_slurm / "results" / "mlflow" / "experiments.json").read_text())
     assert experiments["uri"] == uri
-    assert experiments["invocation"] == "slurm-test-invocation"
+    assert re.fullmatch(r"[0-9a-f]{32}", experiments["invocation"] or ""), experiments
     exp_id = experiments["experiments"]["sr"]["tiny"]
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([exp_id])
@@ -186,7 +187,7 @@ def test_workflow_through_slurm(slurm, tmp_path):
     tags = runs[0].data.tags
     assert tags["scorebridge.rule"] == "sr_train"
     assert tags["scorebridge.slurm_job_id"] == jobs["rule_sr_train/tiny"][0]
-    assert tags["scorebridge.invocation"] == "slurm-test-invocation"
+    assert tags["scorebridge.invocation"] == experiments["invocation"]  # one id across the jobs of one call
     assert runs[0].info.status == "FINISHED"
     assert not (on_slurm / "results" / "mlflow" / "mlflow.db").exists()  # nothing went to the default store
 
