@@ -16,7 +16,6 @@ from scorebridge.data.cells import load_snapshots
 def test_cells_rules_end_to_end(tmp_path):
     cells = {
         "lv": {"source": "simulate", "simulate": {"system": "lotka_volterra", "n_cells": [30, 40, 50], "times": [0, 1, 2]}},
-        "rep": {"source": "simulate", "simulate": {"system": "repressilator", "n_cells": 20}},
     }
     eb, emt = SHARED_DATA / "cells" / "eb_5x300x5.npy", SHARED_DATA / "cells" / "emt_4timepoints.csv"
     if eb.exists():
@@ -30,8 +29,6 @@ def test_cells_rules_end_to_end(tmp_path):
     assert times.tolist() == [0, 1, 2] and [s.shape for s in snaps] == [(30, 2), (40, 2), (50, 2)]
     truth = json.loads(attrs["true_parameters"])
     assert truth["drift"] == {"alpha": 1.0, "beta": 0.4, "gamma": 0.4, "delta": 0.1} and truth["sigma"] == 0.1
-    snaps, times, _ = load_snapshots(tmp_path / "results/data/cells/rep.zarr")
-    assert len(times) == 7 and snaps[0].shape == (20, 3)
     if "eb" in cells:
         snaps, times, _ = load_snapshots(tmp_path / "results/data/cells/eb.zarr")
         assert times.tolist() == [0, 6, 12, 18, 24] and np.allclose(snaps[4], np.load(eb)[4].astype(np.float32))
