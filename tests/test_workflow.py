@@ -57,7 +57,7 @@ def test_bad_config_names_key(mutate, key):
 
 
 def test_dry_run_whole_dag():
-    proc = run_snakemake("-n", "--quiet", "rules")
+    proc = run_snakemake("-n", "--forceall", "--quiet", "rules")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, flags=re.M))
     for rule in ["era5_fetch", "era5_ingest", "igra_fetch", "igra_ingest", "igra_collocate", "cells_simulate", "cells_ingest",
                  "tracking_init", "sr_train", "sr_sample", "sr_evaluate", "bridge_fit", "bridge_evaluate"]:
