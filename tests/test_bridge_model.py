@@ -1,0 +1,201 @@
+"""The bridge model: closed forms, refit, convergence, prediction shapes, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scorebridge.bridge.fit import check_snapshots, fit_bridge, load_model, refit_reference, save_model
+from scorebridge.bridge.reference import Brownian, Linear, Parametric, Reference, make_reference
+from scorebridge.bridge.sb import Coupling, PiecewiseBridge, bridge_sample, sinkhorn, static_bridge
+from scorebridge.core.sde import euler_maruyama
+from scorebridge.errors import ConfigError, InputError
+
+torch.set_num_threads(1)
+D = torch.float64
+A_TRUE = [[-0.5, -1.0], [1.0, -0.3]]
+
+
+def _ou(**kw):
+    return Linear(2, A=A_TRUE, b=[0.3, -0.2], sigma=0.3, **kw)
+
+
+def test_ou_transition_closed_form_matches_simulation_and_lna():
+    ref = _ou()
+    x = torch.tensor([[1.0, -1.0]], dtype=D)
+    F, c, Q = ref.closed_form(1.2)
+    assert torch.allclose(F, torch.linalg.matrix_exp(torch.tensor(A_TRUE, dtype=D) * 1.2))
+    with torch.no_grad():
+        xs = euler_maruyama(lambda z, t: ref.drift(z), 0.3, x.expand(40000, 2), 0.0, 1.2, 240, torch.Generator().manual_seed(0))
+    mean = (x @ F.T + c)[0]
+    assert torch.allclose(xs.mean(0), mean.detach(), atol=0.01)
+    assert torch.allclose(torch.cov(xs.T), Q.detach(), atol=0.006)
+    # the generic LNA integrator is exact for a linear drift
+    m, P, Phi = Reference.moments(ref, x, [0.4, 1.2], substeps=40)
+    assert torch.allclose(m[-1, 0], mean, atol=1e-6)
+    assert torch.allclose(P[-1, 0], Q, atol=1e-6)
+    assert torch.allclose(Phi[-1, 0], F, atol=1e-6)
+
+
+def test_brownian_bridge_sample_moments():
+    ref = Brownian(2, sigma=0.5)
+    x = torch.zeros(20000, 2, dtype=D)
+    y = torch.ones(20000, 2, dtype=D)
+    z = bridge_sample(ref, x, y, 2.0, 0.5, torch.Generator().manual_seed(1))
+    assert torch.allclose(z.mean(0), torch.full((2,), 0.25, dtype=D), atol=0.01)
+    # Var = σ² s (Δ − s) / Δ = 0.25 · 0.5 · 1.5 / 2
+    assert torch.allclose(z.var(0), torch.full((2,), 0.09375, dtype=D), rtol=0.05)
+
+
+def test_ou_bridge_matches_conditioned_simulation():
+    ref = Linear(1, A=[[-1.0]], b=[0.5], sigma=0.5)
+    x0 = torch.zeros(1, 1, dtype=D)
+    F, c, _ = ref.closed_form(1.0)
+    y = float((x0 @ F.T + c)[0, 0].detach())  # the most likely end point
+    with torch.no_grad():
+        path = euler_maruyama(lambda z, t: ref.drift(z), 0.5, x0.expand(200000, 1), 0.0, 1.0, 100, torch.Generator().manual_seed(2), record=True)
+    keep = (path[-1, :, 0] - y).abs() < 0.02
+    mid = path[40, keep, 0]
+    z = bridge_sample(ref, x0.expand(50000, 1), torch.full((50000, 1), y, dtype=D), 1.0, 0.4, torch.Generator().manual_seed(3))
+    assert abs(float(mid.mean()) - float(z.mean())) < 0.02
+    assert abs(float(mid.var()) - float(z.var())) < 0.01
+
+
+def test_sinkhorn_matches_pot_and_warm_start():
+    import ot
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 2)), rng.normal(size=(60, 2)) + 1
+    C = torch.tensor(ot.dist(x, y) / 0.4)
+    a, b = torch.full((50,), 1 / 50, dtype=D), torch.full((60,), 1 / 60, dtype=D)
+    P, duals, _ = sinkhorn(C, a, b, 1.0, tol=1e-10)
+    ref = ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), 1.0, method="sinkhorn_log", stopThr=1e-12, numItermax=100000)
+    assert np.abs(P.numpy() - ref).sum() < 1e-6
+    P2, _, its = sinkhorn(C, a, b, 1.0, tol=1e-10, init=duals)
+    assert its <= 25 and torch.allclose(P, P2, atol=1e-9)
+
+
+def test_static_bridge_between_identical_gaussians_closed_form():
+    # Brownian reference σ, Δt = 1, μ0 = μ1 = N(0, a): coupling covariance c solves c σ² = a² − c².
+    gen = np.random.default_rng(1)
+    a, sigma = 1.0, 1.0
+    x = torch.tensor(gen.normal(size=(400, 2)), dtype=D)
+    y = torch.tensor(gen.normal(size=(400, 2)), dtype=D)
+    ref = Brownian(2, sigma=sigma)
+    cpl = static_bridge(ref, x, y, 1.0)
+    c_hat = float(((cpl.plan.sum() * 0 + cpl.plan)[:, :, None] * (x[:, None, :] * y[None, :, :])).sum((0, 1)).mean())
+    c_true = (-(sigma**2) + math.sqrt(sigma**4 + 4 * a**2)) / 2
+    assert abs(c_hat - c_true) < 0.08
+    bridge = PiecewiseBridge([x, y], [0.0, 1.0], [cpl], ref)
+    mid = bridge.sample_at(0.5, 4000, torch.Generator().manual_seed(0))
+    var_true = a / 2 + c_true / 2 + sigma**2 / 4
+    assert mid.shape == (4000, 2)
+    assert abs(float(mid.var(0).mean()) - var_true) < 0.12
+    assert float(mid.mean(0).abs().max()) < 0.1
+
+
+def _simulate_ou_pairs(n=300, dt=0.5, seed=0):
+    ref = _ou()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g, dtype=D) * 1.5
+    with torch.no_grad():
+        y = euler_maruyama(lambda z, t: ref.drift(z), 0.3, x, 0.0, dt, 100, g)
+    return x, y
+
+
+def test_linear_refit_recovers_drift_and_improves_likelihood():
+    x, y = _simulate_ou_pairs()
+    n = x.shape[0]
+    plan = torch.eye(n, dtype=D) / n  # the true pairing
+    cpl = Coupling(plan, (torch.zeros(n, dtype=D), torch.zeros(n, dtype=D)), 0.0, 0)
+    ref = Linear(2, sigma=1.0)
+    from scorebridge.bridge.fit import _objective
+
+    with torch.no_grad():
+        before = float(_objective(ref, [x, y], [0.0, 0.5], [cpl], 10))
+    after = refit_reference(ref, [x, y], [0.0, 0.5], [cpl], max_iter=100)
+    assert after < before
+    assert torch.allclose(ref.A.detach(), torch.tensor(A_TRUE, dtype=D), atol=0.25)
+    assert abs(float(ref.sigma) - 0.3) < 0.04
+
+
+def _ou_snapshots(n=120, times=(0.0, 0.5, 1.0, 1.5), seed=0):
+    ref = _ou()
+    g = torch.Generator().manual_seed(seed)
+    snaps = []
+    for t in times:  # independent cells per snapshot
+        x0 = torch.randn(n, 2, generator=g, dtype=D) * 0.3 + torch.tensor([2.0, 0.0], dtype=D)
+        with torch.no_grad():
+            snaps.append(euler_maruyama(lambda z, _t: ref.drift(z), 0.3, x0, 0.0, t, max(1, int(t * 50)), g).numpy() if t > 0 else x0.numpy())
+    return snaps, list(times)
+
+
+def test_fit_converges_early_and_predicts_any_time(tmp_path):
+    snaps, times = _ou_snapshots()
+    history = []
+    res = fit_bridge(snaps, times, {"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 40, "tol": 2e-2}, callback=lambda i, r: history.append(r))
+    assert res.converged and len(res.history) < 40 and history == res.history
+    objs = [h["objective"] for h in res.history]
+    assert objs[-1] < objs[0]  # coordinate descent on Σ KL(π ‖ μ ⊗ p_θ)
+    g = torch.Generator().manual_seed(0)
+    b = res.bridge
+    for t in (-0.3, 0.0, 0.25, 0.7, 1.5, 2.0):
+        assert b.sample_at(t, 37, g).shape == (37, 2)
+    assert b.push(0, 1.2, 50, g).shape == (50, 2)
+    assert b.push(3, 0.2, gen=g).shape == (120, 2)
+    tt, paths = b.trajectories(10, 4, g)
+    assert tt.shape == (13,) and paths.shape == (10, 13, 2) and np.isfinite(paths).all()
+    assert np.allclose(tt[[0, 4, 8, 12]], times)
+    save_model(res, tmp_path / "m.pt")
+    res2, _ = load_model(tmp_path / "m.pt")
+    assert res2.reference.describe() == res.reference.describe()
+
+
+def test_parametric_user_drift_by_import_path_and_errors():
+    ref = make_reference({"class": "parametric", "drift": "scorebridge.bridge.reference:lotka_volterra", "params": {"alpha": 1, "beta": 0.4, "gamma": 0.4, "delta": 0.1}}, 2)
+    assert isinstance(ref, Parametric) and abs(ref.describe()["alpha"] - 1) < 1e-12
+    J = ref.drift_jacobian(torch.tensor([[2.0, 3.0]], dtype=D))
+    assert torch.allclose(J[0], torch.tensor([[1 - 0.4 * 3, -0.4 * 2], [0.1 * 3, 0.1 * 2 - 0.4]], dtype=D), atol=1e-6)
+    with pytest.raises(ConfigError, match="model.reference.drift"):
+        make_reference({"class": "parametric", "drift": "no_such_module_xyz:f"}, 2, key="model.reference")
+    with pytest.raises(ConfigError, match="model.reference.drift"):
+        make_reference({"class": "parametric", "drift": "math:no_such_function"}, 2, key="model.reference")
+    with pytest.raises(ConfigError, match="model.reference.class"):
+        make_reference({"class": "quadratic"}, 2, key="model.reference")
+
+
+def test_lotka_volterra_lna_bridge_recovers_parameters_quickly():
+    from scorebridge.data.simulators import simulate
+
+    snaps, times, s = simulate({"system": "lotka_volterra", "n_cells": 80, "times": [0, 1.5, 3, 4.5], "seed": 1})
+    spec = {"reference": {"class": "parametric", "drift": "lotka_volterra", "noise": "multiplicative", "sigma": {"init": 0.3}}, "max_iter": 4, "substeps": 6}
+    res = fit_bridge(snaps, times, spec)
+    p = res.reference.describe()
+    for k, v in s["drift"].items():
+        assert abs(p[k] - v) / v < 0.3, (k, p[k], v)  # from init values 50% off
+
+
+@pytest.mark.parametrize(
+    "snaps, times, match",
+    [
+        ([np.zeros((5, 2))], [0.0], "at least 2 time points"),
+        ([np.zeros((5, 2)), np.zeros((5, 2))], [1.0, 0.0], "strictly increasing"),
+        ([np.zeros((5, 2)), np.zeros((5, 2))], [0.0, float("nan")], "finite"),
+        ([np.zeros((5, 2)), np.full((5, 2), np.nan)], [0.0, 1.0], "NaN or infinite"),
+        ([np.zeros((5, 2)), np.zeros((5, 3))], [0.0, 1.0], "features"),
+    ],
+)
+def test_bad_snapshots(snaps, times, match):
+    with pytest.raises(InputError, match=match):
+        check_snapshots(snaps, times)
+
+
+def test_ragged_counts_work():
+    rng = np.random.default_rng(0)
+    snaps = [rng.normal(size=(30, 2)), rng.normal(size=(45, 2)) + 1, rng.normal(size=(20, 2)) + 2]
+    res = fit_bridge(snaps, [0, 1, 2], {"reference": {"class": "linear"}, "max_iter": 2})
+    assert [c.plan.shape for c in res.bridge.couplings] == [(30, 45), (45, 20)]
+    assert res.bridge.sample_at(1.5, 33).shape == (33, 2)
