@@ -292,8 +292,10 @@ def test_resources_from_config(tmp_path):
                                             "slurm_account", "runtime", "mem_mb")} == {
         "gpu": "2", "gpu_model": "a100", "nodes": "2", "cpus_per_task": "8", "slurm_partition": "gpu",
         "slurm_account": "proj", "runtime": "20", "mem_mb": "64000"}
+    assert "tasks" not in train_gpu  # sbatch --nodes gives a GPU job one task per node
     train_cpu = jobs[("sr_train", "experiment=cpu")]
     assert train_cpu["gpu"] == "0" and "gpu_model" not in train_cpu  # the config says CPU: no GPU asked
+    assert train_cpu["tasks"] == "2"  # one DDP launcher per node
     assert jobs[("sr_sample", "experiment=gpu")]["gpu"] == "1"  # the built-in default for sampling
     assert jobs[("sr_sample", "experiment=cpu")]["gpu"] == "0"
     ingest = jobs[("era5_ingest", "dataset=tiny")]

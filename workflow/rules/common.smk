@@ -74,19 +74,29 @@ def cluster_resources(rule_name, gpus=0, gpu_when=None, **defaults):
     """A rule's resources, from `config.resources.<rule>`, then `config.resources.default`,
     then `defaults` (runtime in minutes, mem_mb, cpus, nodes, partition, account), named
     as the SLURM executor plugin reads them. `gpus` is the rule's default GPU count;
-    `gpu_when(wildcards)` False (the config says CPU) requests none."""
+    `gpu_when(wildcards)` False (the config says CPU) requests none. A CPU job on N > 1
+    nodes asks for N tasks (one launcher per node; a GPU job gets one task per node from
+    sbatch --nodes already, and the plugin reads `tasks` as tasks per GPU there)."""
     resources = {
         name: res(rule_name, key, defaults.get(key))
         for key, name in CLUSTER_RESOURCES.items()
     }
     count = res(rule_name, "gpus", gpus)
     model = res(rule_name, "gpu_model", None)
+    on_gpu = (
+        (lambda w: bool(count))
+        if gpu_when is None
+        else (lambda w: bool(count) and gpu_when(w))
+    )
     if gpu_when is None or not count:
         resources["gpu"] = count
         resources["gpu_model"] = model if count else None
     else:
         resources["gpu"] = lambda w: count if gpu_when(w) else 0
         resources["gpu_model"] = lambda w: model if gpu_when(w) else None
+    nodes = resources["nodes"]
+    if nodes and nodes > 1:
+        resources["tasks"] = lambda w: None if on_gpu(w) else nodes
     return resources
 
 
