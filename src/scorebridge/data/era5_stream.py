@@ -6,10 +6,11 @@ Each dask chunk is one zarr chunk (time chunks aligned, other dims whole): one t
 reads it, writes it into its region of the store and returns its sums for the
 normalisation statistics, so every chunk is read once and released when its task ends.
 Peak memory is a few chunks per worker thread, whatever the number of files or time
-steps; `block_mb` only bounds the size of each scheduled graph (and paces progress). Statistics are float64
-sums of x and x^2 (squares of float32 are exact in float64): mean = S1/N,
-var = S2/N - mean^2; the cancellation costs a relative (mean/std)^2 * 1e-16, far below
-what normalisation needs for ERA5 fields.
+steps; `block_mb` only bounds the size of each scheduled graph (and paces progress).
+
+Statistics are float64 sums of x and x^2 (squares of float32 are exact in float64):
+mean = S1/N, var = S2/N - mean^2; the cancellation costs a relative (mean/std)^2 * 1e-16,
+far below what normalisation needs for ERA5 fields.
 """
 
 from __future__ import annotations
