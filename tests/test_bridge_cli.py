@@ -1,0 +1,77 @@
+"""`scorebridge bridge-fit` and `bridge-evaluate` on a tiny cells zarr written by the test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import run_cli
+
+SPEC = {
+    "cells": "tiny",
+    "seed": 0,
+    "model": {"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 3},
+    "evaluate": {"holdout": "loo", "trajectories": 10},
+    "baselines": {"methods": ["previous", "mccann", "otcfm"], "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16}},
+}
+
+
+def _write_cells(path, times=(0.0, 1.0, 2.0, 3.0), n=30, nan_time=False):
+    rng = np.random.default_rng(0)
+    X, T = [], []
+    for t in times:
+        c = np.array([np.cos(t), np.sin(t)]) * 2
+        X.append(c + 0.3 * rng.normal(size=(n + int(t), 2)))  # ragged counts
+        T += [t] * (n + int(t))
+    T = np.asarray(T, dtype=float)
+    if nan_time:
+        T[3] = np.nan
+    ds = xr.Dataset({"X": (("cell", "feature"), np.concatenate(X).astype(np.float32)), "time": (("cell",), T)}, coords={"feature": ["a", "b"]})
+    ds.to_zarr(path, mode="w", consolidated=False)
+    return path
+
+
+@pytest.mark.slow
+def test_fit_and_evaluate_end_to_end(tmp_path):
+    cells = _write_cells(tmp_path / "cells.zarr")
+    spec = json.dumps(SPEC)
+    run_cli("bridge-fit", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--out", tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").exists()
+    run_cli("bridge-evaluate", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--model", tmp_path / "model.pt",
+            "--predictions", tmp_path / "pred.zarr", "--figures", tmp_path / "figs", "--out", tmp_path / "metrics.json")
+    out = json.loads((tmp_path / "metrics.json").read_text())
+    m = out["metrics"]
+    for method in ("model", "vanilla_sb", "otcfm", "mccann", "previous"):
+        for name in ("w1", "w2", "mmd", "energy"):
+            assert np.isfinite(m[f"{name}/{method}/t1"]) and np.isfinite(m[f"{name}/{method}/t2"])
+            assert m[f"{name}/{method}/mean"] == pytest.approx((m[f"{name}/{method}/t1"] + m[f"{name}/{method}/t2"]) / 2)
+    assert out["splits"] == [[1.0], [2.0]]
+    ds = xr.open_zarr(tmp_path / "pred.zarr", consolidated=False)
+    assert set(np.unique(ds["method"].values)) == {"model", "vanilla_sb", "otcfm", "mccann", "previous", "observed"}
+    sel = (ds["method"].values == "model") & (ds["time"].values == 1.0)
+    assert sel.sum() == 31 and ds["X"].shape[1] == 2  # as many particles as observed cells at t = 1
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["marginals.png", "parameters.png", "trajectories.png"]
+
+
+@pytest.mark.parametrize(
+    "change, times, nan_time, message",
+    [
+        ({}, (0.0,), False, "at least 2 time points"),
+        ({}, (0.0, 1.0), True, "missing (NaN) time label"),
+        ({"model": {"reference": {"class": "cubic"}}}, (0.0, 1.0), False, "config key 'model.reference.class'"),
+        ({"model": {"reference": {"class": "parametric", "drift": "nowhere.module:f"}}}, (0.0, 1.0), False, "config key 'model.reference.drift'"),
+    ],
+)
+def test_bad_input_clear_errors(tmp_path, capsys, change, times, nan_time, message):
+    from scorebridge.cli import main  # in-process: the same dispatcher and error handling as the console script
+
+    cells = _write_cells(tmp_path / "cells.zarr", times=times, n=5, nan_time=nan_time)
+    spec = json.dumps({**SPEC, **change})
+    rc = main(["bridge-fit", "--spec", spec, "--cells", str(cells), "--out", str(tmp_path / "model.pt")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert message in err
+    assert not (tmp_path / "model.pt").exists()
