@@ -245,7 +245,7 @@ def mlflow_server(tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, 15)  # the server and its worker, started in their own session
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 proc.wait()
@@ -466,3 +466,29 @@ def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch
     assert set(r.data.metrics) == {"odd/name", "__/up", "nan"}
     assert _clean_key("rmse/t/850") == "rmse/t/850" and _clean_key("a b:c/d-e.f") == "a b:c/d-e.f"
     assert _final_path(Path("/r/sr/x/.figures.partial-42/maps.png")) == "/r/sr/x/figures/maps.png"
+
+
+def test_store_down_at_init_warn_mode_jobs_resolve_later(mlflow_server, tmp_path, monkeypatch, capsys):
+    """warn: a server that is down when the workflow starts does not stop it; each job
+    finds (or creates, safely: names are unique on the server) its experiment by name."""
+    from mlflow import MlflowClient
+
+    from scorebridge.cli import main
+
+    down = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "results" / "mlflow" / "experiments.json"
+    args = ["tracking-init", "--sr", "late", "--bridge", "", "--out", str(out)]
+    assert main([*args, "--tracking", json.dumps({"uri": down, "on_error": "fail"})]) == 1
+    assert "cannot create the MLflow store/experiments at " + down in capsys.readouterr().err
+    assert main([*args, "--tracking", json.dumps({"uri": down, "on_error": "warn"})]) == 0
+    assert "WARNING: cannot create the MLflow store/experiments" in capsys.readouterr().err
+    info = json.loads(out.read_text())
+    assert info["experiments"] == {"sr": {"late": None}, "bridge": {}} and info["offline"]
+    # the server is up by the time the job runs
+    out.write_text(json.dumps({**info, "uri": mlflow_server["uri"]}))
+    monkeypatch.setenv("CDSAPI_KEY", CDS_KEY)
+    run = job(out, "sr", "late", "sr_train", tmp_path / "job", {**SPEC, "name": "late"})
+    assert run.online and not run.pending()["metrics"]
+    client = MlflowClient(mlflow_server["uri"])
+    exp = client.get_experiment_by_name("scorebridge/sr/late")
+    assert client.get_run(run.run_id).info.experiment_id == exp.experiment_id

@@ -18,7 +18,7 @@ PACKAGES = ("scorebridge", "numpy", "xarray", "zarr", "dask", "torch", "pot", "m
 # Words that make a key secret wherever they appear in it (as a whole word of the key,
 # split at _ - . space and camelCase): `token`, `hf_token`, `aws_secret_access_key`.
 SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth",
-               "authorization", "apikey", "passphrase", "cookie", "session")
+               "authorization", "apikey", "passphrase", "cookie")
 # `key` alone is ambiguous (`time_key`, `sort_key` are not secrets): secret only as the whole
 # name (`key`) or after one of these words (`api_key`, `cdsapi_key`, `access_key`).
 SECRET_KEY_QUALIFIERS = ("api", "cds", "cdsapi", "access", "private", "secret", "ssh", "client", "signing",

@@ -65,13 +65,15 @@ __all__ = [
 ]
 
 ENV_INVOCATION = "SCOREBRIDGE_INVOCATION"
-# Short network timeouts so that an unreachable server costs seconds, not minutes
-# (MLflow's defaults retry 7 times with exponential backoff). The user's own values win.
+# Network timeouts: a refused connection costs seconds (4 attempts, ~7 s of backoff), a
+# host that drops packets about 2 minutes, once per job (the run then goes offline); a busy
+# server still gets 30 s per request. MLflow's defaults (7 retries, factor 2, 120 s) can
+# hold a job for many minutes. The user's own environment values win.
 HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
@@ -325,10 +327,8 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri if not _is_remote(uri) else None)
 
 
-def init_store(tracking: Mapping[str, Any] | None, sr: list[str], bridge: list[str], results: str | os.PathLike = "results") -> dict:
-    """Create the store (migrations run once, here) and every experiment; return their ids."""
-    tracking = dict(tracking or {})
-    _http_defaults()
+def _store_settings(tracking: Mapping[str, Any], results: str | os.PathLike) -> tuple[str, str, str, str | None]:
+    """(uri, uri source, experiment prefix, artifact root or None for the server's own)."""
     uri, source = resolve_uri(tracking, results)
     prefix = tracking.get("experiment_prefix") or "scorebridge"
     artifact_root = tracking.get("artifact_root")
@@ -336,36 +336,63 @@ def init_store(tracking: Mapping[str, Any] | None, sr: list[str], bridge: list[s
         artifact_root = str(artifact_root)
         if "://" not in artifact_root:
             artifact_root = Path(artifact_root).resolve().as_uri()
-    elif not _is_remote(uri):
-        artifact_root = (Path(results).resolve() / "mlflow" / "artifacts").as_uri()
     else:
-        artifact_root = None  # the server's --default-artifact-root / --serve-artifacts decides
+        artifact_root = _default_artifact_root(uri, results)
+    return uri, source, prefix, artifact_root
+
+
+def _default_artifact_root(uri: str, results: str | os.PathLike = "results") -> str | None:
+    """Beside a SQLite database; results/mlflow/artifacts for other databases; None (the
+    server's own --artifacts-destination) for a tracking server."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        return (db.parent / "artifacts").resolve().as_uri()
+    if _is_remote(uri):
+        return None
+    return (Path(results).resolve() / "mlflow" / "artifacts").as_uri()
+
+
+def _get_or_create_experiment(client, label: str, kind: str, name: str, artifact_root: str | None) -> str:
+    """The id of experiment `label`, created if missing (restored if deleted).
+
+    Safe when two processes race on a store that exists: the name is unique in MLflow's
+    schema, so one creation wins and the other reads the winner's id.
+    """
+    from mlflow.exceptions import MlflowException
+
+    exp = _retry_locked(client.get_experiment_by_name, label)
+    if exp is None:
+        location = f"{artifact_root.rstrip('/')}/{kind}/{name}" if artifact_root else None
+        try:
+            return str(_retry_locked(client.create_experiment, label, artifact_location=location,
+                                     tags={"scorebridge.kind": kind, "scorebridge.experiment": name}))
+        except MlflowException:
+            exp = _retry_locked(client.get_experiment_by_name, label)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        _retry_locked(client.restore_experiment, exp.experiment_id)
+    return str(exp.experiment_id)
+
+
+def init_store(tracking: Mapping[str, Any] | None, sr: list[str], bridge: list[str], results: str | os.PathLike = "results") -> dict:
+    """Create the store (migrations run once, here) and every experiment; return their ids."""
+    tracking = dict(tracking or {})
+    _http_defaults()
+    uri, source, prefix, artifact_root = _store_settings(tracking, results)
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    from mlflow.exceptions import MlflowException
-
     client = _retry_locked(_client, uri)
-    ids: dict[str, dict[str, str]] = {"sr": {}, "bridge": {}}
+    ids: dict[str, dict[str, str | None]] = {"sr": {}, "bridge": {}}
     for kind, names in (("sr", sr), ("bridge", bridge)):
         for name in names:
-            full = experiment_name(prefix, kind, name)
-            exp = _retry_locked(client.get_experiment_by_name, full)
-            if exp is None:
-                location = f"{artifact_root.rstrip('/')}/{kind}/{name}" if artifact_root else None
-                try:
-                    eid = _retry_locked(client.create_experiment, full, artifact_location=location,
-                                        tags={"scorebridge.kind": kind, "scorebridge.experiment": name})
-                except MlflowException as err:  # created meanwhile by another invocation
-                    exp = _retry_locked(client.get_experiment_by_name, full)
-                    if exp is None:
-                        raise
-                    eid = exp.experiment_id
-            else:
-                eid = exp.experiment_id
-                if exp.lifecycle_stage == "deleted":
-                    _retry_locked(client.restore_experiment, eid)
-            ids[kind][name] = str(eid)
+            ids[kind][name] = _get_or_create_experiment(client, experiment_name(prefix, kind, name), kind, name, artifact_root)
+    return _info(tracking, uri, source, prefix, artifact_root, ids)
+
+
+def _info(tracking: Mapping[str, Any], uri: str, source: str, prefix: str, artifact_root: str | None, ids: dict,
+          offline: str | None = None) -> dict:
     return {
         "uri": strip_credentials(uri),
         "uri_source": source,
@@ -374,6 +401,7 @@ def init_store(tracking: Mapping[str, Any] | None, sr: list[str], bridge: list[s
         "artifact_root": strip_credentials(artifact_root) if artifact_root else None,
         "on_error": tracking.get("on_error", "warn"),
         "experiments": ids,
+        "offline": offline,
         "invocation": os.environ.get(ENV_INVOCATION),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -401,16 +429,24 @@ def init_cli(argv: list[str]) -> int:
     out = Path(args.out)
     results = Path(args.results) if args.results else out.resolve().parent.parent
     split = lambda s: [x for x in (p.strip() for p in s.split(",")) if x]  # noqa: E731
-    uri, _ = resolve_uri(tracking, results)
+    sr, bridge = split(args.sr), split(args.bridge)
+    uri, source, prefix, artifact_root = _store_settings(tracking, results)
     try:
-        info = init_store(tracking, split(args.sr), split(args.bridge), results)
+        info = init_store(tracking, sr, bridge, results)
     except ScorebridgeError:
         raise
     except Exception as err:  # noqa: BLE001
-        # No experiments, no ids: jobs cannot log. Fail clearly in either mode; in `warn` mode
-        # a store that is down at init time is still worth a loud stop (nothing has run yet).
-        raise TrackingError(f"cannot create the MLflow store/experiments at {strip_credentials(uri)}: "
-                            f"{type(err).__name__}: {Scrubber()(str(err))[:500]}") from None
+        msg = (f"cannot create the MLflow store/experiments at {strip_credentials(uri)}: "
+               f"{type(err).__name__}: {Scrubber()(str(err))[:500]}")
+        if tracking.get("on_error", "warn") == "fail" or _sqlite_path(uri) is not None:
+            raise TrackingError(msg) from None
+        # warn: the workflow goes on. Experiments are left unresolved (id null); each job
+        # looks its experiment up by name when it starts (get-or-create is safe on a running
+        # server), or keeps everything in a pending file if the server is still down.
+        print(f"scorebridge: WARNING: {msg}\nscorebridge: WARNING: jobs will look up their experiments when they start, "
+              "or keep what they log in results/mlflow/pending/", file=sys.stderr)
+        ids = {"sr": {n: None for n in sr}, "bridge": {n: None for n in bridge}}
+        info = _info(tracking, uri, source, prefix, artifact_root, ids, offline=msg)
     cred = _credentials_file(out)
     if info["has_credentials"]:
         # The URI's credentials stay out of experiments.json (which may be shared); jobs read
@@ -424,7 +460,8 @@ def init_cli(argv: list[str]) -> int:
         cred.unlink()
     write_json(out, info)
     n = sum(len(v) for v in info["experiments"].values())
-    print(f"tracking store {info['uri']} ({info['uri_source']}): {n} experiments -> {out}")
+    state = "unreachable, experiments unresolved" if info["offline"] else f"{n} experiments"
+    print(f"tracking store {info['uri']} ({info['uri_source']}): {state} -> {out}")
     return 0
 
 
@@ -442,11 +479,12 @@ class TrackedRun:
     when `on_error` is `fail`); what could not be logged is kept and written to `pending`.
     """
 
-    def __init__(self, *, uri: str, experiment_id: str, experiment_label: str, on_error: str, pending: Path,
-                 run_name: str, scrub: Scrubber, meta: dict):
+    def __init__(self, *, uri: str, experiment_id: str | None, experiment_label: str, on_error: str, pending: Path,
+                 run_name: str, scrub: Scrubber, meta: dict, artifact_root: str | None = None):
         self.uri = uri
         self.experiment_id = experiment_id
         self.experiment_label = experiment_label
+        self.artifact_root = artifact_root
         self.on_error = on_error
         self.pending_path = pending
         self.run_name = run_name
@@ -529,6 +567,9 @@ class TrackedRun:
                 raise FileNotFoundError(f"the SQLite store {db} does not exist (rule tracking_init creates it; "
                                         "rerun it with `snakemake -R tracking_init`)")
             self.client = _retry_locked(_client, self.uri)
+            if self.experiment_id is None:  # tracking_init could not reach the store
+                kind, name = self.meta["kind"], self.meta["experiment"]
+                self.experiment_id = _get_or_create_experiment(self.client, self.experiment_label, kind, name, self.artifact_root)
             exp = _retry_locked(self.client.get_experiment, self.experiment_id)
             if exp.name != self.experiment_label:
                 raise RuntimeError(f"experiment id {self.experiment_id} is '{exp.name}', expected '{self.experiment_label}' "
@@ -695,12 +736,13 @@ class TrackedRun:
             "error": self.error,
             "uri": strip_credentials(self.uri),
             "experiment_id": self.experiment_id,
-            "experiment": self.experiment_label,
             "run_id": self.run_id,
             "run_name": self.run_name,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": self._pending.get("status", "FINISHED"),
             **self.meta,
+            "experiment_name": self.experiment_label,
+            "artifact_root": self.artifact_root,
             "params": self._pending["params"],
             "tags": self._pending["tags"],
             "metrics": self._pending["metrics"],
@@ -789,7 +831,9 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     # params: the resolved config, flattened, redacted, scrubbed, truncated to MLflow's limit
     params = {_clean_key(k): scrub(v)[:MAX_PARAM_LENGTH] for k, v in flatten(redact(spec)).items()}
     invocation = os.environ.get(ENV_INVOCATION) or f"standalone-{uuid.uuid4().hex}"
-    git = git_state(Path(__file__).resolve().parent)
+    git = git_state(Path(__file__).resolve().parent)  # the package's checkout (editable install) ...
+    if git["commit"] == "unknown":
+        git = git_state(Path.cwd())  # ... else the workflow's working directory
     tag = {
         "scorebridge.kind": kind,
         "scorebridge.experiment": experiment,
@@ -828,9 +872,10 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     run_name = f"{rule}" + ("[" + ",".join(f"{v}" for _, v in sorted(wildcards.items())) + "]" if wildcards else "")
     label = experiment_name(info.get("experiment_prefix", "scorebridge"), kind, experiment)
     pending_path = Path(pending) if pending else _pending_path(exp_path, kind, experiment, rule, wildcards)
-    run = TrackedRun(uri=uri, experiment_id=str(by_kind[experiment]), experiment_label=label, on_error=mode,
-                     pending=pending_path, run_name=run_name, scrub=scrub,
-                     meta={"kind": kind, "rule": rule, "wildcards": wildcards, "invocation": invocation})
+    eid = by_kind[experiment]
+    run = TrackedRun(uri=uri, experiment_id=None if eid is None else str(eid), experiment_label=label, on_error=mode,
+                     pending=pending_path, run_name=run_name, scrub=scrub, artifact_root=info.get("artifact_root"),
+                     meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation})
     run._start(params, tag, ds_records)
     try:
         yield run
@@ -868,7 +913,11 @@ def sync_pending(path: str | os.PathLike, uri: str | None = None) -> dict:
         except Exception:  # noqa: BLE001
             run_id = None
     if not run_id:
-        run = _retry_locked(client.create_run, doc["experiment_id"], run_name=doc.get("run_name"),
+        # ids belong to one store: resolve the experiment by name in the target store
+        root = doc.get("artifact_root") if target == doc["uri"] else None
+        eid = _get_or_create_experiment(client, doc["experiment_name"], doc["kind"], doc["experiment"],
+                                        root or _default_artifact_root(target))
+        run = _retry_locked(client.create_run, eid, run_name=doc.get("run_name"),
                             tags={"scorebridge.replayed": p.name})
         run_id = run.info.run_id
     params = list(doc["params"].items())
