@@ -86,6 +86,13 @@ def resolve_channels(ds, variables: Sequence[str] | None = None, levels: Sequenc
     """The (variable, level) channels for the chosen variables and levels (None: all)."""
     where = ds.attrs.get("source_path", "ERA5 store")
     available = [v for v in ds.data_vars if _is_field(ds, v)]
+    # a stable order: that of attrs["normalisation"] (the dataset's config order), then by name;
+    # the order in which a zarr store lists its arrays is not guaranteed
+    try:
+        order = list(json.loads(ds.attrs.get("normalisation", "{}")))
+    except (TypeError, ValueError):
+        order = []
+    available.sort(key=lambda v: (order.index(v) if v in order else len(order), str(v)))
     if variables is None:
         variables = available
     missing = [v for v in variables if v not in ds.data_vars]

@@ -254,7 +254,7 @@ def train_cli(argv: list[str]) -> int:
         summary = train_prior(spec, args.era5, args.checkpoint_dir, args.out, run=run, experiment=args.experiment)
         if rank0 and run is not None:
             flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-            flat.update({f"val/loss/sigma={k}": v for k, v in summary.get("val_loss", {}).items()})
+            flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
             run.log_metrics(flat)
             try:
                 _loss_figure(summary["losses"], Path(args.out).with_name("train_loss.png"), run)
