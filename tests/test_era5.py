@@ -191,11 +191,13 @@ def test_streams_through_a_dask_distributed_scheduler(tmp_path):
     f = write_new(src, tmp_path / "d.nc")
     local = read(ingest(spec(), tmp_path / "local.zarr", [f]))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        remote = read(ingest(spec(stream={"address": cluster.scheduler_address, "block_mb": 0.05}), tmp_path / "remote.zarr", [f]))
+        remote = read(ingest(spec(stream={"address": cluster.scheduler_address, "block_mb": 0.2}), tmp_path / "remote.zarr", [f]))
         assert any("write_chunk" in p for p in cluster.scheduler.task_prefixes), "the scheduler ran the tasks"
     xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
     assert remote.attrs["normalisation"] == local.attrs["normalisation"]
-    with pytest.raises(ConfigError, match="stream.address"):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(ConfigError, match="stream.address"):
         ingest(spec(stream={"address": "tcp://127.0.0.1:9"}), tmp_path / "x.zarr", [f])
     assert not (tmp_path / "x.zarr").exists()
 

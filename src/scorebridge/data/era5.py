@@ -463,7 +463,7 @@ def _dask_scheduler(stream: dict) -> Iterator[None]:
     except ImportError:  # pragma: no cover - in the lock file
         raise ConfigError("stream.address", "a dask.distributed scheduler needs the 'distributed' package") from None
     try:
-        client = Client(address, timeout="30s", set_as_default=False)
+        client = Client(address, timeout=dask.config.get("distributed.comm.timeouts.connect"), set_as_default=False)
     except Exception as err:  # noqa: BLE001 - connection failures are the user's to fix
         raise ConfigError("stream.address", f"cannot connect to the dask scheduler at {address!r}: {err}") from None
     try:
