@@ -454,7 +454,8 @@ def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch
     with tracked_run(tmp / "results" / "mlflow" / "experiments.json", kind="sr", experiment="beta", rule="sr_sample",
                      wildcards={"experiment": "beta"}, spec={"a": 1}) as run:
         run.log_params({"a": 2, "b": 3})
-        run.log_metrics({"/odd//name/": 1.0, "../up": 2.0, "nan": float("nan"), "text": "x"}, step=2)
+        with pytest.warns(UserWarning, match="not a number"):
+            run.log_metrics({"/odd//name/": 1.0, "../up": 2.0, "nan": float("nan"), "text": "x"}, step=2)
         fig = plt.figure()
         with pytest.raises(ValueError, match="PNG"):
             save_figure(fig, tmp / "f.pdf", run=run)
@@ -492,3 +493,41 @@ def test_store_down_at_init_warn_mode_jobs_resolve_later(mlflow_server, tmp_path
     client = MlflowClient(mlflow_server["uri"])
     exp = client.get_experiment_by_name("scorebridge/sr/late")
     assert client.get_run(run.run_id).info.experiment_id == exp.experiment_id
+
+
+def _long_job(experiments: str, ready: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from scorebridge.tracking import tracked_run
+
+    SqlAlchemyStore._engine_map.clear()
+    with tracked_run(experiments, kind="sr", experiment="gamma", rule="sr_train", wildcards={"experiment": "gamma"}) as run:
+        for step in range(5):
+            run.log_metrics({"train/loss": float(step)}, step=step)  # buffered, not yet sent
+        Path(ready).write_text(run.run_id)
+        time.sleep(120)
+
+
+def test_sigterm_flushes_and_marks_run_killed(sqlite_store, tmp_path):
+    """scancel / a time limit / snakemake stopping a job: the buffered curve is flushed and
+    the run is KILLED, not left RUNNING; the job still exits with SIGTERM's status."""
+    import multiprocessing as mp
+    import signal
+
+    from mlflow import MlflowClient
+
+    tmp, info, env, _ = sqlite_store
+    ready = tmp_path / "ready"
+    proc = mp.get_context("fork").Process(target=_long_job, args=(str(tmp / "results" / "mlflow" / "experiments.json"), str(ready)))
+    proc.start()
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.is_alive() and time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(timeout=60)
+    assert proc.exitcode == 128 + signal.SIGTERM
+    client = MlflowClient(info["uri"])
+    run = client.get_run(ready.read_text())
+    assert run.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2, 3, 4]

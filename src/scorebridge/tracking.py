@@ -36,8 +36,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -877,15 +879,51 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
                      pending=pending_path, run_name=run_name, scrub=scrub, artifact_root=info.get("artifact_root"),
                      meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation})
     run._start(params, tag, ds_records)
+    previous = _catch_sigterm()
     try:
         yield run
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, SystemExit) and err.code in (0, None):
+            status = "FINISHED"
+        elif isinstance(err, (KeyboardInterrupt, _Terminated)):
+            status = "KILLED"
+        else:
+            status = "FAILED"
         try:
-            run._end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
-        except TrackingError as err:
-            print(f"scorebridge: {err}", file=sys.stderr)
+            run._end(status)
+        except TrackingError as terr:
+            print(f"scorebridge: {terr}", file=sys.stderr)
         raise
+    finally:
+        _restore_sigterm(previous)
     run._end("FINISHED")
+
+
+class _Terminated(SystemExit):
+    """SIGTERM (scancel, a SLURM time limit, snakemake stopping a job) inside a tracked run."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Terminated(128 + signum)
+
+
+def _catch_sigterm():
+    """While a run is open, SIGTERM unwinds the job (as SystemExit 143) instead of killing it
+    outright, so that buffered metrics are flushed and the run is marked KILLED, not left
+    RUNNING; temporaries of `atomic_path` are removed on the way. Only in the main thread
+    and only where nobody else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------- replay
