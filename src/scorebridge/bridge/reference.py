@@ -62,6 +62,32 @@ def repressilator(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return p["beta"] / (1.0 + (prev / p["k"]) ** p["n"]) - p["gamma"] * x
 
 
+def lotka_volterra_jacobian(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """∂f/∂x of `lotka_volterra`: [[α − βy, −βx], [δy, δx − γ]]. (n, 2) -> (n, 2, 2)."""
+    a, b = x[..., 0], x[..., 1]
+    row0 = torch.stack([p["alpha"] - p["beta"] * b, -p["beta"] * a], dim=-1)
+    row1 = torch.stack([p["delta"] * b, p["delta"] * a - p["gamma"]], dim=-1)
+    return torch.stack([row0, row1], dim=-2)
+
+
+def repressilator_jacobian(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """∂f/∂x of `repressilator`: −γ on the diagonal, ∂f_i/∂m_{i−1} = −β n u^{n−1} / (k (1 + u^n)²)
+    with u = max(m_{i−1}, 0)/k (zero where m_{i−1} <= 0). (n, d) -> (n, d, d)."""
+    n_, d = x.shape
+    prev = torch.roll(x, shifts=1, dims=-1)
+    u = prev.clamp(min=0.0) / p["k"]
+    un1 = torch.where(prev > 0, u.clamp_min(1e-300) ** (p["n"] - 1), torch.zeros_like(u))
+    dprev = -p["beta"] * p["n"] * un1 / (p["k"] * (1.0 + u * un1) ** 2)  # u^n = u · u^{n−1}
+    J = -p["gamma"] * torch.eye(d, dtype=x.dtype).expand(n_, d, d)
+    idx = torch.arange(d)
+    sub = torch.zeros(n_, d, d, dtype=x.dtype)
+    sub[:, idx, (idx - 1) % d] = dprev
+    return J + sub
+
+
+# name -> analytic Jacobian (faster than finite differences in the LNA's inner loop)
+BUILTIN_JACOBIANS: dict[str, Callable] = {"lotka_volterra": lotka_volterra_jacobian, "repressilator": repressilator_jacobian}
+
 BUILTIN_DRIFTS: dict[str, tuple[Callable, dict[str, float]]] = {
     # name -> (function, default initial parameters: deliberately not the truth)
     "lotka_volterra": (lotka_volterra, {"alpha": 0.5, "beta": 0.2, "gamma": 0.2, "delta": 0.05}),
@@ -404,6 +430,13 @@ class Parametric(Reference):
             raise ConfigError("reference.drift", f"drift '{drift}' returned shape {tuple(out.shape)} for input (3, {dim})")
 
     def drift_jacobian(self, x):
+        """Analytic for the built-in drifts; otherwise central finite differences (below)."""
+        jac = BUILTIN_JACOBIANS.get(self.drift_name)
+        if jac is not None:
+            return jac(x, self.drift_parameters())
+        return self._fd_jacobian(x)
+
+    def _fd_jacobian(self, x):
         """Central finite differences, 2d drift calls (error O(h²) ~ 1e-10, far below the LNA's
         own approximation; 25x faster than vmap(jacfwd) here) -- differentiable in θ."""
         h = 1e-5 * (1.0 + x.detach().abs())
