@@ -627,6 +627,8 @@ def sample_cli(argv: list[str]) -> int:
     a = p.parse_args(argv)
     spec = _sample_spec(parse_spec(a.spec))
     torch.manual_seed(int(spec.get("seed") or 0))
+    if spec["sample"].get("threads"):
+        torch.set_num_threads(int(spec["sample"]["threads"]))
     ds = open_era5(a.era5)
     prior = load_prior(a.checkpoint, device=a.device or spec["sample"].get("device", "auto"))
     if a.experiments:
