@@ -143,3 +143,14 @@ def test_stack_masks_padding_and_observation_mask():
     assert rep.y.shape == (6, 4) and rep.operator.index.shape[0] == 6
     x = torch.randn(6, 5, 8, 8)
     assert torch.allclose(rep.operator(x)[3], s(x[3:4].expand(2, -1, -1, -1))[1])
+
+
+def test_forward_squared_is_the_variance_of_white_noise():
+    torch.manual_seed(1)
+    v = torch.rand(1, 5, 8, 8, dtype=torch.float64)
+    eye = torch.eye(5 * 64, dtype=torch.float64).reshape(-1, 5, 8, 8)
+    for op in _operators()[:4]:  # single-element operators (padding included: k = 3)
+        if isinstance(op, PointObs):
+            op = PointObs(op.index, op.weight.double(), op.valid, op.field_shape)
+        A = op(eye).reshape(320, -1).T
+        assert torch.allclose(op.forward_squared(v).reshape(-1), (A**2) @ v.flatten())

@@ -52,7 +52,7 @@ def _obs(problem, gamma):
     return [Observation("coarse", cg, yc, torch.tensor(0.2), gamma, zeta=0.3), Observation("radiosondes", point, yp, torch.tensor(0.2), gamma, zeta=0.3)]
 
 
-def _sample(problem, guidance="sda", gamma=0.1, members=256, steps=25, seed=1, churn=0.0):
+def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0):
     prior = problem[0]
     return posterior_sample(prior, _obs(problem, gamma), members, steps, shape=(1, H, W), mean=torch.tensor([MEAN]), std=torch.tensor([STD]),
                             guidance=guidance, churn=churn, generator=torch.Generator().manual_seed(seed))

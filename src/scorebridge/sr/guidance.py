@@ -12,8 +12,10 @@ estimate,
 
     log p(y_k | x_s) ~ -1/2 || y_k - A_k D(x; s) ||^2 / (sigma_y,k^2 + gamma_k * (a_k s)^2),
 
-where ``a_k = A_k std`` expresses the normalised diffusion noise ``s`` in the
-observation's physical units; the gradient goes through the denoiser by autograd
+where ``a_k = sqrt((A_k o A_k) std^2)`` is the std of ``A_k`` applied to white noise of
+unit normalised variance, so ``(a_k s)^2`` is the variance the diffusion noise ``s`` puts on
+the observation (a block average of k^2 cells: ``std^2 / k^2``; a point: ``sum_i w_i^2 std_i^2``)
+and ``gamma`` means the same for every modality; the gradient goes through the denoiser by autograd
 (one backward pass per evaluation).
 
 **DPS** (Chung et al. 2023, "Diffusion posterior sampling", Alg. 1): a step
@@ -71,15 +73,15 @@ class GuidedDenoiser:
         self.std = std.reshape(1, -1, 1, 1)
         self.mode = mode if self.observations else "none"
         self.cost = Cost()
-        self._scale: list[torch.Tensor] = []  # a_k = A_k std per modality, [1, ...]
+        self._scale: list[torch.Tensor] = []  # a_k per modality, [1, ...]
         self.last_dps_grad: torch.Tensor | None = None
 
     def _prepare(self, shape: Sequence[int]) -> None:
         if len(self._scale) == len(self.observations):
             return
-        std_field = self.std.expand(1, -1, *shape[-2:])
-        with torch.no_grad():
-            self._scale = [ob.operator(std_field).detach() for ob in self.observations]
+        var_field = (self.std**2).expand(1, -1, *shape[-2:])
+        with torch.no_grad():  # a_k = sqrt((A o A) std^2): std of A_k applied to white normalised noise
+            self._scale = [ob.operator.forward_squared(var_field).clamp_min(0).sqrt().detach() for ob in self.observations]
 
     def physical(self, x0: torch.Tensor) -> torch.Tensor:
         return self.mean + self.std * x0

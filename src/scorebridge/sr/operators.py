@@ -20,9 +20,9 @@ linear, so the adjoint is the vector-Jacobian product ``A^T v = d<A x, v>/dx``
 
 The :class:`Observation` bundles an operator with its data ``y`` (physical units),
 its noise ``sigma_y`` (physical units, broadcastable to ``y``) and the SDA
-inflation ``gamma`` (``Var = sigma_y^2 + gamma * (s * sigma_t)^2``, where ``s`` is
-the operator applied to the per-channel standard deviation, i.e. the normalised
-diffusion noise expressed in the observation's units).
+inflation ``gamma`` (``Var = sigma_y^2 + gamma * (a * sigma_t)^2``, where
+``a = sqrt((A o A) std^2)`` is the std of the operator applied to white noise of unit
+normalised variance, see :meth:`Operator.forward_squared`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ class Operator:
     def repeat_interleave(self, n: int) -> "Operator":
         """The operator for a batch where every element is repeated ``n`` times."""
         return self
+
+    def forward_squared(self, v: torch.Tensor) -> torch.Tensor:
+        """``(A o A) v`` (element-wise squared weights): the variance of ``A e`` for independent
+        ``e`` with variances ``v[B, C, H, W]``."""
+        raise NotImplementedError
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Operator":
         return self
@@ -154,10 +159,23 @@ class CoarseGrain(Operator):
             x = x[:, self.channels]
         return coarse_grain(x, self.factor, pad="edge")
 
-
-
-# ---------------------------------------------------------------------------------------
-# Point observations.
+    def forward_squared(self, v: torch.Tensor) -> torch.Tensor:
+        # weight of a fine cell in its block: m / k^2, m = how often edge padding repeats it
+        if self.channels is not None:
+            v = v[:, self.channels]
+        H, W = v.shape[-2:]
+        k = self.factor
+        ph, pw = _pad_amount(H, k), _pad_amount(W, k)
+        mh = torch.ones(H, dtype=v.dtype, device=v.device)
+        mw = torch.ones(W, dtype=v.dtype, device=v.device)
+        mh[-1] += ph
+        mw[-1] += pw
+        contrib = v * (mh[:, None] * mw[None, :] / k**2) ** 2
+        ci = torch.arange(H, device=v.device) // k
+        cj = torch.arange(W, device=v.device) // k
+        lead = v.shape[:-2]
+        tmp = torch.zeros(*lead, (H + ph) // k, W, dtype=v.dtype, device=v.device).index_add(v.dim() - 2, ci, contrib)
+        return torch.zeros(*lead, (H + ph) // k, (W + pw) // k, dtype=v.dtype, device=v.device).index_add(v.dim() - 1, cj, tmp)
 
 
 class PointObs(Operator):
@@ -199,6 +217,9 @@ class PointObs(Operator):
         M, K = idx.shape[1:]
         vals = torch.gather(flat, 1, idx.reshape(B, M * K)).reshape(B, M, K)
         return (vals * w).sum(-1)
+
+    def forward_squared(self, v: torch.Tensor) -> torch.Tensor:
+        return PointObs(self.index, self.weight**2, self.valid, self.field_shape).forward(v)
 
     def repeat_interleave(self, n: int) -> "PointObs":
         if self.index.shape[0] == 1:

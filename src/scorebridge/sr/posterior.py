@@ -404,13 +404,22 @@ def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Seq
     table = []
     for g in gammas:
         ens, _, _ = sample_times(prior, cond, pick, truth, conditioning, members, seed=seed + 7919, device=device, gamma=g, progress=progress)
-        raw = _pooled_scores(ens, truth, cond.std, cond.lat)
-        alpha = float(np.clip(1.0 / raw["ssr"], lo, hi)) if ccfg.get("inflation", True) and np.isfinite(raw["ssr"]) else 1.0
-        cal = _pooled_scores(inflate(ens, alpha), truth, cond.std, cond.lat)
+        with np.errstate(all="ignore"):
+            raw = _pooled_scores(ens, truth, cond.std, cond.lat)
+        ok = np.isfinite(raw["ssr"]) and raw["ssr"] > 0
+        alpha = float(np.clip(1.0 / raw["ssr"], lo, hi)) if ccfg.get("inflation", True) and ok else 1.0
+        with np.errstate(all="ignore"):
+            cal = _pooled_scores(inflate(ens, alpha), truth, cond.std, cond.lat)
         row = {"gamma": g, "inflation": alpha, "ssr_raw": raw["ssr"], "ssr": cal["ssr"], "rmse": raw["rmse"], "crps_raw": raw["crps"], "crps": cal["crps"]}
         log.info("calibration: %s", row)
         table.append(row)
-    best = min(table, key=lambda r: (r["crps"], abs(np.log(r["ssr"])) if r["ssr"] > 0 else np.inf))
+    def score(r):  # a diverged candidate (non-finite scores) never wins
+        ok = np.isfinite(r["crps"]) and np.isfinite(r["ssr"]) and r["ssr"] > 0
+        return (r["crps"], abs(np.log(r["ssr"]))) if ok else (np.inf, np.inf)
+
+    best = min(table, key=score)
+    if not np.isfinite(score(best)[0]):
+        raise InputError(f"posterior sampling diverged for every calibration gamma {gammas}; raise sr.sample.calibrate.gammas or sigma_y")
     return {"times": [str(t) for t in np.asarray(cond.ds["time"].values)[pick].astype("datetime64[s]")], "members": members, "gamma": best["gamma"], "inflation": best["inflation"], "table": table}
 
 
