@@ -95,7 +95,7 @@ def test_cli_sample_and_evaluate(tiny):
     assert set(s["conditioning"].values) == {"coarse", "radiosondes"}
     sampling = json.loads(s.attrs["sampling"])
     assert sampling["cost"]["forward_per_sample"] == 7 and sampling["cost"]["backward_per_sample"] == 7
-    assert sampling["calibration"]["gamma"] in (0.25, 1.0) and sampling["inflation"] > 0
+    assert sampling["calibration"]["gamma"] in (0.25, 1.0) and np.all(np.asarray(sampling["inflation"]) > 0) and len(sampling["inflation"]) == 4
     assert len(sampling["withheld_stations"]) == 2  # round(0.25 * 6)
     # the coarse input is the block average of the truth
     truth = xr.open_zarr(d / "era5.zarr", consolidated=False)["t"].isel(time=s["time_index"].values[0]).values

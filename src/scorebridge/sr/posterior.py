@@ -367,10 +367,14 @@ def sample_times(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, c
     return out, total, info_all
 
 
-def inflate(ens: np.ndarray, factor: float) -> np.ndarray:
-    """Multiplicative inflation of the anomalies about the ensemble mean (axis 1)."""
+def inflate(ens: np.ndarray, factor) -> np.ndarray:
+    """Multiplicative inflation of the anomalies about the ensemble mean (axis 1) of
+    ``ens[T, N, C, H, W]``; ``factor`` a number or one per channel ``[C]``."""
     m = ens.mean(axis=1, keepdims=True)
-    return (m + factor * (ens - m)).astype(ens.dtype)
+    f = np.asarray(factor, dtype=np.float64)
+    if f.ndim == 1:
+        f = f.reshape(1, 1, -1, 1, 1)
+    return (m + f * (ens - m)).astype(ens.dtype)
 
 
 def _pooled_scores(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray) -> dict:
@@ -407,7 +411,13 @@ def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Seq
         with np.errstate(all="ignore"):
             raw = _pooled_scores(ens, truth, cond.std, cond.lat)
         ok = np.isfinite(raw["ssr"]) and raw["ssr"] > 0
-        alpha = float(np.clip(1.0 / raw["ssr"], lo, hi)) if ccfg.get("inflation", True) and ok else 1.0
+        alpha: float | list = float(np.clip(1.0 / raw["ssr"], lo, hi)) if ccfg.get("inflation", True) and ok else 1.0
+        if ccfg.get("per_channel", True) and ccfg.get("inflation", True) and ok:
+            from . import metrics
+
+            with np.errstate(all="ignore"):
+                ssr_c = metrics.spread_skill(ens, truth, cond.lat)
+            alpha = [float(np.clip(1.0 / r, lo, hi)) if np.isfinite(r) and r > 0 else 1.0 for r in ssr_c]
         with np.errstate(all="ignore"):
             cal = _pooled_scores(inflate(ens, alpha), truth, cond.std, cond.lat)
         row = {"gamma": g, "inflation": alpha, "ssr_raw": raw["ssr"], "ssr": cal["ssr"], "rmse": raw["rmse"], "crps_raw": raw["crps"], "crps": cal["crps"]}
@@ -542,7 +552,9 @@ def run_sampling(prior, ds, spec: dict, obs_path: str | None, *, device, out: st
         calib = calibrate(prior, cond, train_idx, conditioning, seed=seed, device=device, progress=progress)
         gamma, inflation = calib["gamma"], calib["inflation"]
         if run is not None:
-            run.log_metrics({"calibration/gamma": gamma if gamma is not None else float("nan"), "calibration/inflation": inflation})
+            alphas = np.atleast_1d(np.asarray(inflation, dtype=np.float64))
+            run.log_metrics({"calibration/gamma": gamma if gamma is not None else float("nan"), "calibration/inflation_mean": float(alphas.mean()),
+                             **({f"calibration/inflation/{v if lv is None else f'{v}/{lv:g}'}": float(a) for (v, lv), a in zip(channels, alphas)} if len(alphas) == len(channels) else {})})
 
     truth = cond.truth(test_idx)
     members = int(cfg["members"])
