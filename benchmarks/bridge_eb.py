@@ -46,9 +46,9 @@ def main(argv=None) -> int:
         m = ev.metrics
         labels = sorted({k.split("/")[2] for k in m if k.startswith("w1/model/t")})
         print(f"\n{name} (W1; {time.perf_counter() - start:.0f} s)")
-        print(f"{'method':<12}" + "".join(f"{lab:>8}" for lab in labels) + f"{'mean':>8}{'fit s':>8}")
+        print(f"{'method':<12}" + "".join(f"{lab:>8}" for lab in labels) + f"{'mean':>8}{'fit s':>8}{'cpu s':>8}")
         for meth in ("model", "vanilla_sb", "otcfm", "mccann", "previous"):
-            print(f"{meth:<12}" + "".join(f"{m[f'w1/{meth}/{lab}']:8.3f}" for lab in labels) + f"{m[f'w1/{meth}/mean']:8.3f}{m[f'fit_seconds/{meth}/mean']:8.1f}")
+            print(f"{meth:<12}" + "".join(f"{m[f'w1/{meth}/{lab}']:8.3f}" for lab in labels) + f"{m[f'w1/{meth}/mean']:8.3f}{m[f'fit_seconds/{meth}/mean']:8.1f}{m[f'fit_cpu_seconds/{meth}/mean']:8.1f}")
     print("\npaper (train 0,2,4; t1 / t3):", PAPER)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import run_cli
+from scorebridge.cli import main  # in-process: the console script's dispatcher and error handling, no interpreter start-up
+
+
+def run_cli(*args) -> None:
+    rc = main([str(a) for a in args])
+    assert rc == 0, f"scorebridge {args[0]} exited {rc}"
 
 SPEC = {
     "cells": "tiny",
@@ -66,8 +71,6 @@ def test_fit_and_evaluate_end_to_end(tmp_path):
     ],
 )
 def test_bad_input_clear_errors(tmp_path, capsys, change, times, nan_time, message):
-    from scorebridge.cli import main  # in-process: the same dispatcher and error handling as the console script
-
     cells = _write_cells(tmp_path / "cells.zarr", times=times, n=5, nan_time=nan_time)
     spec = json.dumps({**SPEC, **change})
     rc = main(["bridge-fit", "--spec", spec, "--cells", str(cells), "--out", str(tmp_path / "model.pt")])

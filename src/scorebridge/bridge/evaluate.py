@@ -6,7 +6,8 @@ the baselines (previous snapshot, McCann, OT-CFM; `scorebridge.bridge.baselines`
 same ones, predict every held-out marginal from its neighbours, and score each against
 the observed snapshot with W1, W2 (exact OT), RBF-MMD and energy distance
 (`scorebridge.bridge.metrics`). Metric names: `{w1,w2,mmd,energy}/{method}/t{time}` and
-`.../mean` (over held-out times), `fit_seconds/{method}/mean`.
+`.../mean` (over held-out times), `fit_seconds/{method}/mean` (wall) and
+`fit_cpu_seconds/{method}/mean` (process CPU time: comparable on a shared machine).
 
 `parameter_recovery`: relative error of the fitted reference parameters against the
 simulator's `true_parameters` (|θ̂ − θ| / |θ|, Frobenius for matrices).
@@ -99,13 +100,14 @@ def leave_one_out(
     ev = Evaluation(splits=splits)
     scores: dict[tuple[str, str], dict] = {}
     seconds: dict[str, list[float]] = {m: [] for m in methods}
+    cpu_seconds: dict[str, list[float]] = {m: [] for m in methods}
     for split_no, held in enumerate(splits):
         train = [k for k in range(len(times)) if k not in held]
         tr_snaps, tr_times = [snapshots[k] for k in train], [times[k] for k in train]
         log.info("split %d: train on times %s, predict %s", split_no, tr_times, [times[k] for k in held])
         predictors = {}
         for method in methods:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             if method in ("model", "vanilla_sb"):
                 spec = model_spec if method == "model" else _vanilla_spec(model_spec, vanilla)
                 res = fit_bridge(tr_snaps, tr_times, spec)
@@ -114,6 +116,7 @@ def leave_one_out(
                 cfg = dict(baselines.get(method) or {})
                 predictors[method] = make_baseline(method, cfg, seed=seed).fit(tr_snaps, tr_times)
             seconds[method].append(time.perf_counter() - start)
+            cpu_seconds[method].append(time.process_time() - cpu_start)
         for k in held:
             t, obs = times[k], snapshots[k]
             n = int(n_particles or obs.shape[0])
@@ -144,6 +147,7 @@ def leave_one_out(
             if vals:
                 ev.metrics[f"{name}/{method}/mean"] = float(np.mean(vals))
         ev.metrics[f"fit_seconds/{method}/mean"] = float(np.mean(seconds[method])) if seconds[method] else float("nan")
+        ev.metrics[f"fit_cpu_seconds/{method}/mean"] = float(np.mean(cpu_seconds[method])) if cpu_seconds[method] else float("nan")
     best = min((m for m in methods if m != "model"), key=lambda m: ev.metrics.get(f"w1/{m}/mean", np.inf))
     ev.metrics["w1/model_minus_best_baseline/mean"] = ev.metrics["w1/model/mean"] - ev.metrics[f"w1/{best}/mean"]
     return ev

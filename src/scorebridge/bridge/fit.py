@@ -41,7 +41,7 @@ DEFAULTS: dict = {
     "reference": {"class": "linear", "noise": "additive", "sigma": {"init": 1.0, "learn": True, "per_dim": False}},
     "max_iter": 20,
     "tol": 1e-3,
-    "substeps": 10,
+    "substeps": 5,
     "sinkhorn_tol": 1e-5,
     "refit": {"max_iter": 20, "weight_decay": 0.0},
 }

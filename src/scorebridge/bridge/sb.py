@@ -170,8 +170,11 @@ def bridge_sample(
     s: float,
     generator: torch.Generator | None = None,
     substeps: int = 10,
+    noise: float = 1.0,
 ) -> torch.Tensor:
     """X_s | X_0 = x, X_dt = y under the reference (Gaussian conditioning; exact for linear).
+
+    `noise` scales the conditional draw: 1 samples the bridge, 0 returns its mean path.
 
     With m, P, Φ from `Reference.moments`: Φ(s→dt) = Φ_dt Φ_s^{-1}, K = P_s Φ(s→dt)^T P_dt^{-1},
     X_s ~ N(m_s + K (y − m_dt), P_s − K Φ(s→dt) P_s). x, y: (n, d) -> (n, d).
@@ -188,9 +191,11 @@ def bridge_sample(
         K = torch.linalg.solve(Pd, cross.transpose(1, 2)).transpose(1, 2)
         mean = m[0] + (K @ (y - m[1])[:, :, None])[:, :, 0]
         cov = P[0] - K @ cross.transpose(1, 2)
+        if noise == 0:
+            return mean
         L = _chol(cov)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        return mean + (L @ z[:, :, None])[:, :, 0]
+        return mean + noise * (L @ z[:, :, None])[:, :, 0]
 
 
 def _stratified(n: int, n_k: int, gen: torch.Generator | None) -> torch.Tensor:
