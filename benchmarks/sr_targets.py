@@ -58,7 +58,7 @@ def _set(cfg: dict, assignment: str) -> None:
 
 def snakemake(workdir: Path, configfile: Path, targets: list[str], cores: int) -> float:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "SCOREBRIDGE_NO_PROGRESS": "1"}
-    cmd = [_bin("snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile), "--cores", str(cores), "--quiet", "rules", *targets]
+    cmd = [_bin("snakemake"), *targets, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile), "--cores", str(cores), "--quiet", "rules"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
