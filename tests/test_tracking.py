@@ -419,9 +419,17 @@ def test_job_errors_are_actionable(sqlite_store, tmp_path):
     with pytest.raises(InputError, match="tracking_init"):
         with tracked_run(tmp_path / "missing.json", kind="sr", experiment="alpha", rule="sr_train"):
             pass
-    with pytest.raises(InputError, match="'sr/nope' is not in it"):
-        with tracked_run(tmp / "results" / "mlflow" / "experiments.json", kind="sr", experiment="nope", rule="sr_train"):
-            pass
+    # an experiment added after tracking_init ran: created by name on first use, once
+    from mlflow import MlflowClient
+
+    path = tmp / "results" / "mlflow" / "experiments.json"
+    ids = []
+    for _ in range(2):
+        with tracked_run(path, kind="sr", experiment="added_later", rule="sr_train") as run:
+            run.log_metrics({"x": 1.0})
+        ids.append(MlflowClient(info["uri"]).get_run(run.run_id).info.experiment_id)
+    exp = MlflowClient(info["uri"]).get_experiment(ids[0])
+    assert ids[0] == ids[1] and exp.name.endswith("/sr/added_later")
 
 
 def test_failed_job_marks_run_failed(sqlite_store, monkeypatch):

@@ -417,8 +417,10 @@ def init_cli(argv: list[str]) -> int:
     """`scorebridge tracking-init --tracking JSON --sr a,b --bridge c --out experiments.json`."""
     ap = argparse.ArgumentParser(prog="scorebridge tracking-init", description=init_cli.__doc__)
     ap.add_argument("--tracking", default="{}", help="the config's `tracking` section as JSON")
-    ap.add_argument("--sr", default="", help="comma-separated names of the sr experiments")
-    ap.add_argument("--bridge", default="", help="comma-separated names of the bridge experiments")
+    ap.add_argument("--sr", default=os.environ.get("SCOREBRIDGE_SR_EXPERIMENTS", ""),
+                    help="comma-separated names of the sr experiments (default: env SCOREBRIDGE_SR_EXPERIMENTS)")
+    ap.add_argument("--bridge", default=os.environ.get("SCOREBRIDGE_BRIDGE_EXPERIMENTS", ""),
+                    help="comma-separated names of the bridge experiments (default: env SCOREBRIDGE_BRIDGE_EXPERIMENTS)")
     ap.add_argument("--results", default=None, help="results directory (default: the parent of --out's directory)")
     ap.add_argument("--out", required=True, help="experiments.json to write")
     args = ap.parse_args(argv)
@@ -821,9 +823,9 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     by_kind = info["experiments"].get(kind)
     if by_kind is None:
         raise InputError(f"no experiments of kind '{kind}' (kinds: {sorted(info['experiments'])})", exp_path)
-    if experiment not in by_kind:
-        raise InputError(f"experiment '{kind}/{experiment}' is not in it (known: {sorted(by_kind)}); "
-                         "rerun rule tracking_init after adding an experiment to the config", exp_path)
+    # An experiment added to the config after tracking_init ran is not in experiments.json:
+    # the job resolves it by name and creates it if missing (race-safe: names are unique in
+    # the store, so of two creators one wins and the other reads the winner's id).
     mode = on_error or os.environ.get("SCOREBRIDGE_TRACKING_ON_ERROR") or info.get("on_error", "warn")
     if mode not in ("warn", "fail"):
         raise ConfigError("tracking.on_error", f"'{mode}' is not one of warn, fail")
@@ -874,7 +876,7 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     run_name = f"{rule}" + ("[" + ",".join(f"{v}" for _, v in sorted(wildcards.items())) + "]" if wildcards else "")
     label = experiment_name(info.get("experiment_prefix", "scorebridge"), kind, experiment)
     pending_path = Path(pending) if pending else _pending_path(exp_path, kind, experiment, rule, wildcards)
-    eid = by_kind[experiment]
+    eid = by_kind.get(experiment)
     run = TrackedRun(uri=uri, experiment_id=None if eid is None else str(eid), experiment_label=label, on_error=mode,
                      pending=pending_path, run_name=run_name, scrub=scrub, artifact_root=info.get("artifact_root"),
                      meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation})

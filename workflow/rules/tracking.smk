@@ -1,4 +1,12 @@
 # MLflow: create the store and every experiment once, before any job logs.
+# The experiment names are not params: adding an experiment must not rerun this rule
+# (that would make experiments.json newer than every existing model output). An
+# experiment added later is created by its first job, by name (race-safe). The names
+# reach the command through the environment (inherited by jobs, also through sbatch).
+os.environ.update(
+    SCOREBRIDGE_SR_EXPERIMENTS=",".join(names("sr")),
+    SCOREBRIDGE_BRIDGE_EXPERIMENTS=",".join(names("bridge")),
+)
 
 
 rule tracking_init:
@@ -11,12 +19,9 @@ rule tracking_init:
     resources:
         **cluster_resources("tracking_init", runtime=10, mem_mb=1000),
     params:
-        sr=lambda w: ",".join(names("sr")),
-        bridge=lambda w: ",".join(names("bridge")),
         tracking=json.dumps(config["tracking"], sort_keys=True),
     shell:
-        "scorebridge tracking-init --tracking {params.tracking:q} --sr={params.sr:q} "
-        "--bridge={params.bridge:q} --out {output} > {log} 2>&1"
+        "scorebridge tracking-init --tracking {params.tracking:q} --out {output} > {log} 2>&1"
 
 
 # Metrics tables for the report: each evaluate rule's metrics.json rendered as HTML.
