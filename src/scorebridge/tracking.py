@@ -54,6 +54,8 @@ __all__ = [
     "TrackingError",
     "TrackedRun",
     "tracked_run",
+    "untracked_run",
+    "UntrackedRun",
     "resolve_uri",
     "default_uri",
     "strip_credentials",
@@ -798,6 +800,36 @@ def _pending_path(experiments_path: Path, kind: str, experiment: str, rule: str,
     wc = re.sub(r"[^A-Za-z0-9_=\-.]", "_", wc)
     name = f"{rule}{'-' + wc if wc else ''}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     return experiments_path.resolve().parent / "pending" / kind / experiment / name
+
+
+class UntrackedRun:
+    """Stands in for a TrackedRun when a job runs without MLflow (no experiments file):
+    the same methods, logging nothing."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        pass
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def untracked_run() -> contextlib.AbstractContextManager:
+    """A context manager yielding an UntrackedRun (for CLI calls without --experiments)."""
+    return contextlib.nullcontext(UntrackedRun())
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ bridge-evaluate  held-out evaluation (leave one time point out, or an explicit s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -26,17 +25,11 @@ __all__ = ["fit_cli", "evaluate_cli", "load_cells"]
 log = logging.getLogger(__name__)
 
 
-class _NullRun:
-    def log_metrics(self, *a, **k):
-        pass
-
-    def log_artifact(self, *a, **k):
-        pass
-
-
 def _run(experiments, experiment: str, rule: str, spec: dict, datasets: dict):
     if not experiments:
-        return contextlib.nullcontext(_NullRun())
+        from ..tracking import untracked_run
+
+        return untracked_run()
     from ..tracking import tracked_run
 
     return tracked_run(experiments=experiments, kind="bridge", experiment=experiment, rule=rule, wildcards={"experiment": experiment}, spec=spec, datasets=datasets)

@@ -191,25 +191,19 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
         shutdown(info)
 
 
-class _NullRun:
-    def log_metrics(self, *a, **k):
-        pass
-
-    def log_artifact(self, *a, **k):
-        pass
-
-
 def _tracked(args, spec, rank0: bool):
+    from ..tracking import untracked_run
+
     if not rank0:
         return contextlib.nullcontext(None)
     if not args.experiments:
         log.info("no --experiments given: the run is not tracked in MLflow")
-        return contextlib.nullcontext(_NullRun())
+        return untracked_run()
     try:
         from ..tracking import tracked_run
     except ImportError as err:  # tracking not installed / not built yet: train anyway
         log.warning("MLflow tracking unavailable (%s); training without it", err)
-        return contextlib.nullcontext(_NullRun())
+        return untracked_run()
     return tracked_run(experiments=args.experiments, kind="sr", experiment=args.experiment, rule="sr_train",
                        wildcards={"experiment": args.experiment}, spec=spec, datasets={"era5": args.era5})
 
