@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_json", "read_json", "remove"]
+__all__ = ["atomic_path", "write_json", "read_json", "remove", "open_store"]
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -69,3 +69,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def open_store(path: str | os.PathLike, what: str, **kw: Any):
+    """Open a zarr store lazily with xarray (no consolidated metadata needed), quiet about
+    the `.snakemake_timestamp` marker Snakemake leaves in directory outputs.
+
+    A missing or unreadable store is an InputError naming the path and `what` it is.
+    """
+    import warnings
+
+    import xarray as xr
+
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} store not found", p)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            return xr.open_zarr(p, consolidated=False, **kw)
+    except Exception as err:  # noqa: BLE001 - zarr/xarray raise many types for a bad store
+        raise InputError(f"not a readable zarr store ({type(err).__name__}: {err})", p) from None

@@ -37,15 +37,10 @@ def _run(experiments, experiment: str, rule: str, spec: dict, datasets: dict):
 
 def load_cells(path) -> tuple[list[np.ndarray], list[float], dict, list[str] | None]:
     """(snapshots, times, attrs, feature names) from a cells zarr (the data contract)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("cells store not found", path)
-    import xarray as xr
+    from ..io import open_store
 
-    try:
-        ds = xr.open_zarr(path, consolidated=False)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"not a readable zarr store: {err}", path) from None
+    path = Path(path)
+    ds = open_store(path, "cells")
     for var in ("X", "time"):
         if var not in ds:
             raise InputError(f"missing variable '{var}' (the cells contract: X (cell, feature), time (cell))", path)

@@ -21,7 +21,6 @@ Public helpers (also used by posterior sampling and evaluation):
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,17 +58,10 @@ def _fmt_level(level: float) -> str:
 
 def open_era5(path: str | Path):
     """Open an ERA5 zarr store of the data contract (lazily)."""
-    import xarray as xr
+    from ..io import open_store
 
     path = Path(path)
-    if not path.exists():
-        raise InputError("ERA5 zarr store not found", path)
-    try:
-        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp inside directory outputs
-            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-            ds = xr.open_zarr(path, consolidated=False)
-    except Exception as err:
-        raise InputError(f"not a readable zarr store ({type(err).__name__}: {err})", path) from None
+    ds = open_store(path, "ERA5 zarr")
     for coord in ("time", "latitude", "longitude"):
         if coord not in ds.coords and coord not in ds.dims:
             raise InputError(f"missing coordinate '{coord}' (ERA5 data contract)", path)

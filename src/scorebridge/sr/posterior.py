@@ -171,15 +171,10 @@ class ObsTable:
 
 def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
     """Read the collocated obs zarr (data contract) into long form for the prior's ``variables``."""
-    import xarray as xr
+    from ..io import open_store
 
     path = Path(path)
-    if not path.exists():
-        raise InputError("collocated observations store not found", path)
-    try:
-        ds = xr.open_zarr(path, consolidated=False)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"not a readable zarr store ({type(err).__name__}: {err})", path) from None
+    ds = open_store(path, "collocated observations")
     need = ["station", "time", "latitude", "longitude", "pressure"]
     missing = [n for n in need if n not in ds.variables]
     if missing:
