@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.scorebridge-installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
+# The config to run: `make run CONFIG=my.yaml` runs your experiments only (the workflow's
+# config/config.yaml is replaced, not merged: --replace-workflow-config).
+CONFIG ?= config/config.yaml
+CONFIG_ARGS = --configfile $(CONFIG) --replace-workflow-config
 
 .PHONY: venv run test lint report dry-run clean
 
@@ -20,19 +24,19 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 run: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/config.yaml $(SNAKEMAKE_ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES) $(CONFIG_ARGS) $(SNAKEMAKE_ARGS)
 
 report: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) $(CONFIG_ARGS) --report results/report.html
 
 dry-run: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n --configfile config/config.yaml
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n $(CONFIG_ARGS)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --timeout 900 tests
 
 lint: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config/config.yaml
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint $(CONFIG_ARGS)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 clean:

@@ -128,7 +128,9 @@ def all_targets():
     targets += expand(f"{RESULTS}/data/era5/{{d}}.zarr", d=names("era5"))
     targets += expand(f"{RESULTS}/data/igra/{{d}}.zarr", d=names("igra"))
     targets += [
-        f"{RESULTS}/data/obs/{igra_collocate_era5(d)}/{d}.zarr" for d in names("igra")
+        f"{RESULTS}/data/obs/{igra_collocate_era5(d)}/{d}.zarr"
+        for d in names("igra")
+        if igra_collocate_era5(d)
     ]
     targets += expand(f"{RESULTS}/data/cells/{{d}}.zarr", d=names("cells"))
     targets += expand(f"{RESULTS}/sr/{{e}}/metrics.json", e=names("sr"))
@@ -168,8 +170,14 @@ def igra_fetch_inputs(wildcards):
 
 
 def igra_collocate_era5(dataset):
+    """The ERA5 grid a dataset is collocated with by default: collocate.era5, else the
+    grid synthetic soundings were sampled from; None (no collocation target) for real
+    soundings without collocate.era5 (an sr experiment still collocates them with its
+    own ERA5 dataset)."""
     spec = entry("igra", dataset)
-    return spec["collocate"]["era5"] or spec["synthetic"]["era5"]
+    if spec["collocate"]["era5"]:
+        return spec["collocate"]["era5"]
+    return spec["synthetic"]["era5"] if spec["source"] == "synthetic" else None
 
 
 def cells_raw_inputs(wildcards):
