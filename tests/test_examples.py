@@ -49,7 +49,7 @@ def test_shared_data_example_plans_only_its_own_experiments(example):
     wildcards = _wildcards(out)
     assert any("experiment=emt" in w for w in wildcards) and any("dataset=ens" in w for w in wildcards)
     assert not any("default" in w or "lotka_volterra" in w for w in wildcards)
-    # without the flag (what `make run CONFIG=...` passes) Snakemake merges the default config
+    # without the flag (which `make run CONFIG=...` passes) Snakemake merges in the default config
     merged = run_snakemake(*args).stdout
     assert any("experiment=default" in w for w in _wildcards(merged))
     assert "--replace-workflow-config" in (ROOT / "Makefile").read_text()
