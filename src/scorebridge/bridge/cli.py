@@ -102,7 +102,7 @@ def fit_cli(argv: list[str]) -> int:
             log.info("iteration %d: objective %.5g, relative change %.3g, %s", it, rec["objective"], rec["rel_change"],
                      ", ".join(f"{k}={v:.4g}" for k, v in list(rec["params"].items())[:8]))
 
-        result = fit_bridge(snaps, times, spec.get("model"), callback=on_iteration, progress=True, where=a.cells)
+        result = fit_bridge(snaps, times, spec.get("model"), callback=on_iteration, progress=True, where=a.cells, seed=_seed(spec))
         extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells)}
         save_model(result, a.out, extra)
         final = {"fit/total_seconds": result.seconds, "fit/iterations": len(result.history), "fit/converged": float(result.converged)}

@@ -110,7 +110,7 @@ def leave_one_out(
             start, cpu_start = time.perf_counter(), time.process_time()
             if method in ("model", "vanilla_sb"):
                 spec = model_spec if method == "model" else _vanilla_spec(model_spec, vanilla)
-                res = fit_bridge(tr_snaps, tr_times, spec)
+                res = fit_bridge(tr_snaps, tr_times, spec, seed=seed)
                 predictors[method] = res
             else:
                 cfg = dict(baselines.get(method) or {})

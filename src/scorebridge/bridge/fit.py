@@ -31,14 +31,15 @@ import torch
 
 from ..errors import ConfigError, InputError
 from .reference import DTYPE, Reference, make_reference
-from .sb import Coupling, PiecewiseBridge, gaussian_nll, static_bridge, transition_nll
+from ..core.sde import euler_maruyama
+from .sb import Coupling, PiecewiseBridge, _stratified, gaussian_nll, static_bridge, transition_nll
 
-__all__ = ["DEFAULTS", "resolve_spec", "check_snapshots", "refit_reference", "fit_bridge", "FitResult", "save_model", "load_model"]
+__all__ = ["DEFAULTS", "resolve_spec", "check_snapshots", "refit_reference", "fit_bridge", "simulate_reference", "FitResult", "save_model", "load_model"]
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict = {
-    "reference": {"class": "linear", "noise": "additive", "sigma": {"init": 1.0, "learn": True, "per_dim": False}},
+    "reference": {"class": "linear", "noise": "additive", "sigma": {"init": 1.0, "learn": True, "per_dim": False, "debias": "none"}},
     "max_iter": 20,
     "tol": 1e-3,
     "substeps": 5,
@@ -205,31 +206,49 @@ def fit_bridge(
     callback: Callable[[int, dict], None] | None = None,
     progress: bool = False,
     where: object = "snapshots",
+    seed: int = 0,
 ) -> FitResult:
     """Fit the multi-marginal SB with iterative reference refinement.
 
     snapshots: list of (n_k, d) arrays at increasing `times`; spec: the model config
     (`resolve_spec`). `callback(iteration, record)` sees every iteration's record
-    (objective, parameters, relative change) -- e.g. to log to MLflow.
+    (objective, parameters, relative change, stage) -- e.g. to log to MLflow. `seed` seeds
+    the parametric bootstrap of `reference.sigma.debias: bootstrap` (the only random step).
     """
     t_start = time.perf_counter()
     model = resolve_spec(spec)
     arrays, times = check_snapshots(snapshots, times, where)
     X = [torch.as_tensor(a, dtype=DTYPE) for a in arrays]
     reference = make_reference(model["reference"], X[0].shape[1], key="model.reference")
-    substeps = int(model["substeps"])
+    debias = str((model["reference"].get("sigma") or {}).get("debias", "none") or "none")
+    if debias not in ("none", "bootstrap"):
+        raise ConfigError("model.reference.sigma.debias", f"expected 'none' or 'bootstrap', got {debias!r}")
     history: list[dict] = []
-    couplings: list[Coupling | None] = [None] * (len(X) - 1)
-    converged = False
     show = progress and os.environ.get("SCOREBRIDGE_NO_PROGRESS") != "1"
     bar = None
     if show:
         from tqdm import tqdm
 
         bar = tqdm(total=int(model["max_iter"]), desc="bridge fit", unit="iter")
+    couplings, converged = _alternate(reference, X, times, model, None, history, callback, bar, t_start, "fit")
+    if debias == "bootstrap" and reference.log_sigma.requires_grad:
+        couplings, converged = _debias_sigma(reference, X, times, model, couplings, history, callback, bar, t_start, seed)
+    if bar is not None:
+        bar.close()
+    bridge = PiecewiseBridge(X, times, couplings, reference, int(model["substeps"]))
+    return FitResult(bridge, history, converged, time.perf_counter() - t_start, model)
+
+
+def _alternate(reference: Reference, X: list[torch.Tensor], times: list[float], model: dict, couplings, history: list[dict], callback, bar, t_start: float, stage: str, max_iter: int | None = None):
+    """The SBIRR loop (bridge, refit) on `reference` in place until the relative parameter change
+    is below `model.tol` or `max_iter` bridge steps; appends one record per iteration to `history`."""
+    substeps = int(model["substeps"])
+    couplings = list(couplings) if couplings is not None else [None] * (len(X) - 1)
+    converged = False
     rel = float("nan")
     nll = float("nan")
-    for it in range(int(model["max_iter"])):
+    n_iter = int(model["max_iter"] if max_iter is None else max_iter)
+    for it in range(n_iter):
         with torch.no_grad():
             costs = _costs(reference, X, times, substeps)
         couplings = [
@@ -237,7 +256,8 @@ def fit_bridge(
             for k in range(len(X) - 1)
         ]
         record = {
-            "iteration": it,
+            "iteration": len(history),
+            "stage": stage,
             "objective": sum(c.objective for c in couplings),
             "nll": nll,
             "rel_change": rel,
@@ -247,21 +267,72 @@ def fit_bridge(
         }
         history.append(record)
         if callback is not None:
-            callback(it, record)
+            callback(record["iteration"], record)
         if bar is not None:
+            if bar.n >= bar.total:
+                bar.total += 1
             bar.update(1)
-            bar.set_postfix(objective=f"{record['objective']:.4g}", change=f"{rel:.2g}")
-        if converged or it == int(model["max_iter"]) - 1:
+            bar.set_postfix(stage=stage, objective=f"{record['objective']:.4g}", change=f"{rel:.2g}")
+        if converged or it == n_iter - 1:
             break
         old = reference.parameter_vector().clone()
         nll = refit_reference(reference, X, times, couplings, substeps, int(model["refit"]["max_iter"]), float(model["refit"]["weight_decay"]))
         new = reference.parameter_vector()
         rel = float((new - old).norm() / max(float(old.norm()), float(new.norm()), 1e-8)) if new.numel() else 0.0
         converged = rel < float(model["tol"])
-    if bar is not None:
-        bar.close()
-    bridge = PiecewiseBridge(X, times, couplings, reference, substeps)
-    return FitResult(bridge, history, converged, time.perf_counter() - t_start, model)
+    return couplings, converged
+
+
+def simulate_reference(reference: Reference, x0: torch.Tensor, times: list[float], counts: list[int], generator: torch.Generator | None = None, steps_per_unit: int = 50) -> list[torch.Tensor]:
+    """Independent snapshots of the reference SDE (the data-generating process SBIRR assumes):
+    snapshot 0 is `x0` itself; every later snapshot k is its own batch of `counts[k]` particles
+    drawn from x0 (stratified), integrated by Euler-Maruyama from times[0] to times[k]
+    (about `steps_per_unit` steps per unit time), so no particle is seen twice."""
+    out = [x0.clone()]
+    n0 = x0.shape[0]
+    with torch.no_grad():
+        for k in range(1, len(times)):
+            idx = _stratified(int(counts[k]), n0, generator)
+            steps = max(4, int(math.ceil((times[k] - times[0]) * steps_per_unit)))
+            y = euler_maruyama(lambda z, _t: reference.drift(z), lambda z, _t: reference.diffusion(z), x0[idx], times[0], times[k], steps, generator)
+            out.append(y)
+    return out
+
+
+def _debias_sigma(reference: Reference, X: list[torch.Tensor], times: list[float], model: dict, couplings, history: list[dict], callback, bar, t_start: float, seed: int):
+    """Parametric-bootstrap bias correction of σ (then the drift refitted with σ fixed).
+
+    The snapshots are independent draws, so even the true reference's bridge couples each
+    particle with a spread of partners, which the ML refit reads as extra noise: σ̂² ≈ σ² + b².
+    Simulate independent snapshots from the fitted reference (σ̂ known), refit them from the
+    fitted state to get σ̂_b² ≈ σ̂² + b², and take σ² = σ̂² − (σ̂_b² − σ̂²) (floored at
+    σ̂²/100). With σ fixed there, the bridge and the drift refit alternate to convergence again.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    sigma_hat = reference.sigma.detach().clone()
+    for _ in range(2):  # a diverged simulation (rare, far from the data) gets one more draw
+        Y = simulate_reference(reference, X[0], times, [x.shape[0] for x in X], gen)
+        if all(bool(torch.isfinite(y).all()) for y in Y):
+            break
+    else:
+        log.warning("sigma debias: the fitted reference's simulation diverged; keeping sigma = %s", sigma_hat.tolist())
+        return couplings, bool(history and history[-1]["rel_change"] < float(model["tol"]))
+    boot = copy.deepcopy(reference)
+    _alternate(boot, Y, times, model, couplings, [], None, None, t_start, "bootstrap")
+    sigma_b = boot.sigma.detach()
+    var = (2 * sigma_hat**2 - sigma_b**2).clamp_min(sigma_hat**2 / 100)  # σ̂² − b², b² = σ̂_b² − σ̂²
+    log.info("sigma debias: fitted %s, bootstrap refit %s -> %s", sigma_hat.tolist(), sigma_b.tolist(), var.sqrt().tolist())
+    with torch.no_grad():
+        reference.log_sigma.copy_(0.5 * var.log())
+    reference.log_sigma.requires_grad_(False)
+    try:
+        couplings, converged = _alternate(reference, X, times, model, couplings, history, callback, bar, t_start, "debiased")
+    finally:
+        reference.log_sigma.requires_grad_(True)
+    if history:
+        history[-1]["sigma_fitted"] = sigma_hat.tolist()
+        history[-1]["sigma_bootstrap"] = sigma_b.tolist()
+    return couplings, converged
 
 
 def save_model(result: FitResult, path, extra: dict | None = None) -> None:
