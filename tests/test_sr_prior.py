@@ -174,6 +174,20 @@ def test_split_times(toy):
         split_times(ds, {"train_end": "2020-01-03", "test_start": "2020-01-02"})
     with pytest.raises(ConfigError, match="no training times"):
         split_times(ds, {"train_start": "2021-01-01"})
+
+
+def test_split_times_validation_block(toy):
+    """`validation` takes the end of the training period out of training (and `gap` steps before it)."""
+    ds = open_era5(toy)
+    tr, va, te = split_times(ds, {"train": {"split": {"validation": 2}}}, validation=True)
+    assert tr.tolist() == list(range(10)) and va.tolist() == [10, 11] and te.tolist() == [12, 13, 14, 15]
+    tr, va, te = split_times(ds, {"validation": 3, "gap": 1}, validation=True)
+    assert tr.tolist() == list(range(8)) and va.tolist() == [9, 10, 11] and te.tolist() == [13, 14, 15]
+    tr, te = split_times(ds, {"validation": 3, "gap": 1})  # two-array form: training without validation
+    assert tr.tolist() == list(range(8))
+    assert len(split_times(ds, {}, validation=True)[1]) == 0
+    with pytest.raises(ConfigError, match="validation"):
+        split_times(ds, {"validation": 12})
     with pytest.raises(ConfigError, match="not a date"):
         split_times(ds, {"train_start": "yesterday"})
 

@@ -13,7 +13,8 @@ Public helpers (also used by posterior sampling and evaluation):
   single-level ones contribute one channel with level None.
 - `normalisation_of(ds, channels) -> Normalisation` (mean/std per channel;
   `.normalise(x)` / `.denormalise(x)` for arrays or tensors with channels on axis -3).
-- `split_times(ds, spec) -> (train_idx, test_idx)`: integer indices into `ds.time`.
+- `split_times(ds, spec) -> (train_idx, test_idx)`: integer indices into `ds.time`;
+  `split_times(ds, spec, validation=True) -> (train_idx, validation_idx, test_idx)`.
 - `load_fields(ds, channels, time_idx, norm=None, member=None) -> np.ndarray`
   (T, C, H, W) float32 (or (T, M, C, H, W) with all members), NaN -> InputError.
 """
@@ -182,7 +183,7 @@ def _split_spec(spec: dict | None) -> dict:
     return spec
 
 
-def split_times(ds, spec: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_times(ds, spec: dict | None = None, validation: bool = False) -> tuple[np.ndarray, ...]:
     """Training and held-out time indices into `ds.time` (sorted int arrays, disjoint).
 
     `spec` is the experiment's config entry, its `train` section, or the `split` dict:
@@ -192,7 +193,10 @@ def split_times(ds, spec: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
       test_start / test_end: dates of the held-out times; default: every time not used
           for training that lies more than `gap` time steps from a training time;
       gap (default 0): time steps left out between training and held-out times
-          (temporal autocorrelation).
+          (temporal autocorrelation);
+      validation (default 0): the last this many times of the training period are not
+          trained on (nor `gap` steps before them); posterior sampling calibrates its
+          spread on them. Returned as a middle array when `validation=True`.
     """
     s = _split_spec(spec)
     times = np.asarray(ds["time"].values).astype("datetime64[ns]")
@@ -229,6 +233,17 @@ def split_times(ds, spec: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     else:
         dist = np.abs(idx[:, None] - train[None, :]).min(axis=1)
         test = idx[dist > gap]
+    nval = int(s.get("validation") or 0)
+    val = np.zeros(0, dtype=np.int64)
+    if nval:
+        if nval >= len(train):
+            raise ConfigError("sr.train.split.validation", f"{nval} validation times leave nothing of the {len(train)} training times")
+        val = train[-nval:]
+        train = train[train < val[0] - gap]
+        if len(train) == 0:
+            raise ConfigError("sr.train.split.validation", f"no training times left before the validation block with gap {gap}")
+    if validation:
+        return train.astype(np.int64), val.astype(np.int64), test.astype(np.int64)
     return train.astype(np.int64), test.astype(np.int64)
 
 
@@ -277,9 +292,11 @@ class FieldBatcher:
     In memory when the training fields fit in `max_memory_mb`, else read from the
     store per batch. `batch(generator, n)` draws n samples: a (n, C, h, w) tensor.
     The draw depends only on the generator, so equal generators give equal batches.
+    `shift`: axes ("latitude", "longitude") along which each sample is also rolled by a
+    random whole number of cells (translation augmentation on periodic axes).
     """
 
-    def __init__(self, ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: Normalisation, crop: int | Sequence[int] | None = None, max_memory_mb: float = 2048):
+    def __init__(self, ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: Normalisation, crop: int | Sequence[int] | None = None, max_memory_mb: float = 2048, shift: Sequence[str] = ()):
         self.ds = ds
         self.channels = list(channels)
         self.time_idx = np.asarray(time_idx, dtype=np.int64)
@@ -296,6 +313,7 @@ class FieldBatcher:
         nbytes = len(self.time_idx) * max(1, self.members) * len(self.channels) * self.H * self.W * 4
         self.in_memory = nbytes <= max_memory_mb * 2**20
         self.data = load_fields(ds, self.channels, self.time_idx, norm) if self.in_memory else None
+        self.shift = tuple(shift)
 
     def batch(self, generator: torch.Generator, n: int) -> Tensor:
         g = generator
@@ -312,6 +330,12 @@ class FieldBatcher:
             else:
                 sub = self.ds.isel(latitude=slice(i0[k], i0[k] + ch), longitude=slice(j0[k], j0[k] + cw))
                 out[k] = load_fields(sub, self.channels, [self.time_idx[ti[k]]], self.norm, member=int(mi[k]) if self.members else None)[0]
+        if self.shift:  # drawn after the crops, so batches without shift are unchanged
+            for axis, size in (("latitude", ch), ("longitude", cw)):
+                if axis in self.shift:
+                    r = torch.randint(size, (n,), generator=g).numpy()
+                    for k in range(n):
+                        out[k] = np.roll(out[k], int(r[k]), axis=-2 if axis == "latitude" else -1)
         return torch.from_numpy(out)
 
 

@@ -384,7 +384,8 @@ def _pooled_scores(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.
 
 
 def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Sequence[str], *, seed: int, device, progress: bool = False) -> dict:
-    """Pick the SDA ``gamma`` and an anomaly-inflation factor on TRAINING times.
+    """Pick the SDA ``gamma`` and an anomaly-inflation factor on calibration times ``train_idx``
+    (the validation block of the training period, or training times when there is none).
 
     For each candidate ``gamma`` (shared by the conditioning modalities) sample the
     calibration times, compute the pooled spread-skill ratio ``ssr`` (normalised units,
@@ -509,7 +510,7 @@ def run_sampling(prior, ds, spec: dict, obs_path: str | None, *, device, out: st
     if "coarse" in conditioning or (compare and any("coarse" in c for c in compare)):
         CoarseGrain(k, (H, W), pad=cfg["coarse"].get("pad", "edge"))  # warns (pad) or raises (error)
 
-    train_idx, test_idx = split_times(ds, spec)
+    train_idx, val_idx, test_idx = split_times(ds, spec, validation=True)
     nmax = cfg.get("max_times")
     if nmax and len(test_idx) > nmax:
         test_idx = test_idx[np.unique(np.linspace(0, len(test_idx) - 1, int(nmax)).round().astype(int))]
@@ -534,7 +535,11 @@ def run_sampling(prior, ds, spec: dict, obs_path: str | None, *, device, out: st
     gamma = None
     inflation = 1.0
     if cfg["calibrate"].get("enabled", True) and conditioning:
-        calib = calibrate(prior, cond, train_idx, conditioning, seed=seed, device=device, progress=progress)
+        # calibrate on times the prior never saw when there are any (a prior that memorised its
+        # training fields is over-confident there); else on training times
+        cal_idx, cal_on = (val_idx, "validation") if len(val_idx) else (train_idx, "training")
+        calib = calibrate(prior, cond, cal_idx, conditioning, seed=seed, device=device, progress=progress)
+        calib["on"] = cal_on
         gamma, inflation = calib["gamma"], calib["inflation"]
         if run is not None:
             alphas = np.atleast_1d(np.asarray(inflation, dtype=np.float64))

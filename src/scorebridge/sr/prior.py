@@ -47,8 +47,21 @@ __all__ = ["Prior", "load_prior", "build_denoiser", "FORMAT"]
 FORMAT = "scorebridge-sr-prior/1"
 
 
+AXES = ("latitude", "longitude")
+
+
+def periodic_flags(periodic) -> tuple[bool, bool]:
+    """(latitude, longitude) wrap flags from a resolved `train.model.periodic` list of axis names."""
+    if periodic in (None, "auto"):  # unresolved (e.g. a model built without data): no wrap
+        return (False, False)
+    unknown = [a for a in periodic if a not in AXES]
+    if unknown:
+        raise ConfigError("sr.train.model.periodic", f"unknown axes {unknown}; expected a subset of {list(AXES)} or 'auto'")
+    return ("latitude" in periodic, "longitude" in periodic)
+
+
 def build_denoiser(n_channels: int, model: dict, sigma_data: float) -> EDMPrecond:
-    """EDMPrecond(UNet) from the `train.model` config keys."""
+    """EDMPrecond(UNet) from the `train.model` config keys (`periodic` resolved to axis names)."""
     net = UNet(
         n_channels,
         base=int(model.get("base", 24)),
@@ -56,6 +69,8 @@ def build_denoiser(n_channels: int, model: dict, sigma_data: float) -> EDMPrecon
         blocks=int(model.get("blocks", 1)),
         attention=bool(model.get("attention", False)),
         dropout=float(model.get("dropout", 0.0)),
+        periodic=periodic_flags(model.get("periodic")),
+        padding=str(model.get("padding", "zeros")),
     )
     return EDMPrecond(net, sigma_data)
 

@@ -79,6 +79,39 @@ def _options(train: dict, seed: int) -> TrainOptions:
 _NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb")
 
 
+def resolve_periodic(ds, model: dict, crop) -> list[str]:
+    """The axes the U-Net wraps around (`train.model.periodic`), as a list of axis names.
+
+    "auto": longitude when the grid closes the circle (n * spacing = 360 degrees, the
+    global ERA5 grid), latitude never. An explicit list is taken as given (e.g. both axes
+    for the doubly periodic synthetic turbulence of scorebridge.data.synthetic_weather).
+    A periodic axis must be trained whole: a crop narrower than the grid along it has
+    edges, so "auto" then leaves that axis non-periodic and an explicit list is an error.
+    """
+    from .operators import _is_global
+
+    H, W = int(ds.sizes["latitude"]), int(ds.sizes["longitude"])
+    ch, cw = (H, W) if crop is None else ((int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1])))
+    cropped = {"latitude": ch < H, "longitude": cw < W}
+    want = model.get("periodic", "auto")
+    if want == "auto":
+        lon = np.asarray(ds["longitude"].values, dtype=np.float64)
+        axes = ["longitude"] if _is_global(lon) else []
+        dropped = [a for a in axes if cropped[a]]
+        if dropped:
+            log.info("periodic %s not used: training crops (%dx%d) are narrower than the %dx%d grid", dropped, ch, cw, H, W)
+        return [a for a in axes if not cropped[a]]
+    axes = [str(a) for a in want]
+    bad = [a for a in axes if a not in ("latitude", "longitude")]
+    if bad:
+        raise ConfigError("sr.train.model.periodic", f"unknown axes {bad}; expected 'auto' or a subset of [latitude, longitude]")
+    bad = [a for a in axes if cropped[a]]
+    if bad:
+        raise ConfigError("sr.train.model.periodic", f"{bad} declared periodic but sr.train.crop ({ch}x{cw}) is narrower than the {H}x{W} grid along it; "
+                          "train periodic axes whole (crop = full size there) or drop them from periodic")
+    return sorted(set(axes), key=["latitude", "longitude"].index)
+
+
 def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed: int, device) -> dict[float, float]:
     """EDM loss of `denoiser` on fields (N, C, H, W) at fixed σ, fixed noise (seeded)."""
     out = {}
@@ -107,10 +140,15 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
         channels = resolve_channels(ds, train["variables"], train["levels"])
         norm = normalisation_of(ds, channels)
         train_idx, test_idx = split_times(ds, train)
-        batcher = FieldBatcher(ds, channels, train_idx, norm, train["crop"], train["max_memory_mb"])
+        model_kwargs = dict(train["model"])
+        model_kwargs["periodic"] = resolve_periodic(ds, model_kwargs, train["crop"])
+        if train["random_shift"] and not model_kwargs["periodic"]:
+            raise ConfigError("sr.train.random_shift", "random circular shifts need a periodic axis (sr.train.model.periodic)")
+        batcher = FieldBatcher(ds, channels, train_idx, norm, train["crop"], train["max_memory_mb"],
+                               shift=model_kwargs["periodic"] if train["random_shift"] else ())
         edm = train["edm"]
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
-        denoiser = build_denoiser(len(channels), train["model"], edm["sigma_data"]).to(device)
+        denoiser = build_denoiser(len(channels), model_kwargs, edm["sigma_data"]).to(device)
         opts = _options(train, seed)
         if opts.batch_size % info.world_size:
             raise ConfigError("sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes")
@@ -127,8 +165,8 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
         ckdir = Path(checkpoint_dir) / ihash if checkpoint_dir else None
         n_params = count_parameters(denoiser)
         if info.is_main:
-            log.info("channels %s; %d training / %d held-out times; crop %s; %d parameters; device %s; %d process(es)",
-                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, n_params, device, info.world_size)
+            log.info("channels %s; %d training / %d held-out times; crop %s; periodic %s; %d parameters; device %s; %d process(es)",
+                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, model_kwargs["periodic"] or "none", n_params, device, info.world_size)
 
         def loss_fn(model, step: int, part: slice) -> torch.Tensor:
             g = step_generator(seed, step, "sr_batch")
@@ -171,7 +209,7 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
                 summary["val_loss_mean"] = float(np.mean(list(val.values())))
             state = {
                 "format": FORMAT,
-                "model_kwargs": dict(train["model"]),
+                "model_kwargs": model_kwargs,
                 "ema": ema.module.state_dict(),
                 "model": denoiser.state_dict(),
                 "channels": [(v, lv) for v, lv in channels],

@@ -7,8 +7,17 @@ Residual blocks (GroupNorm, SiLU, 3x3 convolutions) with the noise embedding
 after the second normalisation (the "adaptive GroupNorm" of Dhariwal & Nichol 2021);
 average-pool down-sampling, nearest up-sampling, skip connections by concatenation,
 optional self-attention at the coarsest level. Any H x W works: inputs are padded
-(edge replication) to a multiple of 2^(levels-1) and cropped back. The last
-convolution starts at zero, so an untrained denoiser is D(x; σ) = c_skip x.
+to a multiple of 2^(levels-1) (wrapped on periodic axes, edge replication otherwise)
+and cropped back. The last convolution starts at zero, so an untrained denoiser is
+D(x; σ) = c_skip x.
+
+Boundaries: every 3x3 convolution pads its input explicitly, per axis (H = latitude,
+W = longitude): circularly on an axis declared periodic (`periodic=(False, True)` for
+a global longitude circle, `(True, True)` for a doubly periodic domain), so the
+network sees the field across the seam and has no edge there; with `padding`
+("zeros", "reflect" or "replicate") on the others. Zero padding tells the network
+where the domain ends (a regional grid); on a periodic grid it invents an edge that
+the data do not have.
 With base 24, mults (1, 2, 2), one block per level (the config default) and 6 channels: 0.4M parameters.
 """
 
@@ -20,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "count_parameters"]
+__all__ = ["UNet", "PadConv2d", "count_parameters", "PADDING_MODES"]
+
+PADDING_MODES = ("zeros", "reflect", "replicate")
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -32,6 +43,39 @@ def _groups(ch: int, max_groups: int = 8) -> int:
     while ch % g:
         g -= 1
     return g
+
+
+def pad2d(x: Tensor, ph: tuple[int, int], pw: tuple[int, int], periodic: tuple[bool, bool], mode: str) -> Tensor:
+    """Pad ``x[..., H, W]`` by ``ph = (top, bottom)`` rows and ``pw = (left, right)`` columns:
+    circularly along a periodic axis, else with ``mode`` (zeros, reflect, replicate)."""
+    for axis, (lo, hi) in ((-1, pw), (-2, ph)):
+        if not (lo or hi):
+            continue
+        spec = (lo, hi, 0, 0) if axis == -1 else (0, 0, lo, hi)
+        if periodic[axis + 2]:
+            x = F.pad(x, spec, mode="circular")
+        elif mode == "zeros":
+            x = F.pad(x, spec)
+        else:
+            x = F.pad(x, spec, mode=mode)
+    return x
+
+
+class PadConv2d(nn.Conv2d):
+    """A stride-1 'same' convolution whose padding is done per axis by :func:`pad2d`
+    (weights and state-dict keys are those of ``nn.Conv2d``)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, periodic: tuple[bool, bool] = (False, False), padding_mode: str = "zeros"):
+        super().__init__(cin, cout, kernel, padding=0)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.periodic = (bool(periodic[0]), bool(periodic[1]))
+        self.pad_mode = padding_mode
+        self.half = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.half
+        return super().forward(pad2d(x, (p, p), (p, p), self.periodic, self.pad_mode))
 
 
 class NoiseEmbedding(nn.Module):
@@ -56,14 +100,15 @@ class NoiseEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, dropout: float = 0.0):
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float = 0.0, conv=None):
         super().__init__()
+        conv = conv or (lambda a, b: nn.Conv2d(a, b, 3, padding=1))
         self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = conv(cin, cout)
         self.affine = nn.Linear(emb, 2 * cout)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
         self.drop = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = conv(cout, cout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -102,6 +147,8 @@ class UNet(nn.Module):
         attention: self-attention at the coarsest level.
         dropout: dropout inside residual blocks.
         emb_dim: width of the noise embedding (default 4 * base).
+        periodic: (latitude, longitude) axes that wrap around (circular padding).
+        padding: padding of the non-periodic axes: "zeros", "reflect" or "replicate".
     """
 
     def __init__(
@@ -114,8 +161,13 @@ class UNet(nn.Module):
         attention: bool = False,
         dropout: float = 0.0,
         emb_dim: int | None = None,
+        periodic: tuple[bool, bool] | list[bool] = (False, False),
+        padding: str = "zeros",
     ):
         super().__init__()
+        self.periodic = (bool(periodic[0]), bool(periodic[1]))
+        self.padding = padding
+        conv = lambda a, b: PadConv2d(a, b, 3, self.periodic, padding)  # noqa: E731
         out_channels = out_channels or in_channels
         mults = tuple(int(m) for m in mults)
         if not mults or blocks < 1 or base < 1:
@@ -123,29 +175,29 @@ class UNet(nn.Module):
         self.levels = len(mults)
         emb = emb_dim or 4 * base
         self.embed = NoiseEmbedding(base if base % 2 == 0 else base + 1, emb)
-        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        self.conv_in = conv(in_channels, base)
         chans = [base * m for m in mults]
         self.down = nn.ModuleList()
         ch = base
         for i, c in enumerate(chans):
             level = nn.ModuleList()
             for _ in range(blocks):
-                level.append(ResBlock(ch, c, emb, dropout))
+                level.append(ResBlock(ch, c, emb, dropout, conv))
                 ch = c
             self.down.append(level)
-        self.mid1 = ResBlock(ch, ch, emb, dropout)
+        self.mid1 = ResBlock(ch, ch, emb, dropout, conv)
         self.attn = SelfAttention(ch) if attention else nn.Identity()
-        self.mid2 = ResBlock(ch, ch, emb, dropout)
+        self.mid2 = ResBlock(ch, ch, emb, dropout, conv)
         self.up = nn.ModuleList()
         for i in reversed(range(self.levels)):
             level = nn.ModuleList()
             c = chans[i]
             for j in range(blocks):
-                level.append(ResBlock(ch + (c if j == 0 else 0), c, emb, dropout))
+                level.append(ResBlock(ch + (c if j == 0 else 0), c, emb, dropout, conv))
                 ch = c
             self.up.append(level)
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+        self.conv_out = conv(ch, out_channels)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -158,8 +210,8 @@ class UNet(nn.Module):
         h0, w0 = x.shape[-2:]
         m = self.multiple
         ph, pw = (-h0) % m, (-w0) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        if ph or pw:  # to a multiple of 2^(levels-1): wrap a periodic axis (approximate seam), else repeat the edge
+            x = pad2d(x, (0, ph), (0, pw), self.periodic, "replicate")
         emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]) if c_noise.numel() == 1 else c_noise.reshape(-1))
         h = self.conv_in(x)
         skips = []
