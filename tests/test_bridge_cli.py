@@ -18,7 +18,7 @@ def run_cli(*args) -> None:
 SPEC = {
     "cells": "tiny",
     "seed": 0,
-    "model": {"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 3},
+    "model": {"reference": {"class": "linear", "sigma": {"init": 0.5, "debias": "bootstrap"}}, "max_iter": 3},
     "evaluate": {"holdout": "loo", "trajectories": 10},
     "baselines": {"methods": ["previous", "mccann", "otcfm"], "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16}},
 }
@@ -45,6 +45,12 @@ def test_fit_and_evaluate_end_to_end(tmp_path):
     spec = json.dumps(SPEC)
     run_cli("bridge-fit", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--out", tmp_path / "model.pt")
     assert (tmp_path / "model.pt").exists()
+    from scorebridge.bridge.fit import load_model
+
+    fitted, _ = load_model(tmp_path / "model.pt")
+    stages = [h["stage"] for h in fitted.history]
+    assert stages[0] == "fit" and stages[-1] == "debiased"  # the σ bootstrap ran and was saved
+    assert float(fitted.reference.sigma.detach()) != pytest.approx(fitted.history[-1]["sigma_fitted"][0])
     run_cli("bridge-evaluate", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--model", tmp_path / "model.pt",
             "--predictions", tmp_path / "pred.zarr", "--figures", tmp_path / "figs", "--out", tmp_path / "metrics.json")
     out = json.loads((tmp_path / "metrics.json").read_text())

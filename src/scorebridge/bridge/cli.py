@@ -106,6 +106,9 @@ def fit_cli(argv: list[str]) -> int:
         extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells)}
         save_model(result, a.out, extra)
         final = {"fit/total_seconds": result.seconds, "fit/iterations": len(result.history), "fit/converged": float(result.converged)}
+        for key in ("sigma_fitted", "sigma_bootstrap"):  # σ before the bootstrap debias, and its bootstrap refit
+            for i, v in enumerate(result.history[-1].get(key, []) if result.history else []):
+                final[f"fit/{key}" + (f"[{i}]" if len(result.history[-1][key]) > 1 else "")] = float(v)
         if attrs.get("true_parameters"):
             from .evaluate import parameter_recovery
 
