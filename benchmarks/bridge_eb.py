@@ -7,7 +7,11 @@ repeated over seeds (the seed drives OT-CFM's initialisation and minibatches, th
 and vanilla SB's particle draws, and the σ bootstrap when `--debias bootstrap`; McCann and
 "previous" are deterministic). Prints mean ± std over seeds (std with ddof = 0).
 
-    python benchmarks/bridge_eb.py [--seeds 0 1 2] [--reference linear] [--debias none]
+    python benchmarks/bridge_eb.py [--seeds 0 1 2] [--reference linear] [--debias none] [--select]
+
+`--select` picks, per split and seed, σ (learned / 0.2 / 0.5), the iteration count (2 / 10)
+and the prediction mode (SB plan draws / small-noise limit) by leave-one-out over the
+interior TRAINING snapshots only (`select_by_inner_loo`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,47 @@ PAPER = {"model (paper SBIRR)": (0.826, 1.009), "otcfm": (0.843, 1.034), "mccann
 METHODS = ("model", "vanilla_sb", "otcfm", "mccann", "previous")
 
 
+def candidates(reference: str) -> list[tuple[str, dict]]:
+    """The model configurations `--select` chooses among: σ learned (from 1.0) or fixed at 0.2 /
+    0.5, one refinement or up to ten, and the fitted bridge (SB plan, stochastic draws) or its
+    small-noise limit (exact OT for the reference's cost, bridge mean path)."""
+    out = []
+    for sigma in ("learn", 0.2, 0.5):
+        for max_iter in (2, 10):
+            for coupling, noise in (("plan", 1.0), ("ot", 0.0)):
+                sig = {"init": 1.0} if sigma == "learn" else {"init": sigma, "learn": False}
+                spec = {"reference": {"class": reference, "sigma": sig}, "max_iter": max_iter, "tol": 5e-3, "predict": {"coupling": coupling, "noise": noise}}
+                out.append((f"sigma={sigma},iter={max_iter},{coupling}", spec))
+    return out
+
+
+def select_by_inner_loo(snaps, times, train: list[int], reference: str, seed: int) -> tuple[dict, dict]:
+    """Choose the model configuration by leave-one-out over the interior TRAINING snapshots
+    (the outer held-out snapshots are never seen): mean W1 of each candidate predicting each
+    interior training snapshot from the other training snapshots. Returns (spec, scores)."""
+    import torch
+
+    from scorebridge.bridge.fit import fit_bridge
+    from scorebridge.bridge.metrics import wasserstein1
+
+    cands = candidates(reference)
+    scores: dict[str, list[float]] = {name: [] for name, _ in cands}
+    inner = train[1:-1]
+    for h in inner:
+        sub = [k for k in train if k != h]
+        fits = {}
+        for name, spec in cands:
+            key = json.dumps({k: v for k, v in spec.items() if k != "predict"}, sort_keys=True)
+            if key not in fits:
+                fits[key] = fit_bridge([snaps[k] for k in sub], [times[k] for k in sub], spec, seed=seed)
+            gen = torch.Generator().manual_seed(seed * 1000 + h)
+            pred = fits[key].bridge.sample_at(times[h], snaps[h].shape[0], gen, **spec["predict"]).numpy()
+            scores[name].append(wasserstein1(pred, snaps[h]))
+    mean = {name: float(np.mean(v)) for name, v in scores.items()}
+    best = min(cands, key=lambda c: mean[c[0]])
+    return best[1], {"chosen": best[0], "inner_holdouts": inner, "inner_w1": mean}
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -39,8 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--debias", default="none", choices=["none", "bootstrap"])
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bridge_eb.json"))
+    p.add_argument("--select", action="store_true", help="choose σ, iterations and prediction mode per split by inner leave-one-out on the training snapshots")
+    p.add_argument("--out", default=None, help="default benchmarks/out/bridge_eb.json (bridge_eb_select.json with --select)")
     a = p.parse_args(argv)
+    a.out = a.out or str(ROOT / "benchmarks" / "out" / ("bridge_eb_select.json" if a.select else "bridge_eb.json"))
     X = np.load(DATA)
     snaps, times = [x for x in X], [0.0, 1.0, 2.0, 3.0, 4.0]
     model = {"reference": {"class": a.reference, "sigma": {"init": a.sigma, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
@@ -49,8 +96,21 @@ def main(argv=None) -> int:
         per_seed = []
         start = time.perf_counter()
         for seed in a.seeds:
-            ev = leave_one_out(snaps, times, model, {"methods": ["previous", "mccann", "otcfm"]}, holdout, seed=seed)
-            per_seed.append(ev.metrics)
+            if not a.select:
+                ev = leave_one_out(snaps, times, model, {"methods": ["previous", "mccann", "otcfm"]}, holdout, seed=seed)
+                per_seed.append(ev.metrics)
+                continue
+            merged: dict = {}
+            for held in ([[1, 3]] if holdout != "loo" else [[1], [2], [3]]):
+                train = [k for k in range(len(times)) if k not in held]
+                spec, info = select_by_inner_loo(snaps, times, train, a.reference, seed)
+                print(f"seed {seed}, hold out {held}: chose {info['chosen']} (inner W1 {info['inner_w1'][info['chosen']]:.3f})", flush=True)
+                results.setdefault("selection", []).append({"split": name, "seed": seed, "held": held, **info})
+                ev = leave_one_out(snaps, times, spec, {"methods": ["previous", "mccann", "otcfm"]}, [held], seed=seed)
+                for k, v in ev.metrics.items():
+                    merged.setdefault(k, []).append(v)
+            # per-time metrics come from one split each; means and times average over the splits
+            per_seed.append({k: float(np.mean(v)) for k, v in merged.items()})
         results["runs"][name] = per_seed
         keys = sorted({k for m in per_seed for k in m})
         summary = {k: (float(np.mean([m[k] for m in per_seed])), float(np.std([m[k] for m in per_seed]))) for k in keys}

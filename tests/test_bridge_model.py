@@ -261,3 +261,24 @@ def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
     assert float(again.reference.sigma.detach()) == s_deb  # seeded bootstrap: deterministic
     with pytest.raises(ConfigError, match="model.reference.sigma.debias"):
         fit_bridge(snaps, times, {"reference": {"class": "linear", "sigma": {"debias": "jackknife"}}, "max_iter": 1})
+
+
+def test_small_noise_prediction_of_brownian_bridge_is_mccann():
+    """Brownian reference, coupling 'ot' (ε → 0 limit of the SB) and noise 0 (bridge mean):
+    the marginal at s is the McCann interpolant (1 − s) x + s T(x) of the exact OT map."""
+    from scorebridge.bridge.baselines import McCann
+
+    g = np.random.default_rng(3)
+    snaps = [g.normal(size=(40, 2)), g.normal(size=(40, 2)) * 1.5 + np.array([3.0, 1.0])]
+    res = fit_bridge(snaps, [0.0, 2.0], {"reference": {"class": "brownian", "sigma": {"init": 0.7, "learn": False}}, "max_iter": 1})
+    gen = torch.Generator().manual_seed(0)
+    ours = res.bridge.sample_at(0.5, 40, gen, noise=0.0, coupling="ot").numpy()
+    theirs = McCann().fit(snaps, [0.0, 2.0]).predict(0.5)
+    key = lambda a: a[np.lexsort(a.T[::-1])]
+    np.testing.assert_allclose(key(ours), key(theirs), atol=1e-9)
+    drawn = res.bridge.sample_at(0.5, 40, gen).numpy()  # the fitted SB: blurred by ε = σ²Δt
+    assert not np.allclose(key(drawn), key(theirs), atol=1e-3)
+    with pytest.raises(ValueError, match="coupling"):
+        res.bridge.sample_at(0.5, 5, gen, coupling="sinkhorn")
+    with pytest.raises(ConfigError, match="model.predict.coupling"):
+        fit_bridge(snaps, [0.0, 2.0], {"predict": {"coupling": "emd"}})

@@ -75,6 +75,7 @@ def _vanilla_spec(model_spec: dict, vanilla: dict | None) -> dict:
     init = (model_spec.get("reference", {}).get("sigma") or {}).get("init", 1.0) if sigma is None else sigma
     spec["reference"] = {"class": "brownian", "noise": model_spec.get("reference", {}).get("noise", "additive"), "sigma": {"init": init, "learn": False}}
     spec["max_iter"] = 1
+    spec["predict"] = {"coupling": "plan", "noise": 1.0}  # the SB itself, not its small-noise limit
     return spec
 
 
@@ -124,7 +125,8 @@ def leave_one_out(
                 p = predictors[method]
                 if isinstance(p, FitResult):
                     gen = torch.Generator().manual_seed(seed * 1000 + k)
-                    pred = p.bridge.sample_at(t, n, gen).numpy()
+                    mode = p.spec.get("predict") or {}
+                    pred = p.bridge.sample_at(t, n, gen, noise=float(mode.get("noise", 1.0)), coupling=mode.get("coupling", "plan")).numpy()
                 elif method == "mccann":
                     pred = p.predict(t, n=n)
                 else:

@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     "substeps": 5,
     "sinkhorn_tol": 1e-5,
     "refit": {"max_iter": 20, "weight_decay": 0.0},
+    "predict": {"coupling": "plan", "noise": 1.0},
 }
 
 
@@ -60,6 +61,10 @@ def resolve_spec(model_spec: dict | None) -> dict:
     model = _merge(DEFAULTS, model_spec or {})
     if int(model["max_iter"]) < 1:
         raise ConfigError("model.max_iter", f"must be >= 1, got {model['max_iter']}")
+    if model["predict"]["coupling"] not in ("plan", "ot"):
+        raise ConfigError("model.predict.coupling", f"expected 'plan' or 'ot', got {model['predict']['coupling']!r}")
+    if not float(model["predict"]["noise"]) >= 0:
+        raise ConfigError("model.predict.noise", f"must be >= 0, got {model['predict']['noise']!r}")
     return model
 
 

@@ -215,38 +215,58 @@ class PiecewiseBridge:
         self.couplings = couplings
         self.reference = reference
         self.substeps = substeps
+        self._ot_plans: dict[int, torch.Tensor] = {}
 
     @property
     def dim(self) -> int:
         return self.snapshots[0].shape[1]
 
     # -- index chains through the couplings ----------------------------------------------
-    def _step(self, k: int, idx: torch.Tensor, forward: bool, gen: torch.Generator | None) -> torch.Tensor:
-        P = self.couplings[k].plan
+    def plan(self, k: int, coupling: str = "plan") -> torch.Tensor:
+        """Coupling k's plan: the fitted static SB ("plan"), or its small-noise limit ("ot"):
+        the exact OT plan (POT network simplex) for the same cost −log p_ref(y|x), i.e. the
+        ε → 0 limit of the entropic problem the SB solves (cached)."""
+        if coupling == "plan":
+            return self.couplings[k].plan
+        if coupling != "ot":
+            raise ValueError(f"coupling must be 'plan' or 'ot', got {coupling!r}")
+        if k not in self._ot_plans:
+            import ot
+
+            x, y = self.snapshots[k], self.snapshots[k + 1]
+            with torch.no_grad():
+                C = transition_nll(self.reference, x, y, self.times[k + 1] - self.times[k], self.substeps)
+            a = np.full(x.shape[0], 1.0 / x.shape[0])
+            b = np.full(y.shape[0], 1.0 / y.shape[0])
+            self._ot_plans[k] = torch.as_tensor(ot.emd(a, b, C.detach().numpy(), numItermax=10_000_000), dtype=x.dtype)
+        return self._ot_plans[k]
+
+    def _step(self, k: int, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, coupling: str = "plan") -> torch.Tensor:
+        P = self.plan(k, coupling)
         rows = P[idx] if forward else P[:, idx].T
         rows = rows / rows.sum(1, keepdim=True)
         return torch.multinomial(rows, 1, generator=gen)[:, 0]
 
-    def chain(self, start: int, idx: torch.Tensor, stop: int, gen: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+    def chain(self, start: int, idx: torch.Tensor, stop: int, gen: torch.Generator | None = None, coupling: str = "plan") -> dict[int, torch.Tensor]:
         """Indices into every snapshot between `start` and `stop` reached from snapshot `start`'s
         particles `idx`, by conditional sampling of the couplings (forward or backward)."""
         out = {start: idx}
         k = start
         while k < stop:
-            out[k + 1] = self._step(k, out[k], True, gen)
+            out[k + 1] = self._step(k, out[k], True, gen, coupling)
             k += 1
         while k > stop:
-            out[k - 1] = self._step(k - 1, out[k], False, gen)
+            out[k - 1] = self._step(k - 1, out[k], False, gen, coupling)
             k -= 1
         return out
 
-    def sample_pairs(self, k: int, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_pairs(self, k: int, n: int, gen: torch.Generator | None = None, coupling: str = "plan") -> tuple[torch.Tensor, torch.Tensor]:
         """n index pairs (i, j) from coupling k, stratified over the source snapshot: every
         source particle is used n // n_k or n // n_k + 1 times (i ~ μ_k without multinomial
         noise), then j ~ π(· | i). A low-variance draw of the same law as i.i.d. pairs."""
         n_k = self.snapshots[k].shape[0]
         i = _stratified(n, n_k, gen)
-        j = self._step(k, i, True, gen)
+        j = self._step(k, i, True, gen, coupling)
         return i, j
 
     # -- prediction ------------------------------------------------------------------------
@@ -259,8 +279,12 @@ class PiecewiseBridge:
                 return k
         return len(self.times) - 1
 
-    def sample_at(self, t: float, n: int, gen: torch.Generator | None = None, from_snapshot: int | None = None) -> torch.Tensor:
+    def sample_at(self, t: float, n: int, gen: torch.Generator | None = None, from_snapshot: int | None = None, noise: float = 1.0, coupling: str = "plan") -> torch.Tensor:
         """n particles of the bridge's marginal at time t (any t).
+
+        `coupling` ("plan" or "ot", see `plan`) and `noise` (scale of the reference bridge's
+        conditional draw; 0: its mean path) choose between the fitted bridge (plan, 1) and its
+        small-noise limit (ot, 0) inside the observed time range.
 
         Inside [t_k, t_{k+1}]: endpoint pairs from coupling k (or, from `from_snapshot`, the
         chain from that snapshot's particles), then the reference bridge at t. Beyond the last
@@ -272,9 +296,9 @@ class PiecewiseBridge:
         k = self.interval(t)
         if from_snapshot is None:
             if 0 <= k < K - 1:
-                i, j = self.sample_pairs(k, n, gen)
+                i, j = self.sample_pairs(k, n, gen, coupling)
                 x0, x1 = self.snapshots[k][i], self.snapshots[k + 1][j]
-                return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps)
+                return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise)
             src = 0 if k < 0 else K - 1
             n_s = self.snapshots[src].shape[0]
             idx = _stratified(n, n_s, gen)
@@ -284,14 +308,14 @@ class PiecewiseBridge:
         idx = _stratified(n, n_s, gen)
         if k < 0 or k == K - 1:
             end = 0 if k < 0 else K - 1
-            ids = self.chain(start, idx, end, gen)
+            ids = self.chain(start, idx, end, gen, coupling)
             return self._extrapolate(self.snapshots[end][ids[end]], self.times[end], t, gen)
         if start <= k:
-            ids = self.chain(start, idx, k + 1, gen)
+            ids = self.chain(start, idx, k + 1, gen, coupling)
         else:
-            ids = self.chain(start, idx, k, gen)
+            ids = self.chain(start, idx, k, gen, coupling)
         x0, x1 = self.snapshots[k][ids[k]], self.snapshots[k + 1][ids[k + 1]]
-        return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps)
+        return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise)
 
     def _extrapolate(self, x: torch.Tensor, t0: float, t1: float, gen) -> torch.Tensor:
         if t1 == t0:
