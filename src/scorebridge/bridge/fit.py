@@ -14,6 +14,10 @@ Both steps decrease the same objective Σ_k KL(π^k ‖ μ_k ⊗ p_θ), so the i
 coordinate descent; it stops when the relative parameter change is below `tol`, or
 after `max_iter` bridge steps. With `max_iter: 1` (no refit) and a Brownian reference,
 this is the paper's "vanilla" SB baseline.
+
+σ's ML estimate is biased high (independent snapshots: even the true reference's bridge
+pairs each particle with a spread of partners). `reference.sigma.debias: bootstrap`
+corrects it by a parametric bootstrap (`_debias_sigma`) and refits the drift with σ fixed.
 """
 
 from __future__ import annotations
