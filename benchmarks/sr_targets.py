@@ -68,6 +68,18 @@ def snakemake(workdir: Path, configfile: Path, targets: list[str], cores: int) -
     return time.perf_counter() - t0
 
 
+def _rule_seconds(work: Path, start: float) -> dict:
+    """Wall seconds of each SR rule, from the times its output was written (the rules run one after another)."""
+    out, prev = {}, start
+    for rule, name in (("sr_train", "checkpoint.pt"), ("sr_sample", "samples.zarr"), ("sr_evaluate", "metrics.json")):
+        path = work / "results" / "sr" / "default" / name
+        if path.exists():
+            end = path.stat().st_mtime
+            out[rule] = round(end - prev, 1)
+            prev = end
+    return out
+
+
 def default_run(cores: int, sets: list[str]) -> dict:
     work = OUT / "sr_targets"
     if work.exists():
@@ -86,7 +98,9 @@ def default_run(cores: int, sets: list[str]) -> dict:
     if exp.get("igra"):
         data_targets.append(f"results/data/obs/{exp['era5']}/{exp['igra']}.zarr")
     t_data = snakemake(work, cfgfile, data_targets, cores)
+    load_before, t_start = os.getloadavg(), time.time()
     t_sr = snakemake(work, cfgfile, ["results/sr/default/metrics.json"], cores)
+    load_after = os.getloadavg()
     res = json.loads((work / "results" / "sr" / "default" / "metrics.json").read_text())
     m = res["metrics"]
     names = sorted({k.split("/", 1)[1] for k in m if k.startswith("rmse_ratio/")})
@@ -101,7 +115,9 @@ def default_run(cores: int, sets: list[str]) -> dict:
                                  "nearest_radiosonde": m.get("withheld_rmse/all_normalised/nearest_radiosonde"), "bicubic": m.get("withheld_rmse/all_normalised/bicubic"),
                                  "target": "coarse+radiosondes < coarse", "met": (wh_c is not None and wh_cr is not None and wh_cr < wh_c)},
         "forward_nfe": {"value": m["cost/forward_per_sample"], "backward": m["cost/backward_per_sample"], "seconds_per_sample": m["cost/seconds_per_sample"], "target": "<= 50", "met": m["cost/forward_per_sample"] <= 50},
-        "train_sample_evaluate_seconds": {"value": t_sr, "target": "< 600 on 2 CPU cores", "met": t_sr < 600},
+        "train_sample_evaluate_seconds": {"value": t_sr, "target": "< 600 on 2 CPU cores", "met": t_sr < 600,
+                                          "load_average_1_5_15": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+                                          "rule_seconds": _rule_seconds(work, t_start)},
     }
     per_channel = {c: {"rmse": m[f"rmse/{c}"], "rmse_bicubic": m[f"rmse/{c}/bicubic"], "rmse_bilinear": m[f"rmse/{c}/bilinear"], "rmse_ratio": m[f"rmse_ratio/{c}"],
                        "spread_skill": m[f"spread_skill/{c}"], "crps": m[f"crps/{c}"], "crps_bicubic": m[f"crps/{c}/bicubic"],

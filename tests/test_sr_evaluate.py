@@ -72,7 +72,7 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("sr")
     ds = _era5(d / "era5.zarr")
     _obs(d / "obs.zarr", ds)
-    spec = {"era5": "tiny", "seed": 0, "train": {"steps": 20, "batch_size": 4, "log_every": 10, "checkpoint_every": 0, "threads": 1, "model": {"base": 8, "mults": [1, 2]}, "split": {"train_fraction": 0.75}}}
+    spec = {"era5": "tiny", "seed": 0, "train": {"steps": 20, "batch_size": 4, "log_every": 10, "checkpoint_every": 0, "threads": 1, "model": {"base": 8, "mults": [1, 2]}, "split": {"train_fraction": 0.75, "validation": 2}}}
     os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
     train_prior(spec, d / "era5.zarr", None, d / "checkpoint.pt")
     spec["sample"] = {"members": 3, "steps": 4, "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0]}}
@@ -97,6 +97,13 @@ def test_cli_sample_and_evaluate(tiny):
     assert sampling["cost"]["forward_per_sample"] == 7 and sampling["cost"]["backward_per_sample"] == 7
     assert sampling["calibration"]["gamma"] in (0.25, 1.0) and np.all(np.asarray(sampling["inflation"]) > 0) and len(sampling["inflation"]) == 4
     assert len(sampling["withheld_stations"]) == 2  # round(0.25 * 6)
+    # the spread is calibrated on the validation block: the last 2 times of the training period, not trained on
+    from scorebridge.sr.data import open_era5, split_times
+
+    train_idx, val_idx, test_idx = split_times(open_era5(d / "era5.zarr"), spec, validation=True)
+    era5_times = xr.open_zarr(d / "era5.zarr", consolidated=False)["time"].values
+    assert sampling["calibration"]["on"] == "validation" and len(val_idx) == 2 and val_idx[0] > train_idx[-1]
+    assert sampling["calibration"]["times"] == [str(t) for t in era5_times[val_idx].astype("datetime64[s]")]
     # the coarse input is the block average of the truth
     truth = xr.open_zarr(d / "era5.zarr", consolidated=False)["t"].isel(time=s["time_index"].values[0]).values
     assert np.allclose(s["t_coarse"].values[0, 0, 1, 2], truth[0, 4:8, 8:12].mean(), atol=1e-3)

@@ -399,7 +399,7 @@ def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Seq
     pick = train_idx[np.unique(np.linspace(0, len(train_idx) - 1, n).round().astype(int))]
     truth = cond.truth(pick)
     members = int(ccfg.get("members") or cond.cfg.get("members", 8))
-    lo, hi = ccfg.get("inflation_range", [0.5, 4.0])
+    lo, hi = ccfg.get("inflation_range", [0.25, 4.0])
     gammas = ccfg.get("gammas") or [None]
     table = []
     for g in gammas:
