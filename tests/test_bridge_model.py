@@ -282,3 +282,27 @@ def test_small_noise_prediction_of_brownian_bridge_is_mccann():
         res.bridge.sample_at(0.5, 5, gen, coupling="sinkhorn")
     with pytest.raises(ConfigError, match="model.predict.coupling"):
         fit_bridge(snaps, [0.0, 2.0], {"predict": {"coupling": "emd"}})
+
+
+def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
+    """sigma.init 'auto' (the default) follows the features' units: the same cells in units
+    10x smaller start from a sigma 10x smaller and fit the same drift matrix (a linear
+    reference is equivariant under x -> c x: A unchanged, b and sigma scaled by c). A fixed
+    init on the wrong scale is what made the EMT fit lose to 'previous' (benchmarks/README)."""
+    from scorebridge.bridge.fit import auto_sigma
+
+    snaps, times = _ou_snapshots()
+    small = [s / 10.0 for s in snaps]
+    s1, s2 = auto_sigma(snaps, times), auto_sigma(small, times)
+    assert 0.05 < s1 < 5.0 and s2 == pytest.approx(s1 / 10.0, rel=1e-6)
+    spec = {"max_iter": 6, "tol": 1e-3}
+    r1, r2 = fit_bridge(snaps, times, spec), fit_bridge(small, times, spec)
+    assert r1.spec["reference"]["sigma"]["init"] == pytest.approx(s1) and r1.spec["reference"]["sigma"]["init_from"] == "auto"
+    d1, d2 = r1.reference.describe(), r2.reference.describe()
+    for k in d1:
+        if k.startswith("A"):
+            assert d2[k] == pytest.approx(d1[k], rel=0.02, abs=5e-3), k  # to the optimisers' tolerances
+        else:  # b and sigma carry the units
+            assert d2[k] == pytest.approx(d1[k] / 10.0, rel=0.02, abs=5e-4), k
+    with pytest.raises(InputError, match="do not move"):
+        auto_sigma([snaps[0], snaps[0]], [0.0, 1.0])

@@ -72,7 +72,7 @@ def _vanilla_spec(model_spec: dict, vanilla: dict | None) -> dict:
     """Brownian reference, one outer iteration (no refit): the paper's vanilla SB."""
     spec = copy.deepcopy(model_spec)
     sigma = (vanilla or {}).get("sigma")
-    init = (model_spec.get("reference", {}).get("sigma") or {}).get("init", 1.0) if sigma is None else sigma
+    init = (model_spec.get("reference", {}).get("sigma") or {}).get("init", "auto") if sigma is None else sigma
     spec["reference"] = {"class": "brownian", "noise": model_spec.get("reference", {}).get("noise", "additive"), "sigma": {"init": init, "learn": False}}
     spec["max_iter"] = 1
     spec["predict"] = {"coupling": "plan", "noise": 1.0}  # the SB itself, not its small-noise limit

@@ -43,7 +43,7 @@ __all__ = ["DEFAULTS", "resolve_spec", "check_snapshots", "refit_reference", "fi
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict = {
-    "reference": {"class": "linear", "noise": "additive", "sigma": {"init": 1.0, "learn": True, "per_dim": False, "debias": "none"}},
+    "reference": {"class": "linear", "noise": "additive", "sigma": {"init": "auto", "learn": True, "per_dim": False, "debias": "none"}},
     "max_iter": 20,
     "tol": 1e-3,
     "substeps": 5,
@@ -228,6 +228,11 @@ def fit_bridge(
     model = resolve_spec(spec)
     arrays, times = check_snapshots(snapshots, times, where)
     X = [torch.as_tensor(a, dtype=DTYPE) for a in arrays]
+    sigma_spec = model["reference"].setdefault("sigma", {})
+    if sigma_spec.get("init", "auto") == "auto":
+        sigma_spec["init"] = auto_sigma(arrays, times, model["reference"].get("noise", "additive"))
+        sigma_spec["init_from"] = "auto"
+        log.info("sigma.init auto: %.4g (from the snapshots' transport)", sigma_spec["init"])
     reference = make_reference(model["reference"], X[0].shape[1], key="model.reference")
     debias = str((model["reference"].get("sigma") or {}).get("debias", "none") or "none")
     if debias not in ("none", "bootstrap"):
@@ -246,6 +251,32 @@ def fit_bridge(
         bar.close()
     bridge = PiecewiseBridge(X, times, couplings, reference, int(model["substeps"]))
     return FitResult(bridge, history, converged, time.perf_counter() - t_start, model)
+
+
+def auto_sigma(snapshots: list[np.ndarray], times: list[float], noise: str = "additive", max_cells: int = 1000, seed: int = 0) -> float:
+    """A starting sigma on the data's own scale: the sigma of a driftless reference that
+    would explain all of the transport between adjacent snapshots by noise,
+    sqrt(mean_k W2^2(X_k, X_k+1) / (d * dt_k)) for additive noise (g = sigma), and the same
+    on displacements relative to |x| for multiplicative noise (g = sigma * |x|). W2 by
+    exact OT on at most `max_cells` cells per snapshot (seeded subsample). Scale-equivariant:
+    multiplying the features by c multiplies it by c (additive)."""
+    import ot
+
+    rng = np.random.default_rng(seed)
+
+    def sub(a):
+        return a if a.shape[0] <= max_cells else a[rng.choice(a.shape[0], max_cells, replace=False)]
+
+    rates = []
+    for a, b, t0, t1 in zip(snapshots[:-1], snapshots[1:], times[:-1], times[1:]):
+        a, b = sub(np.asarray(a, np.float64)), sub(np.asarray(b, np.float64))
+        w2sq = float(ot.emd2(ot.unif(a.shape[0]), ot.unif(b.shape[0]), ot.dist(a, b), numItermax=1_000_000))
+        scale = a.shape[1] if noise == "additive" else float(np.mean(np.sum(a**2 + 1e-4, axis=1)))
+        rates.append(w2sq / (scale * (t1 - t0)))
+    value = float(np.sqrt(np.mean(rates)))
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(f"cannot choose sigma.init automatically: the snapshots do not move (W2 rate {value}); set model.reference.sigma.init")
+    return value
 
 
 def _alternate(reference: Reference, X: list[torch.Tensor], times: list[float], model: dict, couplings, history: list[dict], callback, bar, t_start: float, stage: str, max_iter: int | None = None):
