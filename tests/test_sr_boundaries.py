@@ -115,3 +115,40 @@ def test_random_shift_rolls_whole_samples(tmp_path):
         assert hits, "a shifted sample is a circular roll of the unshifted one"
         moved += hits[0] != (0, 0)
     assert moved >= 6
+
+
+def test_anomaly_offset_is_exact_shift_of_the_denoiser():
+    """D(x; σ) = m + D_a(x - m; σ): the prior of y = m + a from the prior of a."""
+    from scorebridge.sr.edm import EDMPrecond
+
+    torch.manual_seed(0)
+    plain = EDMPrecond(UNet(2, base=8, mults=(1, 2)))
+    torch.nn.init.normal_(plain.net.conv_out.weight, std=0.1)
+    shifted = EDMPrecond(UNet(2, base=8, mults=(1, 2)), offset_shape=(2, 8, 12))
+    shifted.load_state_dict({**plain.state_dict(), "offset": torch.randn(2, 8, 12)})
+    m = shifted.offset
+    x, s = torch.randn(3, 2, 8, 12), torch.tensor([0.1, 1.0, 10.0])
+    with torch.no_grad():
+        torch.testing.assert_close(shifted(x + m, s), m + plain(x, s))
+    with pytest.raises(ValueError, match="mean field"):
+        shifted(torch.randn(1, 2, 8, 8), 1.0)
+
+
+def test_anomalies_training_stores_the_time_mean_field(tmp_path):
+    from scorebridge.sr.data import load_fields, split_times
+    from scorebridge.sr.prior import load_prior
+    from scorebridge.sr.train import train_prior
+
+    path = write_toy_era5(tmp_path / "toy.zarr", ntime=8, nlat=8, nlon=12, seed=4)
+    spec = {"era5": "toy", "seed": 0, "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "threads": 1, "anomalies": True,
+                                                 "model": {"base": 8, "mults": [1, 2]}}}
+    train_prior(spec, path, None, tmp_path / "ck.pt")
+    prior = load_prior(tmp_path / "ck.pt", "cpu")
+    ds = open_era5(path)
+    ch = resolve_channels(ds)
+    tr, _ = split_times(ds, spec)
+    want = load_fields(ds, ch, tr, normalisation_of(ds, ch)).mean(0)
+    np.testing.assert_allclose(prior.denoiser.offset.numpy(), want, atol=1e-5)
+    assert np.abs(want).max() > 0.1  # a non-trivial mean field
+    with pytest.raises(ConfigError, match="anomalies"):
+        train_prior({**spec, "train": {**spec["train"], "crop": 4}}, path, None, tmp_path / "ck2.pt")

@@ -76,12 +76,18 @@ class EDMPrecond(nn.Module):
     scalings are in float32.
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float = 1.0):
+    def __init__(self, net: nn.Module, sigma_data: float = 1.0, offset_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.net = net
         self.sigma_data = float(sigma_data)
+        if offset_shape is not None:  # a fixed mean field m[C, H, W] (state-dict buffer "offset")
+            self.register_buffer("offset", torch.zeros(offset_shape))
+        else:
+            self.offset = None
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """With an ``offset`` m the network models the anomalies y - m of the data:
+        D(x; σ) = m + D_a(x - m; σ), exact because E[m + a | m + a + σn = x] = m + E[a | a + σn = x - m]."""
         x = x.float()
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
@@ -89,8 +95,13 @@ class EDMPrecond(nn.Module):
         sigma = sigma.reshape(-1).float()
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         b = (-1,) + (1,) * (x.ndim - 1)
+        if self.offset is not None:
+            if tuple(x.shape[-2:]) != tuple(self.offset.shape[-2:]):
+                raise ValueError(f"this prior models anomalies from a {tuple(self.offset.shape[-2:])} mean field; got fields of {tuple(x.shape[-2:])}")
+            x = x - self.offset
         f = self.net(c_in.view(b) * x, c_noise)
-        return c_skip.view(b) * x + c_out.view(b) * f.float()
+        out = c_skip.view(b) * x + c_out.view(b) * f.float()
+        return out + self.offset if self.offset is not None else out
 
 
 def edm_loss(denoiser: nn.Module, y: Tensor, sigma: Tensor, noise: Tensor, sigma_data: float = 1.0) -> Tensor:

@@ -60,8 +60,9 @@ def periodic_flags(periodic) -> tuple[bool, bool]:
     return ("latitude" in periodic, "longitude" in periodic)
 
 
-def build_denoiser(n_channels: int, model: dict, sigma_data: float) -> EDMPrecond:
-    """EDMPrecond(UNet) from the `train.model` config keys (`periodic` resolved to axis names)."""
+def build_denoiser(n_channels: int, model: dict, sigma_data: float, offset_shape: tuple[int, ...] | None = None) -> EDMPrecond:
+    """EDMPrecond(UNet) from the `train.model` config keys (`periodic` resolved to axis names);
+    `offset_shape` (C, H, W): the denoiser models anomalies from a mean field (`train.anomalies`)."""
     net = UNet(
         n_channels,
         base=int(model.get("base", 24)),
@@ -72,7 +73,7 @@ def build_denoiser(n_channels: int, model: dict, sigma_data: float) -> EDMPrecon
         periodic=periodic_flags(model.get("periodic")),
         padding=str(model.get("padding", "zeros")),
     )
-    return EDMPrecond(net, sigma_data)
+    return EDMPrecond(net, sigma_data, offset_shape)
 
 
 @dataclass
@@ -143,7 +144,8 @@ def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = 
     if channels is not None:
         _check_channels(chans, channels, checkpoint_path)
     edm = state["edm"]
-    den = build_denoiser(len(chans), state["model_kwargs"], edm["sigma_data"])
+    off = state["ema"].get("offset")
+    den = build_denoiser(len(chans), state["model_kwargs"], edm["sigma_data"], tuple(off.shape) if off is not None else None)
     try:
         den.load_state_dict(state["ema"])
     except RuntimeError as err:

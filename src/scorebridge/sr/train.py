@@ -112,6 +112,19 @@ def resolve_periodic(ds, model: dict, crop) -> list[str]:
     return sorted(set(axes), key=["latitude", "longitude"].index)
 
 
+def _mean_field(batcher: FieldBatcher) -> np.ndarray:
+    """Time (and member) mean of the normalised training fields, (C, H, W) float32."""
+    if batcher.in_memory:
+        data = batcher.data
+        return data.reshape(-1, *data.shape[-3:]).mean(0).astype(np.float32)
+    total = None
+    for t in batcher.time_idx:
+        x = load_fields(batcher.ds, batcher.channels, [t], batcher.norm)
+        x = x.reshape(-1, *x.shape[-3:]).mean(0)
+        total = x if total is None else total + x
+    return (total / len(batcher.time_idx)).astype(np.float32)
+
+
 def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed: int, device) -> dict[float, float]:
     """EDM loss of `denoiser` on fields (N, C, H, W) at fixed σ, fixed noise (seeded)."""
     out = {}
@@ -148,7 +161,15 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
                                shift=model_kwargs["periodic"] if train["random_shift"] else ())
         edm = train["edm"]
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
-        denoiser = build_denoiser(len(channels), model_kwargs, edm["sigma_data"]).to(device)
+        offset = None
+        if train["anomalies"]:  # the network models anomalies from the training-period time-mean field
+            if batcher.crop != (batcher.H, batcher.W):
+                raise ConfigError("sr.train.anomalies", f"a mean field needs whole-grid training; crop is {batcher.crop} on the {batcher.H}x{batcher.W} grid")
+            offset = _mean_field(batcher)
+        denoiser = build_denoiser(len(channels), model_kwargs, edm["sigma_data"], offset.shape if offset is not None else None)
+        if offset is not None:
+            denoiser.offset.copy_(torch.from_numpy(offset))
+        denoiser = denoiser.to(device)
         opts = _options(train, seed)
         if opts.batch_size % info.world_size:
             raise ConfigError("sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes")
