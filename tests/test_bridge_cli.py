@@ -18,6 +18,7 @@ def run_cli(*args) -> None:
 SPEC = {
     "cells": "tiny",
     "seed": 0,
+    "max_cells": 32,  # t = 3 holds 33 cells: subsampled
     "model": {"reference": {"class": "linear", "sigma": {"init": 0.5, "debias": "bootstrap"}}, "max_iter": 3},
     "evaluate": {"holdout": "loo", "trajectories": 10},
     "baselines": {"methods": ["previous", "mccann", "otcfm"], "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16}},
@@ -60,6 +61,8 @@ def test_fit_and_evaluate_end_to_end(tmp_path):
             assert np.isfinite(m[f"{name}/{method}/t1"]) and np.isfinite(m[f"{name}/{method}/t2"])
             assert m[f"{name}/{method}/mean"] == pytest.approx((m[f"{name}/{method}/t1"] + m[f"{name}/{method}/t2"]) / 2)
     assert out["splits"] == [[1.0], [2.0]]
+    assert out["subsampled"] == {"t=3": [32, 33]}
+    assert fitted.bridge.snapshots[-1].shape[0] == 32  # the fit saw the subsample too
     ds = xr.open_zarr(tmp_path / "pred.zarr", consolidated=False)
     assert set(np.unique(ds["method"].values)) == {"model", "vanilla_sb", "otcfm", "mccann", "previous", "observed"}
     sel = (ds["method"].values == "model") & (ds["time"].values == 1.0)
@@ -84,3 +87,19 @@ def test_bad_input_clear_errors(tmp_path, capsys, change, times, nan_time, messa
     assert rc == 1, err
     assert message in err
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_subsample_snapshots_seeded_and_bounded():
+    from scorebridge.bridge.cli import subsample_snapshots
+
+    rng = np.random.default_rng(1)
+    snaps = [rng.normal(size=(n, 3)) for n in (10, 50, 7)]
+    out, cut = subsample_snapshots(snaps, [0.0, 1.5, 3.0], 20, seed=4)
+    assert [x.shape[0] for x in out] == [10, 20, 7] and cut == {"t=1.5": [20, 50]}
+    assert out[0] is snaps[0]  # small snapshots untouched
+    rows = {tuple(r) for r in snaps[1]}
+    assert all(tuple(r) in rows for r in out[1]) and len({tuple(r) for r in out[1]}) == 20  # distinct observed cells
+    again, _ = subsample_snapshots(snaps, [0.0, 1.5, 3.0], 20, seed=4)
+    other, _ = subsample_snapshots(snaps, [0.0, 1.5, 3.0], 20, seed=5)
+    assert np.array_equal(again[1], out[1]) and not np.array_equal(other[1], out[1])
+    assert subsample_snapshots(snaps, [0.0, 1.5, 3.0], None, seed=4) == (snaps, {})

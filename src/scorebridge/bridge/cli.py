@@ -58,6 +58,28 @@ def load_cells(path) -> tuple[list[np.ndarray], list[float], dict, list[str] | N
     return [X[t == v] for v in times], [float(v) for v in times], dict(ds.attrs), feats
 
 
+def subsample_snapshots(snaps: list[np.ndarray], times: list[float], max_cells: int | None, seed: int) -> tuple[list[np.ndarray], dict]:
+    """At most `max_cells` cells per snapshot: a seeded subsample without replacement of
+    each larger snapshot (the same cells for bridge-fit and bridge-evaluate, given the seed).
+    Returns the snapshots and a record {time label: [cells kept, cells observed]} of the
+    snapshots that were cut (empty when none was)."""
+    if max_cells is None:
+        return snaps, {}
+    out, cut = [], {}
+    for k, (x, t) in enumerate(zip(snaps, times)):
+        if x.shape[0] <= max_cells:
+            out.append(x)
+            continue
+        rng = np.random.default_rng([int(seed), k])
+        keep = np.sort(rng.choice(x.shape[0], size=int(max_cells), replace=False))
+        out.append(x[keep])
+        cut[f"t={t:g}"] = [int(max_cells), int(x.shape[0])]
+    if cut:
+        log.warning("max_cells=%d: subsampled %d of %d snapshots (%s); set max_cells: null to use every cell",
+                    max_cells, len(cut), len(snaps), ", ".join(f"{k}: {a} of {b} cells" for k, (a, b) in cut.items()))
+    return out, cut
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
     p.add_argument("--experiment", default="default", help="experiment name (MLflow)")
@@ -89,6 +111,7 @@ def fit_cli(argv: list[str]) -> int:
 
     torch.manual_seed(_seed(spec))
     snaps, times, attrs, feats = load_cells(a.cells)
+    snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), _seed(spec))
     with _run(a.experiments, a.experiment, "bridge_fit", spec, {"cells": a.cells}) as run:
 
         def on_iteration(it: int, rec: dict) -> None:
@@ -103,7 +126,7 @@ def fit_cli(argv: list[str]) -> int:
                      ", ".join(f"{k}={v:.4g}" for k, v in list(rec["params"].items())[:8]))
 
         result = fit_bridge(snaps, times, spec.get("model"), callback=on_iteration, progress=True, where=a.cells, seed=_seed(spec))
-        extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells)}
+        extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells), "subsampled": cut}
         save_model(result, a.out, extra)
         final = {"fit/total_seconds": result.seconds, "fit/iterations": len(result.history), "fit/converged": float(result.converged)}
         for key in ("sigma_fitted", "sigma_bootstrap"):  # σ before the bootstrap debias, and its bootstrap refit
@@ -141,6 +164,7 @@ def evaluate_cli(argv: list[str]) -> int:
     seed = _seed(spec)
     torch.manual_seed(seed)
     snaps, times, attrs, feats = load_cells(a.cells)
+    snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), seed)
     result, raw = load_model(a.model)
     ev_cfg = dict(spec.get("evaluate") or {})
     with _run(a.experiments, a.experiment, "bridge_evaluate", spec, {"cells": a.cells, "model": a.model}) as run:
@@ -167,6 +191,7 @@ def evaluate_cli(argv: list[str]) -> int:
             "fit": {"reference": result.reference.kind, "parameters": result.reference.describe(), "converged": result.converged,
                     "iterations": len(result.history), "seconds": result.seconds},
             "true_parameters": json.loads(truth) if isinstance(truth, str) else truth,
+            "subsampled": cut,
         }
         write_json(a.out, out)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
