@@ -306,3 +306,59 @@ def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
             assert d2[k] == pytest.approx(d1[k] / 10.0, rel=0.02, abs=5e-4), k
     with pytest.raises(InputError, match="do not move"):
         auto_sigma([snaps[0], snaps[0]], [0.0, 1.0])
+
+
+def test_symmetric_linear_reference_is_a_gradient_field_and_recovers_a_symmetric_drift():
+    """`reference.symmetric`: A = A^T (drift = -grad of a quadratic potential, no rotation).
+    On pairs simulated with a symmetric A the refit recovers it; on the rotating A_TRUE it
+    can only return a symmetric matrix, and its likelihood is worse than the full class's."""
+    from scorebridge.core.sde import euler_maruyama as em
+
+    a_sym = [[-0.6, 0.3], [0.3, -0.2]]
+    truth = Linear(2, A=a_sym, b=[0.2, -0.1], sigma=0.3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 2, generator=g, dtype=D) * 1.5
+    with torch.no_grad():
+        y = em(lambda z, t: truth.drift(z), 0.3, x, 0.0, 0.5, 100, g)
+    n = x.shape[0]
+    cpl = Coupling(torch.eye(n, dtype=D) / n, (torch.zeros(n, dtype=D), torch.zeros(n, dtype=D)), 0.0, 0)
+    ref = make_reference({"class": "linear", "symmetric": True, "sigma": {"init": 1.0}}, 2)
+    refit_reference(ref, [x, y], [0.0, 0.5], [cpl], max_iter=100)
+    A = ref.drift_parameters()["A"].detach()
+    assert torch.equal(A, A.T)
+    assert torch.allclose(A, torch.tensor(a_sym, dtype=D), atol=0.2)
+    # the drift, Jacobian and closed form all use the symmetric part
+    z = torch.randn(5, 2, generator=g, dtype=D)
+    assert torch.allclose(ref.drift(z), z @ A.T + ref.b.detach())
+    assert torch.allclose(ref.drift_jacobian(z)[0], A)
+    # rotating data: the symmetric class fits worse than the full one
+    xr, yr = _simulate_ou_pairs()
+    nr = xr.shape[0]
+    cpl = Coupling(torch.eye(nr, dtype=D) / nr, (torch.zeros(nr, dtype=D), torch.zeros(nr, dtype=D)), 0.0, 0)
+    full, sym = Linear(2, sigma=1.0), Linear(2, sigma=1.0, symmetric=True)
+    nll_full = refit_reference(full, [xr, yr], [0.0, 0.5], [cpl], max_iter=100)
+    nll_sym = refit_reference(sym, [xr, yr], [0.0, 0.5], [cpl], max_iter=100)
+    assert nll_sym > nll_full + 0.05
+    sa = sym.drift_parameters()["A"].detach()
+    assert torch.equal(sa, sa.T)
+
+
+def test_sigma_scale_multiplies_auto_once_and_refits_recompute_auto():
+    """`sigma.scale` multiplies the initial sigma (auto or a number). The fitted spec keeps
+    `init_from: auto`, so refitting it on a subset (as bridge-evaluate does per split)
+    measures auto on that subset and scales it once, not twice."""
+    from scorebridge.bridge.fit import auto_sigma
+
+    snaps, times = _ou_snapshots()
+    spec = {"reference": {"class": "linear", "symmetric": True, "sigma": {"init": "auto", "scale": 0.25, "learn": False}}, "max_iter": 2}
+    res = fit_bridge(snaps, times, spec)
+    s_all = auto_sigma(snaps, times)
+    assert float(res.reference.sigma) == pytest.approx(0.25 * s_all)
+    sub = fit_bridge(snaps[:3], times[:3], res.spec)
+    assert float(sub.reference.sigma) == pytest.approx(0.25 * auto_sigma(snaps[:3], times[:3]))
+    num = fit_bridge(snaps, times, {"reference": {"sigma": {"init": 0.4, "scale": 0.5, "learn": False}}, "max_iter": 1})
+    assert float(num.reference.sigma) == pytest.approx(0.2)
+    again = fit_bridge(snaps, times, num.spec)
+    assert float(again.reference.sigma) == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="sigma.scale"):
+        fit_bridge(snaps, times, {"reference": {"sigma": {"scale": 0.0}}})

@@ -229,10 +229,20 @@ def fit_bridge(
     arrays, times = check_snapshots(snapshots, times, where)
     X = [torch.as_tensor(a, dtype=DTYPE) for a in arrays]
     sigma_spec = model["reference"].setdefault("sigma", {})
-    if sigma_spec.get("init", "auto") == "auto":
-        sigma_spec["init"] = auto_sigma(arrays, times, model["reference"].get("noise", "additive"))
+    scale = float(sigma_spec.get("scale", 1.0))
+    if not scale > 0:
+        raise ConfigError("model.reference.sigma.scale", f"must be > 0, got {sigma_spec.get('scale')!r}")
+    if sigma_spec.get("init", "auto") == "auto" or sigma_spec.get("init_from") == "auto":
+        # recomputed on THESE snapshots: a saved spec refitted on a training split must not
+        # carry a sigma measured with the held-out snapshot in it
         sigma_spec["init_from"] = "auto"
-        log.info("sigma.init auto: %.4g (from the snapshots' transport)", sigma_spec["init"])
+        sigma_spec["auto"] = auto_sigma(arrays, times, model["reference"].get("noise", "additive"))
+        sigma_spec["init"] = sigma_spec["auto"] * scale
+        log.info("sigma.init auto: %.4g (from the snapshots' transport) x scale %g = %.4g", sigma_spec["auto"], scale, sigma_spec["init"])
+    elif scale != 1.0 and sigma_spec.get("init_from") != "scaled":
+        sigma_spec["unscaled"] = float(sigma_spec["init"])
+        sigma_spec["init"] = float(sigma_spec["init"]) * scale
+        sigma_spec["init_from"] = "scaled"
     reference = make_reference(model["reference"], X[0].shape[1], key="model.reference")
     debias = str((model["reference"].get("sigma") or {}).get("debias", "none") or "none")
     if debias not in ("none", "bootstrap"):

@@ -295,34 +295,43 @@ class Linear(Reference):
     kind = "linear"
     linear_exact = True
 
-    def __init__(self, dim, A=None, b=None, **kw):
+    def __init__(self, dim, A=None, b=None, symmetric: bool = False, **kw):
         super().__init__(dim, **kw)
+        # symmetric: A = A^T, i.e. the drift is -grad U of a quadratic potential U (no rotation)
+        self.symmetric = bool(symmetric)
         A0 = torch.zeros(dim, dim, dtype=DTYPE) if A is None else torch.as_tensor(A, dtype=DTYPE)
         b0 = torch.zeros(dim, dtype=DTYPE) if b is None else torch.as_tensor(b, dtype=DTYPE)
         if A0.shape != (dim, dim) or b0.shape != (dim,):
             raise ConfigError("reference.A", f"expected A of shape ({dim}, {dim}) and b of length {dim}")
+        if self.symmetric:
+            A0 = 0.5 * (A0 + A0.T)
         self.A = nn.Parameter(A0.clone())
         self.b = nn.Parameter(b0.clone())
 
+    def matrix(self) -> torch.Tensor:
+        """The drift matrix: A, or its symmetric part when the class is `symmetric`."""
+        return 0.5 * (self.A + self.A.T) if self.symmetric else self.A
+
     def drift(self, x):
-        return x @ self.A.T + self.b
+        return x @ self.matrix().T + self.b
 
     def drift_jacobian(self, x):
-        return self.A.expand(x.shape[0], self.dim, self.dim)
+        return self.matrix().expand(x.shape[0], self.dim, self.dim)
 
     def closed_form(self, t: float):
         """(F = e^{At} (d, d), c (d,), Q (d, d)): X_t = F X_0 + c + N(0, Q) (additive noise)."""
         d = self.dim
+        A = self.matrix()
         M = torch.zeros(d + 1, d + 1, dtype=DTYPE)
-        M[:d, :d] = self.A
+        M[:d, :d] = A
         M[:d, d] = self.b
         E = torch.linalg.matrix_exp(M * t)
         F, c = E[:d, :d], E[:d, d]
         S = torch.diag((self.sigma**2).expand(d))
         V = torch.zeros(2 * d, 2 * d, dtype=DTYPE)
-        V[:d, :d] = -self.A
+        V[:d, :d] = -A
         V[:d, d:] = S
-        V[d:, d:] = self.A.T
+        V[d:, d:] = A.T
         W = torch.linalg.matrix_exp(V * t)
         Q = W[d:, d:].T @ W[:d, d:]
         return F, c, 0.5 * (Q + Q.T)
@@ -340,7 +349,7 @@ class Linear(Reference):
         return torch.stack(ms), torch.stack(Ps), torch.stack(Phis)
 
     def drift_parameters(self):
-        return {"A": self.A, "b": self.b}
+        return {"A": self.matrix(), "b": self.b}
 
 
 class Potential(Reference):
@@ -475,7 +484,7 @@ def make_reference(spec: dict, dim: int, key: str = "reference") -> Reference:
         if cls == "brownian":
             return Brownian(dim, **common)
         if cls == "linear":
-            return Linear(dim, **common)
+            return Linear(dim, symmetric=bool(spec.get("symmetric", False)), **common)
         if cls == "potential":
             return Potential(dim, hidden=spec.get("hidden", [32, 32]), seed=int(spec.get("seed", 0) or 0), **common)
         drift = spec.get("drift")
