@@ -7,7 +7,14 @@ repeated over seeds (the seed drives OT-CFM's initialisation and minibatches, th
 and vanilla SB's particle draws, and the σ bootstrap when `--debias bootstrap`; McCann and
 "previous" are deterministic). Prints mean ± std over seeds (std with ddof = 0).
 
-    python benchmarks/bridge_eb.py [--seeds 0 1 2] [--reference linear] [--debias none] [--select]
+    python benchmarks/bridge_eb.py [--seeds 0 1 2] [--select]
+
+The model by default is the model's default configuration (config/README.md): a symmetric
+linear reference (the gradient field of a quadratic potential; the paper's EB reference is
+also a gradient field) with σ fixed at 0.25x the data's own scale (`sigma: {init: auto,
+auto_scale: 0.25, learn: false}`; the paper also fixes σ), predictions from the bridge's
+small-noise limit. `--predict plan` draws from the SB plan instead; `--full-matrix
+--learn-sigma --auto-scale 1 --predict plan` is the former default (full A, σ learned).
 
 `--select` picks, per split and seed, σ (learned / 0.2 / 0.5), the iteration count (2 / 10)
 and the prediction mode (SB plan draws / small-noise limit) by leave-one-out over the
@@ -32,16 +39,19 @@ METHODS = ("model", "vanilla_sb", "otcfm", "mccann", "previous")
 
 
 def candidates(reference: str) -> list[tuple[str, dict]]:
-    """The model configurations `--select` chooses among: σ learned (from 1.0) or fixed at 0.2 /
-    0.5, one refinement or up to ten, and the fitted bridge (SB plan, stochastic draws) or its
-    small-noise limit (exact OT for the reference's cost, bridge mean path)."""
+    """The model configurations `--select` chooses among: a full or symmetric A (linear class),
+    σ learned (from 1.0) or fixed at 0.2 / 0.5, one refinement or up to ten, and the fitted
+    bridge (SB plan, stochastic draws) or its small-noise limit (exact OT for the reference's
+    cost, bridge mean path)."""
     out = []
-    for sigma in ("learn", 0.2, 0.5):
-        for max_iter in (2, 10):
-            for coupling, noise in (("plan", 1.0), ("ot", 0.0)):
-                sig = {"init": 1.0} if sigma == "learn" else {"init": sigma, "learn": False}
-                spec = {"reference": {"class": reference, "sigma": sig}, "max_iter": max_iter, "tol": 5e-3, "predict": {"coupling": coupling, "noise": noise}}
-                out.append((f"sigma={sigma},iter={max_iter},{coupling}", spec))
+    for symmetric in ((False, True) if reference == "linear" else (None,)):
+        for sigma in ("learn", 0.2, 0.5):
+            for max_iter in (2, 10):
+                for coupling, noise in (("plan", 1.0), ("ot", 0.0)):
+                    sig = {"init": 1.0, "learn": True} if sigma == "learn" else {"init": sigma, "learn": False}
+                    ref = {"class": reference, "sigma": sig, **({} if symmetric is None else {"symmetric": symmetric})}
+                    spec = {"reference": ref, "max_iter": max_iter, "tol": 5e-3, "predict": {"coupling": coupling, "noise": noise}}
+                    out.append((("symmetric," if symmetric else "") + f"sigma={sigma},iter={max_iter},{coupling}", spec))
     return out
 
 
@@ -80,7 +90,11 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser()
     p.add_argument("--reference", default="linear", choices=["brownian", "linear", "potential"])
-    p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--full-matrix", action="store_true", help="linear reference with a full A (default: symmetric A)")
+    p.add_argument("--sigma", default="auto", help="initial σ: 'auto' or a number")
+    p.add_argument("--auto-scale", type=float, default=0.25, help="σ0 = auto_scale x auto (with --sigma auto)")
+    p.add_argument("--learn-sigma", action="store_true", help="refit σ by maximum likelihood (default: fixed)")
+    p.add_argument("--predict", default="ot", choices=["plan", "ot"], help="plan: SB plan draws; ot: the small-noise limit (exact OT, bridge mean path)")
     p.add_argument("--debias", default="none", choices=["none", "bootstrap"])
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -90,7 +104,10 @@ def main(argv=None) -> int:
     a.out = a.out or str(ROOT / "benchmarks" / "out" / ("bridge_eb_select.json" if a.select else "bridge_eb.json"))
     X = np.load(DATA)
     snaps, times = [x for x in X], [0.0, 1.0, 2.0, 3.0, 4.0]
-    model = {"reference": {"class": a.reference, "sigma": {"init": a.sigma, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
+    sigma = {"init": a.sigma if a.sigma == "auto" else float(a.sigma), "auto_scale": a.auto_scale, "learn": a.learn_sigma, "debias": a.debias}
+    ref = {"class": a.reference, "sigma": sigma, **({"symmetric": not a.full_matrix} if a.reference == "linear" else {})}
+    predict = {"coupling": "plan", "noise": 1.0} if a.predict == "plan" else {"coupling": "ot", "noise": 0.0}
+    model = {"reference": ref, "max_iter": a.max_iter, "tol": 5e-3, "predict": predict}
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_eb.py " + " ".join(argv or sys.argv[1:]), "model": model, "seeds": a.seeds, "runs": {}}
     for name, holdout in (("paper_split", [1, 3]), ("loo", "loo")):
         per_seed = []

@@ -6,6 +6,10 @@ scale (features ~0.14 std, against ~0.8 for EB): the initial sigma (`auto` again
 
     python benchmarks/bridge_emt.py [--seeds 0 1 2]
 
+"default" is the model's default configuration (symmetric linear reference, σ fixed at
+0.25x auto, small-noise-limit predictions); "former default" is the full-A reference with
+σ learned from auto (1.0x), and "init 1.0" the one before it.
+
 Writes benchmarks/out/bridge_emt.json and prints W1 mean ± std over seeds.
 """
 
@@ -22,10 +26,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells" / "emt_4timepoints.csv"
+PLAN = {"coupling": "plan", "noise": 1.0}
 CONFIGS = {
-    "auto, plan (default)": {"reference": {"class": "linear", "sigma": {"init": "auto"}}},
-    "auto, ot + noise 0": {"reference": {"class": "linear", "sigma": {"init": "auto"}}, "predict": {"coupling": "ot", "noise": 0.0}},
-    "init 1.0, plan": {"reference": {"class": "linear", "sigma": {"init": 1.0}}},
+    "default, ot + noise 0": {},
+    "default, plan draws": {"predict": PLAN},
+    "former default, plan": {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": "auto", "auto_scale": 1.0, "learn": True}}, "predict": PLAN},
+    "init 1.0, plan": {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": 1.0, "learn": True}}, "predict": PLAN},
 }
 
 

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     out = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/bridge_recovery.py " + " ".join(argv or sys.argv[1:])}
     for system in a.systems:
         snaps, times, setting = simulate({"system": system})
-        spec = {"reference": {"class": "parametric", "drift": system, "noise": setting["noise"], "sigma": {"init": 0.3, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
+        spec = {"reference": {"class": "parametric", "drift": system, "noise": setting["noise"], "sigma": {"init": 0.3, "learn": True, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
         cpu0 = time.process_time()
         res = fit_bridge(snaps, times, spec, callback=lambda i, r: print(f"  {system} it {i}: {r['seconds']:.1f} s", {k: round(v, 4) for k, v in r["params"].items()}, flush=True))
         cpu = time.process_time() - cpu0

@@ -19,7 +19,7 @@ SPEC = {
     "cells": "tiny",
     "seed": 0,
     "max_cells": 32,  # t = 3 holds 33 cells: subsampled
-    "model": {"reference": {"class": "linear", "sigma": {"init": 0.5, "debias": "bootstrap"}}, "max_iter": 3},
+    "model": {"reference": {"class": "linear", "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}}, "max_iter": 3},
     "evaluate": {"holdout": "loo", "trajectories": 10},
     "baselines": {"methods": ["previous", "mccann", "otcfm"], "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16}},
 }

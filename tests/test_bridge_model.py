@@ -245,9 +245,9 @@ def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
     from scorebridge.data.simulators import simulate
 
     snaps, times, s = simulate({"system": "ou"})  # truth σ = 0.1, A a damped rotation
-    base = {"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 10, "tol": 1e-2}
+    base = {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True}}, "max_iter": 10, "tol": 1e-2}
     plain = fit_bridge(snaps, times, base)
-    deb_spec = {**base, "reference": {"class": "linear", "sigma": {"init": 0.5, "debias": "bootstrap"}}}
+    deb_spec = {**base, "reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}}}
     deb = fit_bridge(snaps, times, deb_spec, seed=0)
     s_plain, s_deb = float(plain.reference.sigma.detach()), float(deb.reference.sigma.detach())
     assert s_plain > 0.12  # the coupling blur read as noise
@@ -297,7 +297,7 @@ def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
     assert 0.05 < s1 < 5.0 and s2 == pytest.approx(s1 / 10.0, rel=1e-6)
     spec = {"max_iter": 6, "tol": 1e-3}
     r1, r2 = fit_bridge(snaps, times, spec), fit_bridge(small, times, spec)
-    assert r1.spec["reference"]["sigma"]["init"] == pytest.approx(s1) and r1.spec["reference"]["sigma"]["init_from"] == "auto"
+    assert r1.spec["reference"]["sigma"]["init"] == pytest.approx(0.25 * s1) and r1.spec["reference"]["sigma"]["init_from"] == "auto"
     d1, d2 = r1.reference.describe(), r2.reference.describe()
     for k in d1:
         if k.startswith("A"):
@@ -343,22 +343,21 @@ def test_symmetric_linear_reference_is_a_gradient_field_and_recovers_a_symmetric
     assert torch.equal(sa, sa.T)
 
 
-def test_sigma_scale_multiplies_auto_once_and_refits_recompute_auto():
-    """`sigma.scale` multiplies the initial sigma (auto or a number). The fitted spec keeps
-    `init_from: auto`, so refitting it on a subset (as bridge-evaluate does per split)
-    measures auto on that subset and scales it once, not twice."""
+def test_sigma_auto_scale_applies_once_and_refits_recompute_auto():
+    """`sigma.auto_scale` multiplies the auto sigma (default 0.25), not a numeric init. The
+    fitted spec keeps `init_from: auto`, so refitting it on a subset (as bridge-evaluate does
+    per split) measures auto on that subset and scales it once, not twice."""
     from scorebridge.bridge.fit import auto_sigma
 
     snaps, times = _ou_snapshots()
-    spec = {"reference": {"class": "linear", "symmetric": True, "sigma": {"init": "auto", "scale": 0.25, "learn": False}}, "max_iter": 2}
-    res = fit_bridge(snaps, times, spec)
+    res = fit_bridge(snaps, times, {"max_iter": 2})  # the defaults: symmetric A, sigma 0.25 x auto, fixed
     s_all = auto_sigma(snaps, times)
     assert float(res.reference.sigma) == pytest.approx(0.25 * s_all)
     sub = fit_bridge(snaps[:3], times[:3], res.spec)
     assert float(sub.reference.sigma) == pytest.approx(0.25 * auto_sigma(snaps[:3], times[:3]))
-    num = fit_bridge(snaps, times, {"reference": {"sigma": {"init": 0.4, "scale": 0.5, "learn": False}}, "max_iter": 1})
-    assert float(num.reference.sigma) == pytest.approx(0.2)
-    again = fit_bridge(snaps, times, num.spec)
-    assert float(again.reference.sigma) == pytest.approx(0.2)
-    with pytest.raises(ConfigError, match="sigma.scale"):
-        fit_bridge(snaps, times, {"reference": {"sigma": {"scale": 0.0}}})
+    half = fit_bridge(snaps, times, {"reference": {"sigma": {"auto_scale": 0.5}}, "max_iter": 1})
+    assert float(half.reference.sigma) == pytest.approx(0.5 * s_all)
+    num = fit_bridge(snaps, times, {"reference": {"sigma": {"init": 0.4}}, "max_iter": 1})
+    assert float(num.reference.sigma) == pytest.approx(0.4)  # a number is used as given
+    with pytest.raises(ConfigError, match="sigma.auto_scale"):
+        fit_bridge(snaps, times, {"reference": {"sigma": {"auto_scale": 0.0}}})
