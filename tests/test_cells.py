@@ -225,3 +225,35 @@ def test_cli_reports_bad_input_cleanly(tmp_path):
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "column 'time' not in" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_text_time_labels_parsed_or_mapped(tmp_path):
+    """Labels such as 'day2' are read as the number they hold when every label shares the
+    same text around it (recorded in attrs time_labels); labels in different units need
+    time_map, and a time_map that misses a label names it."""
+    from scorebridge.data.cells import parse_time_labels
+
+    assert parse_time_labels(["day0", "day2.5", "day10"]) == {"day0": 0.0, "day2.5": 2.5, "day10": 10.0}
+    assert parse_time_labels(["E7.5", "e8.25"]) == {"E7.5": 7.5, "e8.25": 8.25}
+    assert parse_time_labels(["12h", "1d"]) is None  # different units
+    assert parse_time_labels(["day1", "day01"]) is None  # two labels, one time
+    assert parse_time_labels(["d1r2", "d2r2"]) is None  # two numbers
+    p = _csv(tmp_path, "t,a\nday10,1\nday0,2\nday2,3\nday0,4\n")
+    ingest({"source": "csv", "time_key": "t"}, p, tmp_path / "o.zarr")
+    ds = _open(tmp_path / "o.zarr")
+    assert ds["time"].values.tolist() == [0, 0, 2, 10] and ds["X"].values[:, 0].tolist() == [2, 4, 3, 1]
+    assert json.loads(ds.attrs["time_labels"]) == {"day0": 0.0, "day10": 10.0, "day2": 2.0}
+    units = _csv(tmp_path, "t,a\n12h,1\n1d,2\n2d,3\n")
+    with pytest.raises(InputError, match=r"non-numeric time label .*time_map"):
+        ingest({"source": "csv", "time_key": "t"}, units, tmp_path / "u.zarr")
+    ingest({"source": "csv", "time_key": "t", "time_map": {"12h": 0.5, "1d": 1, "2d": 2}}, units, tmp_path / "u.zarr")
+    assert _open(tmp_path / "u.zarr")["time"].values.tolist() == [0.5, 1, 2]
+    with pytest.raises(ConfigError, match=r"time labels .* 2d of .*not in time_map"):
+        ingest({"source": "csv", "time_key": "t", "time_map": {"12h": 0.5, "1d": 1}}, units, tmp_path / "v.zarr")
+    assert not (tmp_path / "v.zarr").exists()
+    # an h5ad category of text labels, unordered: parsed the same way
+    ad = _adata(np.random.default_rng(2))
+    ad.obs["day"] = pd.Categorical(ad.obs["day"].map({0.0: "D0", 1.0: "D3", 2.0: "D7"}))
+    ad.write_h5ad(tmp_path / "a.h5ad")
+    ingest({"source": "h5ad", "time_key": "day", "obsm_key": "X_pca"}, tmp_path / "a.h5ad", tmp_path / "h.zarr")
+    assert sorted(set(_open(tmp_path / "h.zarr")["time"].values.tolist())) == [0.0, 3.0, 7.0]

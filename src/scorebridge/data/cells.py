@@ -20,8 +20,9 @@ Output (``results/data/cells/{dataset}.zarr``)::
     cell, feature                     string coordinates (cell ids, feature names)
     attrs: times (JSON list), n_cells (JSON list per time), source,
            preprocessing (JSON), provenance (JSON, with the input's sha256),
-           true_parameters (JSON, simulated data only), time_labels (JSON, when labels
-           were categories rather than numbers)
+           true_parameters (JSON, simulated data only), time_labels (JSON {label: time},
+           when the labels were not numbers: `time_map`, numbers parsed from labels such
+           as "day2", or the order of an ordered category)
 
 Array inputs with explicit times must list them strictly increasing; CSV and h5ad time
 labels are sorted by value. Errors name the file, the row/cell/key and what was expected.
@@ -182,8 +183,44 @@ def read_array(path, spec: dict) -> Snapshots:
     return out
 
 
-def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, key: str) -> Snapshots:
-    """Flat cells with per-cell time labels: convert labels to float, check, sort by time."""
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_time_labels(labels: list[str]) -> dict[str, float] | None:
+    """{label: time} when every label holds exactly one number and the same text around it
+    ("day0", "day2.5" -> 0, 2.5; "D3", "E7.5", "24h"); None otherwise (e.g. "12h" beside
+    "1d": different units, so the numbers alone would order them wrongly)."""
+    out, rest = {}, set()
+    for lab in labels:
+        found = _NUMBER.findall(str(lab))
+        if len(found) != 1:
+            return None
+        out[str(lab)] = float(found[0])
+        rest.add(_NUMBER.sub("#", str(lab)).strip().lower())
+    if len(rest) != 1 or len(set(out.values())) != len(out):
+        return None
+    return out
+
+
+def _map_labels(strings, time_map: dict | None, key: str, path, unique: list[str]) -> tuple[np.ndarray, dict] | None:
+    """Times for non-numeric labels: the config's `time_map`, else numbers parsed from the
+    labels (`parse_time_labels`); None when neither applies."""
+    if time_map:
+        unmapped = [u for u in unique if u not in time_map]
+        if unmapped:
+            raise ConfigError("time_map", f"time labels ({key}) {_show(unmapped)} of {path} are not in time_map (its labels: {_show(list(time_map))})")
+        mapping = {u: float(time_map[u]) for u in unique}
+    else:
+        mapping = parse_time_labels(unique)
+        if mapping is None:
+            return None
+        log.info("time labels (%s) read as numbers: %s", key, ", ".join(f"{k} -> {v:g}" for k, v in sorted(mapping.items(), key=lambda kv: kv[1])))
+    return np.asarray([mapping[v] for v in strings], dtype=float), {"time_labels": json.dumps(mapping)}
+
+
+def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, key: str, time_map: dict | None = None) -> Snapshots:
+    """Flat cells with per-cell time labels: convert labels to float (numbers as they are;
+    other labels through `time_map` or the number each holds), check, sort by time."""
     import pandas as pd
 
     labels = pd.Series(labels).reset_index(drop=True)
@@ -192,23 +229,33 @@ def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, 
     if missing.any():
         idx = np.flatnonzero(missing)
         raise InputError(f"missing time label ({key}) in {len(idx)} {what}(s): {_show([cell_names[i] for i in idx])}", path)
+    hint = "; give their times in the dataset's config as time_map: {label: time}"
     if isinstance(labels.dtype, pd.CategoricalDtype):
         cats = labels.cat.categories
         num = pd.to_numeric(pd.Series(cats), errors="coerce")
-        if num.notna().all():
+        strings = labels.astype(str).to_numpy()
+        mapped = None if (num.notna().all() and not time_map) else _map_labels(strings, time_map, key, path, [str(c) for c in cats])
+        if mapped is not None:
+            time, extra = mapped
+        elif num.notna().all():
             time = num.to_numpy(dtype=float)[labels.cat.codes.to_numpy()]
         elif labels.cat.ordered:
             time = labels.cat.codes.to_numpy().astype(float)
             extra["time_labels"] = json.dumps({str(c): float(i) for i, c in enumerate(cats)})
         else:
-            raise InputError(f"time labels ({key}) are categories that are not numbers: {_show(list(cats))}; make the category ordered or the labels numeric", path)
+            raise InputError(f"time labels ({key}) are categories that are not numbers: {_show(list(cats))}; make the category ordered or the labels numeric{hint}", path)
     else:
         num = pd.to_numeric(labels, errors="coerce")
         bad = num.isna().to_numpy()
-        if bad.any():
+        strings = labels.astype(str).to_numpy()
+        mapped = _map_labels(strings, time_map, key, path, sorted(set(strings.tolist()))) if (bad.any() or time_map) else None
+        if mapped is not None:
+            time, extra = mapped
+        elif bad.any():
             idx = np.flatnonzero(bad)
-            raise InputError(f"non-numeric time label ({key}) in {len(idx)} {what}(s): {_show([f'{cell_names[i]} ({labels[i]!r})' for i in idx])}", path)
-        time = num.to_numpy(dtype=float)
+            raise InputError(f"non-numeric time label ({key}) in {len(idx)} {what}(s): {_show([f'{cell_names[i]} ({labels[i]!r})' for i in idx])}{hint}", path)
+        else:
+            time = num.to_numpy(dtype=float)
     if not np.all(np.isfinite(time)):
         idx = np.flatnonzero(~np.isfinite(time))
         raise InputError(f"non-finite time label ({key}) in {what}(s): {_show([cell_names[i] for i in idx])}", path)
@@ -247,7 +294,7 @@ def read_csv(path, spec: dict) -> Snapshots:
                 raise InputError(f"feature column '{c}' is not numeric (value {df[c].iloc[i]!r})", path, line=i + 2)
     X = df[list(features)].to_numpy(dtype=np.float64)
     lines = [f"line {i + 2}" for i in range(len(df))]  # header is line 1
-    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'")
+    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'", spec.get("time_map"))
     out.features = [str(c) for c in features]
     return out
 
@@ -392,7 +439,7 @@ def read_h5ad(path, spec: dict) -> Snapshots:
             _check_finite(M, cells, path)
         X, names, record, extra_vars = preprocess_expression(M, genes, spec.get("preprocess") or {}, path)
         record = {"features": f"layers['{layer}']" if layer else "X", **record}
-    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'")
+    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'", spec.get("time_map"))
     out.features = names
     out.preprocessing = record
     out.extra_vars = extra_vars
