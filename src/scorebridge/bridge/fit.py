@@ -50,7 +50,7 @@ DEFAULTS: dict = {
     "max_iter": 20,
     "tol": 1e-3,
     "substeps": 5,
-    "sinkhorn_tol": 1e-5,
+    "sinkhorn_tol": 1e-3,
     "refit": {"max_iter": 20, "weight_decay": 0.0},
     "predict": {"coupling": "ot", "noise": 0.0},
 }
