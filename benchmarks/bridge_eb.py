@@ -16,9 +16,9 @@ auto_scale: 0.25, learn: false}`; the paper also fixes σ), predictions from the
 small-noise limit. `--predict plan` draws from the SB plan instead; `--full-matrix
 --learn-sigma --auto-scale 1 --predict plan` is the former default (full A, σ learned).
 
-`--select` picks, per split and seed, σ (learned / 0.2 / 0.5), the iteration count (2 / 10)
-and the prediction mode (SB plan draws / small-noise limit) by leave-one-out over the
-interior TRAINING snapshots only (`select_by_inner_loo`).
+`--select` picks, per split and seed, a full or symmetric A, σ (learned / 0.2 / 0.5), the
+iteration count (2 / 10) and the prediction mode (SB plan draws / small-noise limit) by
+leave-one-out over the interior TRAINING snapshots only (`select_by_inner_loo`).
 """
 
 from __future__ import annotations

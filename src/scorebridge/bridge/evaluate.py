@@ -73,8 +73,11 @@ def _vanilla_spec(model_spec: dict, vanilla: dict | None) -> dict:
     spec = copy.deepcopy(model_spec)
     sigma = (vanilla or {}).get("sigma")
     msig = model_spec.get("reference", {}).get("sigma") or {}
-    # the model's initial sigma (auto recomputed per split, scale included), unless set here
-    sig = {"init": "auto" if msig.get("init_from") == "auto" else msig.get("init", "auto"), "auto_scale": float(msig.get("auto_scale", 0.25))} if sigma is None else {"init": sigma}
+    if sigma is not None:
+        sig = {"init": sigma}
+    else:  # the model's initial sigma: auto (recomputed on this split, same auto_scale) or its number
+        init = "auto" if msig.get("init_from") == "auto" else msig.get("init", "auto")
+        sig = {"init": init, "auto_scale": float(msig.get("auto_scale", 0.25))}
     spec["reference"] = {"class": "brownian", "noise": model_spec.get("reference", {}).get("noise", "additive"), "sigma": {**sig, "learn": False}}
     spec["max_iter"] = 1
     spec["predict"] = {"coupling": "plan", "noise": 1.0}  # the SB itself, not its small-noise limit

@@ -484,6 +484,8 @@ def make_reference(spec: dict, dim: int, key: str = "reference") -> Reference:
         if cls == "brownian":
             return Brownian(dim, **common)
         if cls == "linear":
+            # absent key = full A: model files saved before `symmetric` existed load as fitted
+            # (fit_bridge fills in the default, true, before it gets here)
             return Linear(dim, symmetric=bool(spec.get("symmetric", False)), **common)
         if cls == "potential":
             return Potential(dim, hidden=spec.get("hidden", [32, 32]), seed=int(spec.get("seed", 0) or 0), **common)
