@@ -16,10 +16,14 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-# Validate against workflow/schemas/config.schema.yaml, filling defaults; errors name the key.
+# Validate against src/scorebridge/schemas/config.schema.yaml, filling defaults; errors name the key.
 validate_config(
-    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+    config, os.path.join(workflow.basedir, "src/scorebridge/schemas/config.schema.yaml")
 )
+
+# `progress: false` silences the progress bars of every job (scorebridge.progress).
+if not config["progress"]:
+    os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
 
 
 wildcard_constraints:

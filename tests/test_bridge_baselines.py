@@ -124,7 +124,7 @@ def test_otcfm_eb_reference_and_speed(shared):
 def test_make_baseline_and_schema_defaults_agree():
     import yaml
 
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "bridge_baselines.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "src" / "scorebridge" / "schemas" / "bridge_baselines.schema.yaml").read_text())
     assert set(schema["properties"]["methods"]["default"]) == set(BASELINES)
     defaults = {k: v["default"] for k, v in schema["properties"]["otcfm"]["properties"].items()}
     model = make_baseline("otcfm", defaults, seed=11)

@@ -64,6 +64,6 @@ def test_example_keys_are_documented():
     readme = (ROOT / "config/README.md").read_text()
     for section in config:
         assert f"## {section}" in readme or section == "seed", section
-    validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
+    validate_config(config, ROOT / "src/scorebridge/schemas/config.schema.yaml")
     assert config["sr"]["ens"]["train"]["model"]["base"] == 16  # the example's value kept
     assert config["bridge"]["emt"]["baselines"]["otcfm"]["steps"] >= 1  # a default filled in

@@ -81,7 +81,7 @@ def test_every_rule_has_cluster_resources():
     """Every rule reads its resources from the config (resources.schema.yaml names it)."""
     proc = run_snakemake("--list-rules", "--configfile", str(DEFAULT_CONFIG))
     rules = set(proc.stdout.split()) - {"all"}
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "resources.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "src" / "scorebridge" / "schemas" / "resources.schema.yaml").read_text())
     assert rules <= set(schema["propertyNames"]["enum"]), rules - set(schema["propertyNames"]["enum"])
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     for rule in rules:

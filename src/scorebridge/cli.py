@@ -13,7 +13,7 @@ import sys
 
 from .errors import ScorebridgeError
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "main", "job_parser"]
 
 # command name -> (module, function, one-line help); the function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,6 +33,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bridge-fit": ("scorebridge.bridge.cli", "fit_cli", "fit the multi-marginal Schrödinger bridge with reference refinement"),
     "bridge-evaluate": ("scorebridge.bridge.cli", "evaluate_cli", "leave-one-out evaluation against baselines; figures; MLflow"),
 }
+
+
+def job_parser(command: str, description: str | None = None, *, spec: bool = True):
+    """An argparse parser for `scorebridge <command>` with the arguments every job shares:
+    `--spec` (the rule's validated config entry as JSON), `--experiment` (its name) and
+    `--experiments` (the MLflow experiments map from tracking-init; omitted: untracked)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"scorebridge {command}", description=description)
+    if spec:
+        p.add_argument("--spec", required=True, help="the config entry as JSON (passed by the rule)")
+        p.add_argument("--experiment", required=True, help="the experiment (or dataset) name")
+        p.add_argument("--experiments", default=None, help="experiments.json from tracking-init (omit: no MLflow run)")
+    return p
 
 
 def _usage() -> str:

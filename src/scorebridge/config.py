@@ -1,4 +1,9 @@
-"""Config validation against the JSON schema in workflow/schemas/, with defaults.
+"""Config validation against the JSON schema shipped in the package, with defaults.
+
+The schemas live in `scorebridge/schemas/` (read with `importlib.resources`, so an
+installed wheel validates a config as the source tree does) and are the only place a
+default is written: stages turn their validated section into a typed options object
+with `scorebridge.options.build`.
 
 The schema is split per section (`era5.schema.yaml`, ...) and joined by relative
 `$ref`s; they are inlined here so that defaults apply at every depth. Errors name
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +25,27 @@ from .errors import ConfigError
 
 __all__ = ["SCHEMA", "load_schema", "validate_config", "load_config", "parse_spec"]
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = "config.schema.yaml"  # inside the package's schemas/ folder
+
+
+def _schema_file(path: str | Path):
+    """(file, folder) of a schema in the package's schemas/ (bare name) or on disk."""
+    if isinstance(path, str) and "/" not in path and "\\" not in path:
+        folder = resources.files("scorebridge").joinpath("schemas")
+        return folder.joinpath(path), folder
+    return Path(path), Path(path).parent
 
 
 def load_schema(path: str | Path = SCHEMA) -> dict:
-    """The schema at `path` with every relative file `$ref` inlined."""
-    path = Path(path)
+    """The schema at `path` (default: the package's config schema) with every relative
+    file `$ref` inlined."""
+    path, folder = _schema_file(path)
 
     def inline(node: Any, base: Path) -> Any:
         if isinstance(node, dict):
             if "$ref" in node and not str(node["$ref"]).startswith("#"):
-                ref = base / node["$ref"]
-                sub = inline(yaml.safe_load(ref.read_text()), ref.parent)
+                ref = base.joinpath(node["$ref"])
+                sub = inline(yaml.safe_load(ref.read_text()), base)
                 sub.pop("$schema", None)
                 rest = {k: inline(v, base) for k, v in node.items() if k != "$ref"}
                 return {**sub, **rest}
@@ -39,7 +54,7 @@ def load_schema(path: str | Path = SCHEMA) -> dict:
             return [inline(v, base) for v in node]
         return node
 
-    return inline(yaml.safe_load(path.read_text()), path.parent)
+    return inline(yaml.safe_load(path.read_text()), folder)
 
 
 def _with_defaults(cls):
