@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ScorebridgeError", "InputError", "ConfigError"]
+__all__ = ["ScorebridgeError", "InputError", "UnsafeFileError", "ConfigError"]
 
 
 class ScorebridgeError(Exception):
@@ -22,6 +22,10 @@ class InputError(ScorebridgeError):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+class UnsafeFileError(InputError):
+    """A file that would run code to load (a pickle holding arbitrary objects): refused."""
 
 
 class ConfigError(ScorebridgeError):

@@ -2,7 +2,10 @@
 
 A checkpoint is one `torch.save`d dict written through `scorebridge.io.atomic_path`
 (a temp sibling renamed into place), so a kill -9 mid-write never leaves a file
-that looks complete. Files are named `step_{step:09d}.pt` in the checkpoint
+that looks complete. It holds tensors and plain data only (dicts, lists, tuples,
+numbers, strings; NumPy arrays are stored as tensors and restored on load) and is
+read with `torch.load(weights_only=True)`: a file holding any other Python object (a
+crafted pickle on a shared file system) is refused, never unpickled. Files are named `step_{step:09d}.pt` in the checkpoint
 directory; `latest_checkpoint(dir)` returns the highest step that loads. Every
 checkpoint carries an `identity` dict (what must agree for a resume to be valid,
 e.g. channels and architecture) and its hash; `check_identity` raises a clear
@@ -12,13 +15,17 @@ ConfigError listing the keys that differ.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, UnsafeFileError
 from ..io import atomic_path
 from ..provenance import config_hash
 
@@ -32,6 +39,9 @@ __all__ = [
     "identity_hash",
     "checkpoint_name",
     "remove_partials",
+    "to_plain",
+    "from_plain",
+    "safe_load",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,16 +56,83 @@ def identity_hash(identity: dict) -> str:
     return config_hash(identity)
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically `torch.save` `state` to `path`; returns the path."""
+_ND = "__ndarray__"  # marker of a NumPy array stored as a tensor
+
+
+def to_plain(obj: Any, where: str = "state") -> Any:
+    """`obj` as tensors and plain data that `torch.load(weights_only=True)` reads back.
+
+    NumPy arrays become `{"__ndarray__": tensor, "dtype": str}`, NumPy scalars Python
+    numbers; anything else that is not a tensor, dict, list, tuple, str, number, bool or
+    None is a TypeError naming where it sits (it would need pickle to load).
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return {_ND: torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64) if obj.dtype.kind == "u" else np.ascontiguousarray(obj)), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__} (only str and int keys are stored)")
+            out[k] = to_plain(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        vals = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return vals if isinstance(obj, list) else tuple(vals)
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot be stored without pickle")
+
+
+def from_plain(obj: Any) -> Any:
+    """Undo `to_plain` (NumPy arrays come back as arrays of their dtype)."""
+    if isinstance(obj, dict):
+        if _ND in obj and set(obj) == {_ND, "dtype"}:
+            return obj[_ND].cpu().numpy().astype(obj["dtype"])
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(from_plain(v) for v in obj)
+    return obj
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain data only, never pickle.
+
+    A file that holds other Python objects is refused (InputError naming the file) and
+    nothing in it runs; a missing, truncated or corrupt file is an InputError too.
+    """
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found", path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise InputError(f"not a readable {what} (not a torch.save archive: truncated, corrupt or another format)", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        first = lines[0] if lines else type(err).__name__
+        raise UnsafeFileError(
+            f"refused to load this {what}: it holds Python objects other than tensors and plain data "
+            f"({first}). scorebridge writes only tensors and plain data, so this file was not written "
+            "by it or was altered; nothing in it was run. Delete it and rerun the rule that makes it",
+            path,
+        ) from None
+    except Exception as err:  # corrupt, truncated, not a torch file
+        raise InputError(f"not a readable {what} ({type(err).__name__}: {err})", path) from None
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically `torch.save` `state` (tensors and plain data, see `to_plain`) to `path`."""
+    path = Path(path)
+    plain = to_plain(state)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            torch.save(plain, fh)
             fh.flush()
             try:
-                import os
-
                 os.fsync(fh.fileno())
             except OSError:  # pragma: no cover - filesystems without fsync
                 pass
@@ -63,17 +140,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict; a file that is not one -> InputError naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("checkpoint not found", path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # corrupt, truncated, not a torch file
-        raise InputError(f"not a readable checkpoint ({type(err).__name__}: {err})", path) from None
+    """Load a checkpoint dict without pickle; a file that is not one -> InputError naming it."""
+    state = safe_load(path, map_location)
     if not isinstance(state, dict):
         raise InputError(f"not a scorebridge checkpoint (a {type(state).__name__}, expected a dict)", path)
-    return state
+    return from_plain(state)
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -90,10 +161,13 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
-    """The newest checkpoint in `directory` that loads (older ones are tried if it is corrupt)."""
+    """The newest checkpoint in `directory` that loads (older ones are tried if it is
+    corrupt; one that would need pickle to load is refused with UnsafeFileError)."""
     for step, path in reversed(list_checkpoints(directory)):
         try:
             return path, load_checkpoint(path, map_location)
+        except UnsafeFileError:
+            raise
         except InputError as err:
             log.warning("skipping unreadable checkpoint: %s", err)
     return None
