@@ -87,8 +87,9 @@ def test_rule_launches_torchrun_when_resources_ask(tmp_path):
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     exp = next(iter(base["sr"]))
     cases = {
-        "cpu2": ({}, {"device": "cpu", "nproc": 2}, "torchrun --standalone --nproc_per_node 2 -m scorebridge sr-train"),
-        "nodes": ({"sr_train": {"gpus": 8, "nodes": 2}}, {}, "srun --ntasks-per-node 1 torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d"),
+        # torchrun through the interpreter Snakemake runs under (python -m torch.distributed.run)
+        "cpu2": ({}, {"device": "cpu", "nproc": 2}, f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m scorebridge sr-train"),
+        "nodes": ({"sr_train": {"gpus": 8, "nodes": 2}}, {}, f"srun --ntasks-per-node 1 {sys.executable} -m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d"),
     }
     for name, (resources, train, expected) in cases.items():
         cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

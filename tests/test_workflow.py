@@ -73,8 +73,9 @@ def test_snakemake_reports_bad_config_key():
 def test_envs_match_lock():
     env = yaml.safe_load((ROOT / "envs" / "scorebridge.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-r ../requirements.lock" in pip
     lock = (ROOT / "requirements.lock").read_text().splitlines()
+    # self-contained (Snakemake builds it from a copy under .snakemake/conda/): the lock's pins inline
+    assert pip == [line for line in lock if line and not line.startswith("#")], "run scripts/sync-conda-env.py"
     assert "torch==2.13.0" in lock
     assert all("==" in line for line in lock if line and not line.startswith("#")), "every lock line pins a version"
     for rule_file in (ROOT / "workflow" / "rules").glob("*.smk"):

@@ -10,6 +10,8 @@ rule bridge_fit:
         f"{RESULTS}/bridge/{{experiment}}/model.pt",
     log:
         f"{RESULTS}/logs/bridge_fit/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bridge_fit/{{experiment}}.tsv"
     conda:
         ENV
     threads: 2
@@ -18,8 +20,8 @@ rule bridge_fit:
     params:
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:
-        "scorebridge bridge-fit --spec {params.spec:q} --experiment {wildcards.experiment} "
-        "--cells {input.cells} --experiments {input.experiments} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} bridge-fit --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "--cells {input.cells:q} --experiments {input.experiments:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule bridge_evaluate:
@@ -39,6 +41,8 @@ rule bridge_evaluate:
         ),
     log:
         f"{RESULTS}/logs/bridge_evaluate/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bridge_evaluate/{{experiment}}.tsv"
     conda:
         ENV
     threads: 2
@@ -47,7 +51,7 @@ rule bridge_evaluate:
     params:
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:
-        "scorebridge bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment} "
-        "--cells {input.cells} --model {input.model} --experiments {input.experiments} "
-        "--predictions {output.predictions} --figures {output.figures} "
-        "--out {output.metrics} > {log} 2>&1"
+        "{SCOREBRIDGE} bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "--cells {input.cells:q} --model {input.model:q} --experiments {input.experiments:q} "
+        "--predictions {output.predictions:q} --figures {output.figures:q} "
+        "--out {output.metrics:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ rule cells_simulate:
     params:
         spec=lambda w: spec_json("cells", w.dataset, only=["source", "simulate"]),
     shell:
-        "scorebridge cells-simulate --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} cells-simulate --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule cells_ingest:
@@ -30,4 +30,4 @@ rule cells_ingest:
     params:
         spec=lambda w: spec_json("cells", w.dataset),
     shell:
-        "scorebridge cells-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "{SCOREBRIDGE} cells-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"

@@ -1,7 +1,11 @@
 # Shared helpers of the workflow (config look-ups, CLI arguments, targets).
 import json
 import os
+import shlex
+import sys
 import uuid
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # One id per `snakemake` invocation, inherited by every job (locally and through sbatch),
 # so that MLflow can group the runs of one invocation.
@@ -9,6 +13,27 @@ os.environ.setdefault("SCOREBRIDGE_INVOCATION", uuid.uuid4().hex)
 
 RESULTS = "results"
 ENV = "../../envs/scorebridge.yaml"
+# This checkout's package sources (workflow/rules/../../src).
+SRC = os.path.abspath(os.path.join(str(workflow.current_basedir), "..", "..", "src"))
+
+
+def python_command():
+    """The interpreter every rule runs, as a quoted shell word: the one Snakemake runs
+    under (so `.venv/bin/snakemake` works without activating the environment and a bare
+    `scorebridge` need not be on PATH). Under `--sdm conda` the rule's conda environment
+    (envs/scorebridge.yaml: the dependencies) provides `python`, and this checkout's
+    src/ is put on its PYTHONPATH."""
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return (
+            f'env PYTHONPATH={shlex.quote(SRC)}"${{PYTHONPATH:+:$PYTHONPATH}}" python'
+        )
+    return shlex.quote(sys.executable)
+
+
+# Used in the rules' shell commands as {PYTHON} and {SCOREBRIDGE}: not params, so that
+# running from another environment or checkout does not rerun the jobs.
+PYTHON = python_command()
+SCOREBRIDGE = f"{PYTHON} -m scorebridge"
 
 
 def entry(section, name):
@@ -100,6 +125,12 @@ def cluster_resources(rule_name, gpus=0, gpu_when=None, **defaults):
     return resources
 
 
+def not_an_option(path):
+    """A path the CLI cannot take for an option: `./-x.nc` for `-x.nc` (the rules quote
+    every path for the shell; a leading `-` is the CLI's to misread)."""
+    return f"./{path}" if path.startswith("-") else path
+
+
 def local_files(section, name, patterns):
     """Expand the user's file names and globs; an unmatched pattern is an error naming the key."""
     import glob
@@ -111,7 +142,7 @@ def local_files(section, name, patterns):
             raise ValueError(
                 f"config key '{section}.{name}.files': no file matches '{pattern}'"
             )
-        files += found
+        files += [not_an_option(f) for f in found]
     if not files:
         raise ValueError(
             f"config key '{section}.{name}.files': source 'local' needs at least one file"
@@ -188,7 +219,7 @@ def cells_raw_inputs(wildcards):
         raise ValueError(
             f"config key 'cells.{wildcards.dataset}.path': required for source '{spec['source']}'"
         )
-    return [os.path.expanduser(spec["path"])]
+    return [not_an_option(os.path.expanduser(spec["path"]))]
 
 
 def sr_obs(wildcards):
@@ -199,26 +230,42 @@ def sr_obs(wildcards):
 
 
 def torch_launcher(rule_name, section, component, gpus=0):
-    """Function of wildcards: how a training command starts. `scorebridge` (one process);
-    `torchrun --standalone --nproc_per_node P -m scorebridge` (DDP on one node) when the
-    rule's resources ask for P > 1 GPUs, or on CPU when `<component>.nproc` is P > 1;
-    `srun torchrun --nnodes N ... -m scorebridge` (c10d rendezvous on the first node of
-    the SLURM job) when they ask for N > 1 nodes."""
+    """How a training command starts, as two functions of wildcards for the rule's params
+    (the shell runs `{params.srun}{PYTHON} {params.torchrun}-m scorebridge ...`):
+    nothing (one process); `-m torch.distributed.run --standalone --nproc_per_node P`
+    (torchrun: DDP on one node) when the rule's resources ask for P > 1 GPUs, or on CPU
+    when `<component>.nproc` is P > 1; `srun --ntasks-per-node 1` and
+    `-m torch.distributed.run --nnodes N ...` (c10d rendezvous on the first node of the
+    SLURM job) when they ask for N > 1 nodes. The interpreter is not a param (see PYTHON).
+    """
 
-    def launch(wildcards):
+    def shape(wildcards):
         spec = entry(section, wildcards.experiment).get(component) or {}
         nodes = int(res(rule_name, "nodes", 1) or 1)
         on_gpu = uses_gpu(section, component)(wildcards)
         count = res(rule_name, "gpus", gpus) if on_gpu else 0
         per_node = max(1, int(count) // nodes) if count else int(spec.get("nproc") or 1)
+        return nodes, per_node
+
+    def srun(wildcards):
+        nodes, _ = shape(wildcards)
+        return "srun --ntasks-per-node 1 " if nodes > 1 else ""
+
+    def torchrun(wildcards):
+        nodes, per_node = shape(wildcards)
         if nodes == 1 and per_node == 1:
-            return "scorebridge"
+            return ""
         if nodes == 1:
-            return f"torchrun --standalone --nproc_per_node {per_node} -m scorebridge"
+            return f"-m torch.distributed.run --standalone --nproc_per_node {per_node} "
         head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
         return (
-            f"srun --ntasks-per-node 1 torchrun --nnodes {nodes} --nproc_per_node {per_node} "
-            f"--rdzv_backend c10d --rdzv_endpoint {head}:29500 --rdzv_id $SLURM_JOB_ID -m scorebridge"
+            f"-m torch.distributed.run --nnodes {nodes} --nproc_per_node {per_node} "
+            f"--rdzv_backend c10d --rdzv_endpoint {head}:29500 --rdzv_id $SLURM_JOB_ID "
         )
 
-    return launch
+    return {"srun": srun, "torchrun": torchrun}
+
+
+def obs_argument(input):
+    """`--obs <path>` (quoted for the shell) when the rule has radiosonde observations."""
+    return f"--obs {shlex.quote(input.obs[0])}" if input.obs else ""

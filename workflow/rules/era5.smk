@@ -15,7 +15,7 @@ rule era5_fetch:
             "era5", w.dataset, drop=("files", "chunks", "stream", "member", "arco_url")
         ),
     shell:
-        "scorebridge era5-fetch --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} era5-fetch --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule era5_ingest:
@@ -25,6 +25,8 @@ rule era5_ingest:
         directory(f"{RESULTS}/data/era5/{{dataset}}.zarr"),
     log:
         f"{RESULTS}/logs/era5_ingest/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/era5_ingest/{{dataset}}.tsv"
     conda:
         ENV
     threads: 2
@@ -35,4 +37,4 @@ rule era5_ingest:
             "era5", w.dataset, drop=("synthetic", "product", "product_type")
         ),
     shell:
-        "scorebridge era5-ingest --spec {params.spec:q} --threads {threads} --out {output} {input} > {log} 2>&1"
+        "{SCOREBRIDGE} era5-ingest --spec {params.spec:q} --threads {threads} --out {output:q} {input:q} > {log:q} 2>&1"

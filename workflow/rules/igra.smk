@@ -17,7 +17,7 @@ rule igra_fetch:
             "igra", w.dataset, drop=["collocate", "dates", "pressure_range"]
         ),
     shell:
-        "scorebridge igra-fetch --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "{SCOREBRIDGE} igra-fetch --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule igra_ingest:
@@ -38,7 +38,7 @@ rule igra_ingest:
             only=["source", "stations", "dates", "area", "pressure_range"],
         ),
     shell:
-        "scorebridge igra-ingest --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "{SCOREBRIDGE} igra-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule igra_collocate:
@@ -58,5 +58,5 @@ rule igra_collocate:
     params:
         spec=lambda w: spec_json("igra", w.dataset, only=["collocate"]),
     shell:
-        "scorebridge igra-collocate --spec {params.spec:q} --igra {input.igra} "
-        "--era5 {input.era5} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} igra-collocate --spec {params.spec:q} --igra {input.igra:q} "
+        "--era5 {input.era5:q} --out {output:q} > {log:q} 2>&1"

@@ -9,6 +9,8 @@ rule sr_train:
         f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
     log:
         f"{RESULTS}/logs/sr_train/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sr_train/{{experiment}}.tsv"
     conda:
         ENV
     threads: 2
@@ -21,13 +23,14 @@ rule sr_train:
             gpu_when=uses_gpu("sr", "train"),
         ),
     params:
+        **torch_launcher("sr_train", "sr", "train", gpus=1),
         spec=lambda w: spec_json("sr", w.experiment, drop=["sample", "evaluate"]),
         ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
-        launch=torch_launcher("sr_train", "sr", "train", gpus=1),
     shell:
-        "{params.launch} sr-train --spec {params.spec:q} --experiment {wildcards.experiment} "
-        "--era5 {input.era5} --experiments {input.experiments} "
-        "--checkpoint-dir {params.ckpt_dir} --out {output} > {log} 2>&1"
+        "{params.srun}{PYTHON} {params.torchrun}-m scorebridge sr-train --spec {params.spec:q} "
+        "--experiment {wildcards.experiment:q} --era5 {input.era5:q} "
+        "--experiments {input.experiments:q} --checkpoint-dir {params.ckpt_dir:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule sr_sample:
@@ -40,6 +43,8 @@ rule sr_sample:
         directory(f"{RESULTS}/sr/{{experiment}}/samples.zarr"),
     log:
         f"{RESULTS}/logs/sr_sample/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sr_sample/{{experiment}}.tsv"
     conda:
         ENV
     threads: 2
@@ -53,11 +58,11 @@ rule sr_sample:
         ),
     params:
         spec=lambda w: spec_json("sr", w.experiment, drop=["evaluate"]),
-        obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
+        obs=lambda w, input: obs_argument(input),
     shell:
-        "scorebridge sr-sample --spec {params.spec:q} --experiment {wildcards.experiment} "
-        "--era5 {input.era5} {params.obs} --checkpoint {input.checkpoint} "
-        "--experiments {input.experiments} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} sr-sample --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "--era5 {input.era5:q} {params.obs} --checkpoint {input.checkpoint:q} "
+        "--experiments {input.experiments:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sr_evaluate:
@@ -77,15 +82,17 @@ rule sr_evaluate:
         ),
     log:
         f"{RESULTS}/logs/sr_evaluate/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sr_evaluate/{{experiment}}.tsv"
     conda:
         ENV
     resources:
         **cluster_resources("sr_evaluate", runtime=30, mem_mb=8000),
     params:
         spec=lambda w: spec_json("sr", w.experiment),
-        obs=lambda w, input: f"--obs {input.obs[0]}" if input.obs else "",
+        obs=lambda w, input: obs_argument(input),
     shell:
-        "scorebridge sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment} "
-        "--era5 {input.era5} {params.obs} --samples {input.samples} "
-        "--experiments {input.experiments} --figures {output.figures} "
-        "--out {output.metrics} > {log} 2>&1"
+        "{SCOREBRIDGE} sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "--era5 {input.era5:q} {params.obs} --samples {input.samples:q} "
+        "--experiments {input.experiments:q} --figures {output.figures:q} "
+        "--out {output.metrics:q} > {log:q} 2>&1"

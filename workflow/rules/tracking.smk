@@ -21,7 +21,7 @@ rule tracking_init:
     params:
         tracking=json.dumps(config["tracking"], sort_keys=True),
     shell:
-        "scorebridge tracking-init --tracking {params.tracking:q} --out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} tracking-init --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Metrics tables for the report: each evaluate rule's metrics.json rendered as HTML.
@@ -44,9 +44,11 @@ rule sr_metrics_table:
         ENV
     resources:
         **cluster_resources("sr_metrics_table", runtime=10, mem_mb=1000),
+    params:
+        title=lambda w: f"Super-resolution: {w.experiment}",
     shell:
-        "scorebridge metrics-table --metrics {input} --title 'Super-resolution: {wildcards.experiment}' "
-        "--out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} metrics-table --metrics {input:q} --title {params.title:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule bridge_metrics_table:
@@ -66,6 +68,8 @@ rule bridge_metrics_table:
         ENV
     resources:
         **cluster_resources("bridge_metrics_table", runtime=10, mem_mb=1000),
+    params:
+        title=lambda w: f"Schrödinger bridge: {w.experiment}",
     shell:
-        "scorebridge metrics-table --metrics {input} --title 'Schrödinger bridge: {wildcards.experiment}' "
-        "--out {output} > {log} 2>&1"
+        "{SCOREBRIDGE} metrics-table --metrics {input:q} --title {params.title:q} "
+        "--out {output:q} > {log:q} 2>&1"
