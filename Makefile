@@ -24,22 +24,23 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 run: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(CORES) $(CONFIG_ARGS) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) $(CONFIG_ARGS) $(SNAKEMAKE_ARGS)
 
 report: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) $(CONFIG_ARGS) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) $(CONFIG_ARGS) --report results/report.html
 
 dry-run: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake -n $(CONFIG_ARGS)
+	$(BIN)/snakemake -n $(CONFIG_ARGS)
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -n 2 --timeout 900 tests
+	$(BIN)/python -m pytest -n 2 --timeout 900 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint $(CONFIG_ARGS)
+	$(BIN)/snakemake --lint $(CONFIG_ARGS)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/python scripts/sync-conda-env.py --check
 
 clean:
 	rm -rf results .snakemake
