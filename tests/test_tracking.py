@@ -389,6 +389,7 @@ def test_unreachable_store_warns_writes_outputs_and_pending(sqlite_store, tmp_pa
     assert replayed.data.params["train.steps"] == "1200" and replayed.data.metrics["rmse/t/850"] == 1.5
     assert len(client.get_metric_history(replayed.info.run_id, "train/loss")) == N_STEPS
     assert "figures" in {a.path for a in client.list_artifacts(replayed.info.run_id)}
+    assert replayed.info.user_id == replayed.data.tags["mlflow.user"] != "unknown"
 
 
 def _fail_job(argv: list[str]) -> int:
@@ -448,6 +449,31 @@ def test_failed_job_marks_run_failed(sqlite_store, monkeypatch):
     assert r.info.status == "FAILED" and r.data.metrics["train/loss"] == 3.0
 
 
+def test_runs_carry_mlflow_context_tags(sqlite_store, monkeypatch):
+    """A run names its user and source as MLflow's context registry resolves them (not
+    user "unknown"); `job_run` without an experiments file gives an untracked run."""
+    import getpass
+
+    from mlflow import MlflowClient
+
+    from scorebridge.tracking import UntrackedRun, job_run
+
+    tmp, info, env, _ = sqlite_store
+    monkeypatch.chdir(tmp)
+    job = {"kind": "sr", "experiment": "alpha", "rule": "sr_train", "wildcards": {"experiment": "alpha"},
+           "spec": {"seed": 1}, "datasets": {}}
+    with job_run(None, **job) as run:
+        assert isinstance(run, UntrackedRun)
+        run.log_metrics({"x": 1.0})
+    with job_run(tmp / "results" / "mlflow" / "experiments.json", **job) as run:
+        run.log_metrics({"x": 1.0})
+    r = MlflowClient(info["uri"]).get_run(run.run_id)
+    tags = r.data.tags
+    assert tags["mlflow.user"] == getpass.getuser() != "unknown"
+    assert r.info.user_id == tags["mlflow.user"]
+    assert tags["mlflow.source.name"] == "scorebridge sr_train" and tags["mlflow.source.type"] == "JOB"
+
+
 def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch, capsys):
     """A store that is up but refuses one item (a param re-logged with another value, a
     metric name MLflow forbids) costs that item only, with a warning; the run stays online."""
@@ -455,7 +481,9 @@ def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch
     from mlflow import MlflowClient
 
     from scorebridge.plots import save_figure
-    from scorebridge.tracking import _clean_key, _final_path, tracked_run
+    from scorebridge.tracking import tracked_run
+    from scorebridge.tracking.batch import clean_key as _clean_key
+    from scorebridge.tracking.run import final_path as _final_path
 
     tmp, info, env, _ = sqlite_store
     monkeypatch.chdir(tmp)
