@@ -19,20 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..tracking import job_run
 
 __all__ = ["fit_cli", "evaluate_cli", "load_cells"]
 
 log = logging.getLogger(__name__)
-
-
-def _run(experiments, experiment: str, rule: str, spec: dict, datasets: dict):
-    if not experiments:
-        from ..tracking import untracked_run
-
-        return untracked_run()
-    from ..tracking import tracked_run
-
-    return tracked_run(experiments=experiments, kind="bridge", experiment=experiment, rule=rule, wildcards={"experiment": experiment}, spec=spec, datasets=datasets)
 
 
 def load_cells(path) -> tuple[list[np.ndarray], list[float], dict, list[str] | None]:
@@ -112,7 +103,8 @@ def fit_cli(argv: list[str]) -> int:
     torch.manual_seed(_seed(spec))
     snaps, times, attrs, feats = load_cells(a.cells)
     snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), _seed(spec))
-    with _run(a.experiments, a.experiment, "bridge_fit", spec, {"cells": a.cells}) as run:
+    with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_fit",
+                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}) as run:
 
         def on_iteration(it: int, rec: dict) -> None:
             m = {"fit/objective": rec["objective"], "fit/seconds": rec["seconds"], "fit/sinkhorn_iterations": rec["sinkhorn_iterations"]}
@@ -167,7 +159,8 @@ def evaluate_cli(argv: list[str]) -> int:
     snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), seed)
     result, raw = load_model(a.model)
     ev_cfg = dict(spec.get("evaluate") or {})
-    with _run(a.experiments, a.experiment, "bridge_evaluate", spec, {"cells": a.cells, "model": a.model}) as run:
+    with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_evaluate",
+                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells, "model": a.model}) as run:
         start = time.perf_counter()
         ev = leave_one_out(snaps, times, result.spec, spec.get("baselines"), ev_cfg.get("holdout", "loo"), seed, ev_cfg.get("n_particles"), spec.get("vanilla_sb"))
         metrics = dict(ev.metrics)

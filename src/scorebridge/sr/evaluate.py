@@ -274,7 +274,7 @@ def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, 
 def evaluate_cli(argv: list[str]) -> int:
     """``scorebridge sr-evaluate``: metrics.json, figures and MLflow for one SR experiment."""
     from ..io import atomic_path, write_json
-    from .posterior import _null_run
+    from ..tracking import job_run
 
     p = argparse.ArgumentParser(prog="scorebridge sr-evaluate", description=evaluate_cli.__doc__)
     p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
@@ -291,14 +291,8 @@ def evaluate_cli(argv: list[str]) -> int:
     from .posterior import _sample_spec
 
     spec = _sample_spec(parse_spec(a.spec))
-    if a.experiments:
-        from ..tracking import tracked_run
-
-        ctx = tracked_run(experiments=a.experiments, kind="sr", experiment=a.experiment, rule="sr_evaluate", wildcards={"experiment": a.experiment}, spec=spec,
-                          datasets={"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})})
-    else:
-        ctx = _null_run()
-    with ctx as run:
+    with job_run(a.experiments, kind="sr", experiment=a.experiment, rule="sr_evaluate", wildcards={"experiment": a.experiment},
+                 spec=spec, datasets={"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})}) as run:
         with atomic_path(a.figures) as tmp:
             result = evaluate(a.samples, a.era5, a.obs, figures=tmp, run=run, options=spec.get("evaluate"))
         scalars = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float)) and v is not None and np.isfinite(v)}

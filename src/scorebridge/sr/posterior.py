@@ -475,12 +475,6 @@ def _sample_spec(spec: dict) -> dict:
     return validate_config(spec, load_schema(SCHEMA.parent / "sr.schema.yaml"))
 
 
-def _null_run():
-    from ..tracking import untracked_run
-
-    return untracked_run()
-
-
 def _progress() -> bool:
     import os
 
@@ -624,6 +618,7 @@ def sample_cli(argv: list[str]) -> int:
     """``scorebridge sr-sample``: posterior ensembles of the held-out times -> samples.zarr."""
     from ..config import parse_spec
     from .data import open_era5
+    from ..tracking import job_run
     from .prior import load_prior
 
     p = argparse.ArgumentParser(prog="scorebridge sr-sample", description=sample_cli.__doc__)
@@ -642,12 +637,7 @@ def sample_cli(argv: list[str]) -> int:
         torch.set_num_threads(int(spec["sample"]["threads"]))
     ds = open_era5(a.era5)
     prior = load_prior(a.checkpoint, device=a.device or spec["sample"].get("device", "auto"))
-    if a.experiments:
-        from ..tracking import tracked_run
-
-        ctx = tracked_run(experiments=a.experiments, kind="sr", experiment=a.experiment, rule="sr_sample", wildcards={"experiment": a.experiment}, spec=spec, datasets={"era5": a.era5, **({"obs": a.obs} if a.obs else {})})
-    else:
-        ctx = _null_run()
-    with ctx as run:
+    with job_run(a.experiments, kind="sr", experiment=a.experiment, rule="sr_sample", wildcards={"experiment": a.experiment},
+                 spec=spec, datasets={"era5": a.era5, **({"obs": a.obs} if a.obs else {})}) as run:
         run_sampling(prior, ds, spec, a.obs, device=prior.device, out=a.out, checkpoint=a.checkpoint, run=run)
     return 0

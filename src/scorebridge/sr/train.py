@@ -12,7 +12,7 @@ Step checkpoints go to DIR/<identity hash>/step_*.pt: a rerun with the same conf
 resumes from the newest one; a changed config trains afresh in its own folder. The
 output (`--out`) holds the EMA weights and everything `scorebridge.sr.prior.load_prior`
 needs; it is written atomically by rank 0, and logged with the loss curve through
-scorebridge.tracking.tracked_run (kind "sr", rule "sr_train").
+scorebridge.tracking.job_run (kind "sr", rule "sr_train").
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..core.seed import derive_seed, seed_everything, step_generator
 from ..core.train import TrainOptions, fit
 from ..errors import ConfigError
 from ..provenance import package_versions
+from ..tracking import job_run
 from .data import FieldBatcher, channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
 from .edm import edm_loss, sample_sigma
 from .prior import FORMAT, build_denoiser
@@ -250,23 +251,6 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
         shutdown(info)
 
 
-def _tracked(args, spec, rank0: bool):
-    from ..tracking import untracked_run
-
-    if not rank0:
-        return contextlib.nullcontext(None)
-    if not args.experiments:
-        log.info("no --experiments given: the run is not tracked in MLflow")
-        return untracked_run()
-    try:
-        from ..tracking import tracked_run
-    except ImportError as err:  # tracking not installed / not built yet: train anyway
-        log.warning("MLflow tracking unavailable (%s); training without it", err)
-        return untracked_run()
-    return tracked_run(experiments=args.experiments, kind="sr", experiment=args.experiment, rule="sr_train",
-                       wildcards={"experiment": args.experiment}, spec=spec, datasets={"era5": args.era5})
-
-
 def _loss_figure(losses, path: Path, run) -> None:
     try:
         import matplotlib
@@ -303,7 +287,11 @@ def train_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     spec = resolve_spec(parse_spec(args.spec))
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with _tracked(args, spec, rank0) as run:
+    # only rank 0 logs (run None on the other ranks)
+    tracking = job_run(args.experiments, kind="sr", experiment=args.experiment, rule="sr_train",
+                       wildcards={"experiment": args.experiment}, spec=spec,
+                       datasets={"era5": args.era5}) if rank0 else contextlib.nullcontext(None)
+    with tracking as run:
         summary = train_prior(spec, args.era5, args.checkpoint_dir, args.out, run=run, experiment=args.experiment)
         if rank0 and run is not None:
             flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
