@@ -23,7 +23,7 @@ validate_config(
 
 # `progress: false` silences the progress bars of every job (scorebridge.progress).
 if not config["progress"]:
-    os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
+    os.environ.update(SCOREBRIDGE_NO_PROGRESS="1")  # set for the jobs, not read here
 
 
 wildcard_constraints:

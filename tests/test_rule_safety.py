@@ -26,8 +26,9 @@ RULES = ROOT / "workflow" / "rules"
 NASTY = "$(touch PWNED) `touch PWNED` it's 6 o'clock"
 HEAVY = ["sr_train", "sr_sample", "sr_evaluate", "bridge_fit", "bridge_evaluate", "era5_ingest"]
 # Placeholders a shell command may hold unquoted: ints, and values the workflow quotes
-# itself (PYTHON/SCOREBRIDGE: shlex.quote; params.obs: obs_argument; srun/torchrun: fixed words).
-UNQUOTED_OK = {"threads", "PYTHON", "SCOREBRIDGE", "params.obs", "params.srun", "params.torchrun"}
+# itself (params.cli/python: SCOREBRIDGE/PYTHON, shlex.quote'd in common.smk; params.obs:
+# obs_argument; params.srun/torchrun: fixed words).
+UNQUOTED_OK = {"threads", "params.cli", "params.python", "params.obs", "params.srun", "params.torchrun"}
 
 
 def rule_blocks() -> dict[str, str]:
@@ -53,7 +54,10 @@ def test_every_path_in_every_rule_is_quoted():
     bad = []
     for name, block in blocks.items():
         command = shell_command(block)
-        assert "{SCOREBRIDGE}" in command or "{PYTHON}" in command, f"rule {name} does not run the CLI through the workflow's interpreter: {command}"
+        through = ("cli=SCOREBRIDGE," in block and command.startswith("{params.cli} ")) or (
+            "python=PYTHON," in block and "{params.python} " in command
+        )
+        assert through, f"rule {name} does not run the CLI through the workflow's interpreter: {command}"
         assert not re.search(r"(^|[;&|}]|(?<!-m) )scorebridge\s", command), f"rule {name} calls a bare `scorebridge` from PATH: {command}"
         for field in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", command):
             key, _, fmt = field.partition(":")

@@ -18,9 +18,10 @@ rule bridge_fit:
     resources:
         **cluster_resources("bridge_fit", runtime=30, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:
-        "{SCOREBRIDGE} bridge-fit --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "{params.cli} bridge-fit --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--cells {input.cells:q} --experiments {input.experiments:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -49,9 +50,10 @@ rule bridge_evaluate:
     resources:
         **cluster_resources("bridge_evaluate", runtime=60, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("bridge", w.experiment),
     shell:
-        "{SCOREBRIDGE} bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "{params.cli} bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--cells {input.cells:q} --model {input.model:q} --experiments {input.experiments:q} "
         "--predictions {output.predictions:q} --figures {output.figures:q} "
         "--out {output.metrics:q} > {log:q} 2>&1"

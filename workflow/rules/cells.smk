@@ -11,9 +11,10 @@ rule cells_simulate:
     resources:
         **cluster_resources("cells_simulate", runtime=30, mem_mb=2000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("cells", w.dataset, only=["source", "simulate"]),
     shell:
-        "{SCOREBRIDGE} cells-simulate --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
+        "{params.cli} cells-simulate --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule cells_ingest:
@@ -28,6 +29,7 @@ rule cells_ingest:
     resources:
         **cluster_resources("cells_ingest", runtime=30, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("cells", w.dataset),
     shell:
-        "{SCOREBRIDGE} cells-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "{params.cli} cells-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ SRC = os.path.abspath(os.path.join(str(workflow.current_basedir), "..", "..", "s
 
 
 def python_command():
-    """The interpreter every rule runs, as a quoted shell word: the one Snakemake runs
+    """The interpreter the jobs run, as a quoted shell word: the one Snakemake runs
     under (so `.venv/bin/snakemake` works without activating the environment and a bare
     `scorebridge` need not be on PATH). Under `--sdm conda` the rule's conda environment
     (envs/scorebridge.yaml: the dependencies) provides `python`, and this checkout's
@@ -30,8 +30,9 @@ def python_command():
     return shlex.quote(sys.executable)
 
 
-# Used in the rules' shell commands as {PYTHON} and {SCOREBRIDGE}: not params, so that
-# running from another environment or checkout does not rerun the jobs.
+# Every rule takes one as a param (`cli=SCOREBRIDGE`, or `python=PYTHON` for sr_train's
+# launcher); as params (not globals in the shell command, which --lint flags) they are
+# tracked, so a job reruns when its interpreter changes (another environment, --sdm conda).
 PYTHON = python_command()
 SCOREBRIDGE = f"{PYTHON} -m scorebridge"
 
@@ -231,12 +232,12 @@ def sr_obs(wildcards):
 
 def torch_launcher(rule_name, section, component, gpus=0):
     """How a training command starts, as two functions of wildcards for the rule's params
-    (the shell runs `{params.srun}{PYTHON} {params.torchrun}-m scorebridge ...`):
+    (the shell runs `{params.srun}{params.python} {params.torchrun}-m scorebridge ...`):
     nothing (one process); `-m torch.distributed.run --standalone --nproc_per_node P`
     (torchrun: DDP on one node) when the rule's resources ask for P > 1 GPUs, or on CPU
     when `<component>.nproc` is P > 1; `srun --ntasks-per-node 1` and
     `-m torch.distributed.run --nnodes N ...` (c10d rendezvous on the first node of the
-    SLURM job) when they ask for N > 1 nodes. The interpreter is not a param (see PYTHON).
+    SLURM job) when they ask for N > 1 nodes.
     """
 
     def shape(wildcards):

@@ -11,11 +11,12 @@ rule era5_fetch:
     resources:
         **cluster_resources("era5_fetch", runtime=120, mem_mb=2000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json(
             "era5", w.dataset, drop=("files", "chunks", "stream", "member", "arco_url")
         ),
     shell:
-        "{SCOREBRIDGE} era5-fetch --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
+        "{params.cli} era5-fetch --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule era5_ingest:
@@ -33,8 +34,9 @@ rule era5_ingest:
     resources:
         **cluster_resources("era5_ingest", runtime=60, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json(
             "era5", w.dataset, drop=("synthetic", "product", "product_type")
         ),
     shell:
-        "{SCOREBRIDGE} era5-ingest --spec {params.spec:q} --threads {threads} --out {output:q} {input:q} > {log:q} 2>&1"
+        "{params.cli} era5-ingest --spec {params.spec:q} --threads {threads} --out {output:q} {input:q} > {log:q} 2>&1"

@@ -13,11 +13,12 @@ rule igra_fetch:
     resources:
         **cluster_resources("igra_fetch", runtime=60, mem_mb=2000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json(
             "igra", w.dataset, drop=["collocate", "dates", "pressure_range"]
         ),
     shell:
-        "{SCOREBRIDGE} igra-fetch --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "{params.cli} igra-fetch --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule igra_ingest:
@@ -32,13 +33,14 @@ rule igra_ingest:
     resources:
         **cluster_resources("igra_ingest", runtime=30, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json(
             "igra",
             w.dataset,
             only=["source", "stations", "dates", "area", "pressure_range"],
         ),
     shell:
-        "{SCOREBRIDGE} igra-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "{params.cli} igra-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule igra_collocate:
@@ -56,7 +58,8 @@ rule igra_collocate:
     resources:
         **cluster_resources("igra_collocate", runtime=30, mem_mb=4000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("igra", w.dataset, only=["collocate"]),
     shell:
-        "{SCOREBRIDGE} igra-collocate --spec {params.spec:q} --igra {input.igra:q} "
+        "{params.cli} igra-collocate --spec {params.spec:q} --igra {input.igra:q} "
         "--era5 {input.era5:q} --out {output:q} > {log:q} 2>&1"

@@ -24,10 +24,11 @@ rule sr_train:
         ),
     params:
         **torch_launcher("sr_train", "sr", "train", gpus=1),
+        python=PYTHON,
         spec=lambda w: spec_json("sr", w.experiment, drop=["sample", "evaluate"]),
         ckpt_dir=f"{RESULTS}/sr/{{experiment}}/checkpoints",
     shell:
-        "{params.srun}{PYTHON} {params.torchrun}-m scorebridge sr-train --spec {params.spec:q} "
+        "{params.srun}{params.python} {params.torchrun}-m scorebridge sr-train --spec {params.spec:q} "
         "--experiment {wildcards.experiment:q} --era5 {input.era5:q} "
         "--experiments {input.experiments:q} --checkpoint-dir {params.ckpt_dir:q} "
         "--out {output:q} > {log:q} 2>&1"
@@ -57,10 +58,11 @@ rule sr_sample:
             gpu_when=uses_gpu("sr", "sample"),
         ),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("sr", w.experiment, drop=["evaluate"]),
         obs=lambda w, input: obs_argument(input),
     shell:
-        "{SCOREBRIDGE} sr-sample --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "{params.cli} sr-sample --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--era5 {input.era5:q} {params.obs} --checkpoint {input.checkpoint:q} "
         "--experiments {input.experiments:q} --out {output:q} > {log:q} 2>&1"
 
@@ -89,10 +91,11 @@ rule sr_evaluate:
     resources:
         **cluster_resources("sr_evaluate", runtime=30, mem_mb=8000),
     params:
+        cli=SCOREBRIDGE,
         spec=lambda w: spec_json("sr", w.experiment),
         obs=lambda w, input: obs_argument(input),
     shell:
-        "{SCOREBRIDGE} sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
+        "{params.cli} sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--era5 {input.era5:q} {params.obs} --samples {input.samples:q} "
         "--experiments {input.experiments:q} --figures {output.figures:q} "
         "--out {output.metrics:q} > {log:q} 2>&1"

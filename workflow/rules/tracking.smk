@@ -19,9 +19,10 @@ rule tracking_init:
     resources:
         **cluster_resources("tracking_init", runtime=10, mem_mb=1000),
     params:
+        cli=SCOREBRIDGE,
         tracking=json.dumps(config["tracking"], sort_keys=True),
     shell:
-        "{SCOREBRIDGE} tracking-init --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
+        "{params.cli} tracking-init --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Metrics tables for the report: each evaluate rule's metrics.json rendered as HTML.
@@ -45,9 +46,10 @@ rule sr_metrics_table:
     resources:
         **cluster_resources("sr_metrics_table", runtime=10, mem_mb=1000),
     params:
+        cli=SCOREBRIDGE,
         title=lambda w: f"Super-resolution: {w.experiment}",
     shell:
-        "{SCOREBRIDGE} metrics-table --metrics {input:q} --title {params.title:q} "
+        "{params.cli} metrics-table --metrics {input:q} --title {params.title:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -69,7 +71,8 @@ rule bridge_metrics_table:
     resources:
         **cluster_resources("bridge_metrics_table", runtime=10, mem_mb=1000),
     params:
+        cli=SCOREBRIDGE,
         title=lambda w: f"Schrödinger bridge: {w.experiment}",
     shell:
-        "{SCOREBRIDGE} metrics-table --metrics {input:q} --title {params.title:q} "
+        "{params.cli} metrics-table --metrics {input:q} --title {params.title:q} "
         "--out {output:q} > {log:q} 2>&1"
