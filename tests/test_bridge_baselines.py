@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from scorebridge import options
 from scorebridge.bridge.baselines import BASELINES, McCann, OTCFM, Previous, interval_position, make_baseline, predict_previous
+from scorebridge.bridge.options import McCannOptions, OTCFMOptions
 from scorebridge.bridge.metrics import wasserstein1, wasserstein2
 from scorebridge.config import load_schema
 from conftest import ROOT
@@ -127,13 +129,13 @@ def test_make_baseline_and_schema_defaults_agree():
     schema = yaml.safe_load((ROOT / "src" / "scorebridge" / "schemas" / "bridge_baselines.schema.yaml").read_text())
     assert set(schema["properties"]["methods"]["default"]) == set(BASELINES)
     defaults = {k: v["default"] for k, v in schema["properties"]["otcfm"]["properties"].items()}
-    model = make_baseline("otcfm", defaults, seed=11)
+    model = make_baseline("otcfm", options.build(OTCFMOptions, defaults), seed=11)
     assert model.seed == 11 and model.steps == defaults["steps"] and model.batch == defaults["batch"]
     sig = OTCFM()
     for key in ("hidden", "layers", "steps", "lr", "batch", "sigma", "ode_steps", "time_input"):
         assert getattr(sig, key) == defaults[key], key
-    assert isinstance(make_baseline("mccann", {"seed": None}, seed=3), McCann)
-    assert make_baseline("mccann", {"seed": None}, seed=3).seed == 3
+    assert isinstance(make_baseline("mccann", options.build(McCannOptions, {"seed": None}), seed=3), McCann)
+    assert make_baseline("mccann", options.build(McCannOptions, {"seed": None}), seed=3).seed == 3
     with pytest.raises(KeyError, match="unknown baseline"):
         make_baseline("sinkhorn")
     assert load_schema()["properties"]["bridge"]["additionalProperties"]["properties"]["baselines"]["properties"]["otcfm"]

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorebridge.bridge.fit import check_snapshots, fit_bridge, load_model, refit_reference, save_model
+from scorebridge import options
+from scorebridge.bridge.fit import check_snapshots, fit_bridge
+from scorebridge.bridge.model_io import load_model, save_model
+from scorebridge.bridge.options import ModelOptions, ReferenceOptions
 from scorebridge.bridge.reference import Brownian, Linear, Parametric, Reference, make_reference
+from scorebridge.bridge.refit import refit_reference
 from scorebridge.bridge.sb import Coupling, PiecewiseBridge, bridge_sample, sinkhorn, static_bridge
 from scorebridge.core.sde import euler_maruyama
 from scorebridge.errors import ConfigError, InputError
@@ -17,6 +21,15 @@ from scorebridge.errors import ConfigError, InputError
 torch.set_num_threads(1)
 D = torch.float64
 A_TRUE = [[-0.5, -1.0], [1.0, -0.3]]
+
+
+def _model(section: dict) -> ModelOptions:
+    """The `model` options as the workflow builds them (schema defaults filled in)."""
+    return options.build(ModelOptions, section)
+
+
+def _ref(section: dict) -> ReferenceOptions:
+    return options.build(ReferenceOptions, section)
 
 
 def _ou(**kw):
@@ -112,10 +125,10 @@ def test_linear_refit_recovers_drift_and_improves_likelihood():
     plan = torch.eye(n, dtype=D) / n  # the true pairing
     cpl = Coupling(plan, (torch.zeros(n, dtype=D), torch.zeros(n, dtype=D)), 0.0, 0)
     ref = Linear(2, sigma=1.0)
-    from scorebridge.bridge.fit import _objective
+    from scorebridge.bridge.refit import expected_nll
 
     with torch.no_grad():
-        before = float(_objective(ref, [x, y], [0.0, 0.5], [cpl], 10))
+        before = float(expected_nll(ref, [x, y], [0.0, 0.5], [cpl], 10))
     after = refit_reference(ref, [x, y], [0.0, 0.5], [cpl], max_iter=100)
     assert after < before
     assert torch.allclose(ref.A.detach(), torch.tensor(A_TRUE, dtype=D), atol=0.25)
@@ -125,7 +138,7 @@ def test_linear_refit_recovers_drift_and_improves_likelihood():
 def test_refit_loss_from_row_statistics_equals_pairwise_expectation():
     """E_π[−log p(y|x)] from per-row moments (the refit's loss) = Σ_ij π_ij nll_ij, for a
     nonlinear (LNA) reference and a dense plan with unequal counts."""
-    from scorebridge.bridge.fit import _costs, _objective
+    from scorebridge.bridge.refit import expected_nll, interval_costs
     from scorebridge.bridge.sb import sinkhorn
 
     g = torch.Generator().manual_seed(3)
@@ -133,11 +146,11 @@ def test_refit_loss_from_row_statistics_equals_pairwise_expectation():
     times = [0.0, 0.7, 1.5]
     ref = Parametric(2, drift="lotka_volterra", noise="multiplicative", sigma=0.4)
     with torch.no_grad():
-        costs = _costs(ref, X, times, 6)
+        costs = interval_costs(ref, X, times, 6)
         plans = [sinkhorn(C, torch.full((C.shape[0],), 1 / C.shape[0], dtype=D), torch.full((C.shape[1],), 1 / C.shape[1], dtype=D), 1.0)[0] for C in costs]
         cpls = [Coupling(P, (None, None), 0.0, 0) for P in plans]
         pairwise = sum(float((P * C).sum()) for P, C in zip(plans, costs)) / len(plans)
-        assert float(_objective(ref, X, times, cpls, 6)) == pytest.approx(pairwise, rel=1e-9)
+        assert float(expected_nll(ref, X, times, cpls, 6)) == pytest.approx(pairwise, rel=1e-9)
 
 
 @pytest.mark.parametrize("drift, dim", [("lotka_volterra", 2), ("repressilator", 3)])
@@ -161,7 +174,7 @@ def _ou_snapshots(n=120, times=(0.0, 0.5, 1.0, 1.5), seed=0):
 def test_fit_converges_early_and_predicts_any_time(tmp_path):
     snaps, times = _ou_snapshots()
     history = []
-    res = fit_bridge(snaps, times, {"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 40, "tol": 2e-2}, callback=lambda i, r: history.append(r))
+    res = fit_bridge(snaps, times, _model({"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 40, "tol": 2e-2}), callback=lambda i, r: history.append(r))
     assert res.converged and len(res.history) < 40 and history == res.history
     objs = [h["objective"] for h in res.history]
     assert objs[-1] < objs[0]  # coordinate descent on Σ KL(π ‖ μ ⊗ p_θ)
@@ -180,24 +193,24 @@ def test_fit_converges_early_and_predicts_any_time(tmp_path):
 
 
 def test_parametric_user_drift_by_import_path_and_errors():
-    ref = make_reference({"class": "parametric", "drift": "scorebridge.bridge.reference:lotka_volterra", "params": {"alpha": 1, "beta": 0.4, "gamma": 0.4, "delta": 0.1}}, 2)
+    ref = make_reference(_ref({"class": "parametric", "drift": "scorebridge.bridge.reference:lotka_volterra", "params": {"alpha": 1, "beta": 0.4, "gamma": 0.4, "delta": 0.1}, "sigma": {"init": 1.0, "learn": True}}), 2)
     assert isinstance(ref, Parametric) and abs(ref.describe()["alpha"] - 1) < 1e-12
     J = ref.drift_jacobian(torch.tensor([[2.0, 3.0]], dtype=D))
     assert torch.allclose(J[0], torch.tensor([[1 - 0.4 * 3, -0.4 * 2], [0.1 * 3, 0.1 * 2 - 0.4]], dtype=D), atol=1e-6)
     with pytest.raises(ConfigError, match="model.reference.drift"):
-        make_reference({"class": "parametric", "drift": "no_such_module_xyz:f"}, 2, key="model.reference")
+        make_reference(_ref({"class": "parametric", "drift": "no_such_module_xyz:f", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
     with pytest.raises(ConfigError, match="model.reference.drift"):
-        make_reference({"class": "parametric", "drift": "math:no_such_function"}, 2, key="model.reference")
+        make_reference(_ref({"class": "parametric", "drift": "math:no_such_function", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
     with pytest.raises(ConfigError, match="model.reference.class"):
-        make_reference({"class": "quadratic"}, 2, key="model.reference")
+        make_reference(_ref({"class": "quadratic", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
 
 
 def test_lotka_volterra_lna_bridge_recovers_parameters_quickly():
-    from scorebridge.data.simulators import simulate
+    from scorebridge.data.cells.simulate import simulate
 
     snaps, times, s = simulate({"system": "lotka_volterra", "n_cells": 80, "times": [0, 1.5, 3, 4.5], "seed": 1})
     spec = {"reference": {"class": "parametric", "drift": "lotka_volterra", "noise": "multiplicative", "sigma": {"init": 0.3}}, "max_iter": 4, "substeps": 6}
-    res = fit_bridge(snaps, times, spec)
+    res = fit_bridge(snaps, times, _model(spec))
     p = res.reference.describe()
     for k, v in s["drift"].items():
         assert abs(p[k] - v) / v < 0.3, (k, p[k], v)  # from init values 50% off
@@ -221,7 +234,7 @@ def test_bad_snapshots(snaps, times, match):
 def test_ragged_counts_work():
     rng = np.random.default_rng(0)
     snaps = [rng.normal(size=(30, 2)), rng.normal(size=(45, 2)) + 1, rng.normal(size=(20, 2)) + 2]
-    res = fit_bridge(snaps, [0, 1, 2], {"reference": {"class": "linear"}, "max_iter": 2})
+    res = fit_bridge(snaps, [0, 1, 2], _model({"reference": {"class": "linear"}, "max_iter": 2}))
     assert [c.plan.shape for c in res.bridge.couplings] == [(30, 45), (45, 20)]
     assert res.bridge.sample_at(1.5, 33).shape == (33, 2)
 
@@ -242,13 +255,13 @@ def test_simulate_reference_independent_snapshots_have_brownian_moments():
 
 
 def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
-    from scorebridge.data.simulators import simulate
+    from scorebridge.data.cells.simulate import simulate
 
     snaps, times, s = simulate({"system": "ou"})  # truth σ = 0.1, A a damped rotation
     base = {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True}}, "max_iter": 10, "tol": 1e-2}
-    plain = fit_bridge(snaps, times, base)
+    plain = fit_bridge(snaps, times, _model(base))
     deb_spec = {**base, "reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}}}
-    deb = fit_bridge(snaps, times, deb_spec, seed=0)
+    deb = fit_bridge(snaps, times, _model(deb_spec), seed=0)
     s_plain, s_deb = float(plain.reference.sigma.detach()), float(deb.reference.sigma.detach())
     assert s_plain > 0.12  # the coupling blur read as noise
     assert abs(s_deb - 0.1) < 0.6 * abs(s_plain - 0.1)
@@ -257,10 +270,10 @@ def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
     assert deb.reference.log_sigma.requires_grad  # restored after the σ-fixed refit
     A = np.asarray(s["drift"]["A"])
     assert np.abs(deb.reference.A.detach().numpy() - A).max() < 0.1
-    again = fit_bridge(snaps, times, deb_spec, seed=0)
+    again = fit_bridge(snaps, times, _model(deb_spec), seed=0)
     assert float(again.reference.sigma.detach()) == s_deb  # seeded bootstrap: deterministic
     with pytest.raises(ConfigError, match="model.reference.sigma.debias"):
-        fit_bridge(snaps, times, {"reference": {"class": "linear", "sigma": {"debias": "jackknife"}}, "max_iter": 1})
+        fit_bridge(snaps, times, _model({"reference": {"class": "linear", "sigma": {"debias": "jackknife"}}, "max_iter": 1}))
 
 
 def test_small_noise_prediction_of_brownian_bridge_is_mccann():
@@ -270,7 +283,7 @@ def test_small_noise_prediction_of_brownian_bridge_is_mccann():
 
     g = np.random.default_rng(3)
     snaps = [g.normal(size=(40, 2)), g.normal(size=(40, 2)) * 1.5 + np.array([3.0, 1.0])]
-    res = fit_bridge(snaps, [0.0, 2.0], {"reference": {"class": "brownian", "sigma": {"init": 0.7, "learn": False}}, "max_iter": 1})
+    res = fit_bridge(snaps, [0.0, 2.0], _model({"reference": {"class": "brownian", "sigma": {"init": 0.7, "learn": False}}, "max_iter": 1}))
     gen = torch.Generator().manual_seed(0)
     ours = res.bridge.sample_at(0.5, 40, gen, noise=0.0, coupling="ot").numpy()
     theirs = McCann().fit(snaps, [0.0, 2.0]).predict(0.5)
@@ -281,7 +294,7 @@ def test_small_noise_prediction_of_brownian_bridge_is_mccann():
     with pytest.raises(ValueError, match="coupling"):
         res.bridge.sample_at(0.5, 5, gen, coupling="sinkhorn")
     with pytest.raises(ConfigError, match="model.predict.coupling"):
-        fit_bridge(snaps, [0.0, 2.0], {"predict": {"coupling": "emd"}})
+        fit_bridge(snaps, [0.0, 2.0], _model({"predict": {"coupling": "emd"}}))
 
 
 def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
@@ -295,7 +308,7 @@ def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
     small = [s / 10.0 for s in snaps]
     s1, s2 = auto_sigma(snaps, times), auto_sigma(small, times)
     assert 0.05 < s1 < 5.0 and s2 == pytest.approx(s1 / 10.0, rel=1e-6)
-    spec = {"max_iter": 6, "tol": 1e-3}
+    spec = _model({"max_iter": 6, "tol": 1e-3})
     r1, r2 = fit_bridge(snaps, times, spec), fit_bridge(small, times, spec)
     assert r1.spec["reference"]["sigma"]["init"] == pytest.approx(0.25 * s1) and r1.spec["reference"]["sigma"]["init_from"] == "auto"
     d1, d2 = r1.reference.describe(), r2.reference.describe()
@@ -322,7 +335,7 @@ def test_symmetric_linear_reference_is_a_gradient_field_and_recovers_a_symmetric
         y = em(lambda z, t: truth.drift(z), 0.3, x, 0.0, 0.5, 100, g)
     n = x.shape[0]
     cpl = Coupling(torch.eye(n, dtype=D) / n, (torch.zeros(n, dtype=D), torch.zeros(n, dtype=D)), 0.0, 0)
-    ref = make_reference({"class": "linear", "symmetric": True, "sigma": {"init": 1.0}}, 2)
+    ref = make_reference(_ref({"class": "linear", "symmetric": True, "sigma": {"init": 1.0, "learn": True}}), 2)
     refit_reference(ref, [x, y], [0.0, 0.5], [cpl], max_iter=100)
     A = ref.drift_parameters()["A"].detach()
     assert torch.equal(A, A.T)
@@ -350,14 +363,92 @@ def test_sigma_auto_scale_applies_once_and_refits_recompute_auto():
     from scorebridge.bridge.fit import auto_sigma
 
     snaps, times = _ou_snapshots()
-    res = fit_bridge(snaps, times, {"max_iter": 2})  # the defaults: symmetric A, sigma 0.25 x auto, fixed
+    res = fit_bridge(snaps, times, _model({"max_iter": 2}))  # the defaults: symmetric A, sigma 0.25 x auto, fixed
     s_all = auto_sigma(snaps, times)
     assert float(res.reference.sigma) == pytest.approx(0.25 * s_all)
-    sub = fit_bridge(snaps[:3], times[:3], res.spec)
+    sub = fit_bridge(snaps[:3], times[:3], res.options)
     assert float(sub.reference.sigma) == pytest.approx(0.25 * auto_sigma(snaps[:3], times[:3]))
-    half = fit_bridge(snaps, times, {"reference": {"sigma": {"auto_scale": 0.5}}, "max_iter": 1})
+    half = fit_bridge(snaps, times, _model({"reference": {"sigma": {"auto_scale": 0.5}}, "max_iter": 1}))
     assert float(half.reference.sigma) == pytest.approx(0.5 * s_all)
-    num = fit_bridge(snaps, times, {"reference": {"sigma": {"init": 0.4}}, "max_iter": 1})
+    num = fit_bridge(snaps, times, _model({"reference": {"sigma": {"init": 0.4}}, "max_iter": 1}))
     assert float(num.reference.sigma) == pytest.approx(0.4)  # a number is used as given
     with pytest.raises(ConfigError, match="sigma.auto_scale"):
-        fit_bridge(snaps, times, {"reference": {"sigma": {"auto_scale": 0.0}}})
+        fit_bridge(snaps, times, _model({"reference": {"sigma": {"auto_scale": 0.0}}}))
+
+
+def test_fit_leaves_its_options_and_section_unchanged():
+    """fit_bridge records the sigma it used in the result, never in what it was given: the
+    config section and the options built from it are the same after the fit (sigma.init
+    still 'auto'), so the same options refit on other snapshots measure auto again."""
+    import copy
+
+    from scorebridge.bridge.fit import auto_sigma
+
+    snaps, times = _ou_snapshots()
+    section = {"reference": {"class": "linear", "sigma": {"init": "auto", "learn": True, "debias": "bootstrap"}}, "max_iter": 3}
+    before = copy.deepcopy(section)
+    opts = _model(section)
+    frozen = copy.deepcopy(opts)
+    res = fit_bridge(snaps, times, opts, seed=0)
+    assert section == before
+    assert opts == frozen and opts.reference.sigma.init == "auto"
+    assert res.options is opts
+    assert res.spec["reference"]["sigma"]["init"] == pytest.approx(0.25 * auto_sigma(snaps, times))
+    again = fit_bridge(snaps, times, opts, seed=0)
+    assert again.reference.describe() == res.reference.describe()  # same options, same numbers
+
+
+def test_model_file_roundtrip_is_tensors_and_json(tmp_path):
+    import json
+
+    snaps, times = _ou_snapshots(n=40)
+    res = fit_bridge(snaps, times, _model({"reference": {"sigma": {"learn": True}}, "max_iter": 2}))
+    save_model(res, tmp_path / "m.pt", {"features": ["a", "b"], "subsampled": {}})
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # no pickled objects in it
+    assert isinstance(raw["metadata"], str) and json.loads(raw["metadata"])["features"] == ["a", "b"]
+    back, meta = load_model(tmp_path / "m.pt")
+    assert back.options == res.options and back.spec == res.spec and meta["features"] == ["a", "b"]
+    assert back.reference.describe() == res.reference.describe()
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(back.bridge.sample_at(0.7, 25, g1), res.bridge.sample_at(0.7, 25, g2))
+
+
+def test_crafted_pickle_model_is_refused_and_runs_nothing(tmp_path):
+    """Issue 12, item 2: a model.pt whose unpickling would run code (here: create a file)
+    is refused with an error naming the file, and the code does not run."""
+    import os
+    import shlex
+
+    from scorebridge.errors import UnsafeFileError
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    path = tmp_path / "results" / "model.pt"
+    path.parent.mkdir()
+    torch.save({"format": "scorebridge.bridge/2", "metadata": "{}", "payload": Payload()}, path)
+    with pytest.raises(UnsafeFileError, match="refused") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+    # the payload is real: a plain (pickle) load of the same file runs it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_model_file_of_the_former_pickle_format_is_refused(tmp_path):
+    """model.pt files of the former format held numpy arrays (pickled objects): refused by
+    the safe loader with an error naming the file, not loaded by unpickling them."""
+    from scorebridge.errors import UnsafeFileError
+
+    path = tmp_path / "model.pt"
+    torch.save({"format": "scorebridge.bridge/1", "snapshots": [np.zeros((3, 2))], "spec": {}}, path)
+    with pytest.raises(UnsafeFileError, match="refused") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+    torch.save({"format": "something else"}, path)
+    with pytest.raises(InputError, match="not a scorebridge bridge model"):
+        load_model(path)

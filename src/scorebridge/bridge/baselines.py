@@ -28,20 +28,22 @@ Common interface::
     Previous().fit(snaps, times).predict(t) -> (n, d)
     McCann(seed=0).fit(snaps, times).predict(t, n=None) -> (n, d)
     OTCFM(**cfg).fit(snaps, times).predict(t, x0=None, t0=None) -> (n, d)
-    make_baseline(name, cfg)  # name in BASELINES, cfg = config `bridge.<exp>.baselines.<name>`
+    make_baseline(name, opts, seed)  # name in BASELINES, opts = BaselinesOptions.<name> (bridge.options)
 
 Inputs are numpy arrays (or tensors, converted); outputs are float64 numpy arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import os
 import time as _time
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..progress import progress
 
 __all__ = ["BASELINES", "Previous", "McCann", "OTCFM", "predict_previous", "make_baseline", "check_snapshots", "interval_position"]
 
@@ -186,12 +188,6 @@ class McCann:
         return out
 
 
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=os.environ.get("SCOREBRIDGE_NO_PROGRESS") == "1", leave=False)
-
-
 class OTCFM:
     """Minibatch-OT conditional flow matching between adjacent training snapshots.
 
@@ -243,7 +239,7 @@ class OTCFM:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.losses = []
-        with _progress(self.steps, "OT-CFM") as bar:
+        with progress(total=self.steps, desc="OT-CFM") as bar:
             for step in range(self.steps):
                 x0s, x1s, taus = [], [], []
                 for k in range(len(z) - 1):
@@ -346,13 +342,14 @@ class OTCFM:
 BASELINES: dict[str, type] = {"previous": Previous, "mccann": McCann, "otcfm": OTCFM}
 
 
-def make_baseline(name: str, cfg: dict | None = None, seed: int | None = None):
-    """A baseline by name with its config block (``bridge.<exp>.baselines.<name>``); seed overrides cfg's."""
+def make_baseline(name: str, opts=None, seed: int | None = None):
+    """A baseline by name with its options (`BaselinesOptions.mccann`, `.otcfm`; None for
+    `previous`, which has none); `seed` is used where the options leave the seed null."""
     if name not in BASELINES:
         raise KeyError(f"unknown baseline '{name}'; known: {sorted(BASELINES)}")
-    cfg = dict(cfg or {})
-    if seed is not None and cfg.get("seed") is None:
-        cfg["seed"] = seed
-    if cfg.get("seed") is None:
-        cfg.pop("seed", None)
-    return BASELINES[name](**cfg)
+    kwargs = dataclasses.asdict(opts) if opts is not None else {}
+    if kwargs.get("seed") is None:
+        kwargs.pop("seed", None)
+        if seed is not None:
+            kwargs["seed"] = seed
+    return BASELINES[name](**kwargs)

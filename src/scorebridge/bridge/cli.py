@@ -9,44 +9,19 @@ bridge-evaluate  held-out evaluation (leave one time point out, or an explicit s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..data.cells.store import read_cells
 from ..tracking import job_run
 
-__all__ = ["fit_cli", "evaluate_cli", "load_cells"]
+__all__ = ["fit_cli", "evaluate_cli"]
 
 log = logging.getLogger(__name__)
-
-
-def load_cells(path) -> tuple[list[np.ndarray], list[float], dict, list[str] | None]:
-    """(snapshots, times, attrs, feature names) from a cells zarr (the data contract)."""
-    from ..io import open_store
-
-    path = Path(path)
-    ds = open_store(path, "cells")
-    for var in ("X", "time"):
-        if var not in ds:
-            raise InputError(f"missing variable '{var}' (the cells contract: X (cell, feature), time (cell))", path)
-    X = np.asarray(ds["X"].values, dtype=np.float64)
-    t = np.asarray(ds["time"].values, dtype=np.float64)
-    if X.ndim != 2 or t.shape != (X.shape[0],):
-        raise InputError(f"X must be (cell, feature) and time (cell), got {X.shape} and {t.shape}", path)
-    if np.isnan(t).any():
-        raise InputError(f"{int(np.isnan(t).sum())} cells have a missing (NaN) time label", path)
-    bad = ~np.isfinite(X).all(1)
-    if bad.any():
-        raise InputError(f"{int(bad.sum())} cells have NaN or infinite features (first: cell index {int(np.argmax(bad))})", path)
-    times = np.unique(t)
-    feats = [str(f) for f in ds["feature"].values] if "feature" in ds.coords else None
-    return [X[t == v] for v in times], [float(v) for v in times], dict(ds.attrs), feats
 
 
 def subsample_snapshots(snaps: list[np.ndarray], times: list[float], max_cells: int | None, seed: int) -> tuple[list[np.ndarray], dict]:
@@ -71,38 +46,45 @@ def subsample_snapshots(snaps: list[np.ndarray], times: list[float], max_cells: 
     return out, cut
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
-    p.add_argument("--experiment", default="default", help="experiment name (MLflow)")
+def _parser(command: str, description: str):
+    """The shared job arguments (`--spec`, `--experiment`, `--experiments`) and `--cells`."""
+    from ..cli import job_parser
+
+    p = job_parser(command, description)
     p.add_argument("--cells", required=True, help="cells zarr (X (cell, feature), time (cell))")
-    p.add_argument("--experiments", default=None, help="results/mlflow/experiments.json (omit: no MLflow)")
+    return p
 
 
-def _seed(spec: dict) -> int:
-    """The experiment's seed; also pins torch to few threads (small dense problems run
-    fastest single-threaded; SCOREBRIDGE_TORCH_THREADS overrides)."""
+def _options(text: str):
+    """The `--spec` entry as `BridgeOptions` (validated, schema defaults filled in), and the
+    experiment's seed; also pins torch to few threads (small dense problems run fastest
+    single-threaded; SCOREBRIDGE_TORCH_THREADS overrides)."""
     import os
 
     import torch
 
+    from ..config import parse_spec
+    from .options import bridge_options
+
+    spec = parse_spec(text)
+    opts = bridge_options(spec)
     torch.set_num_threads(int(os.environ.get("SCOREBRIDGE_TORCH_THREADS", "1")))
-    return int(spec.get("seed") or 0)
+    return spec, opts, opts.run_seed
 
 
 def fit_cli(argv: list[str]) -> int:
-    from ..config import parse_spec
-    from .fit import fit_bridge, save_model
+    from .fit import fit_bridge
+    from .model_io import save_model
 
-    p = argparse.ArgumentParser(prog="scorebridge bridge-fit", description="fit the multi-marginal SB with iterative reference refinement")
-    _common(p)
+    p = _parser("bridge-fit", "fit the multi-marginal SB with iterative reference refinement")
     p.add_argument("--out", required=True, help="model.pt to write")
     a = p.parse_args(argv)
-    spec = parse_spec(a.spec)
+    spec, opts, seed = _options(a.spec)
     import torch
 
-    torch.manual_seed(_seed(spec))
-    snaps, times, attrs, feats = load_cells(a.cells)
-    snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), _seed(spec))
+    torch.manual_seed(seed)
+    snaps, times, attrs, feats = read_cells(a.cells)
+    snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
     with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_fit",
                  wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}) as run:
 
@@ -117,7 +99,7 @@ def fit_cli(argv: list[str]) -> int:
             log.info("iteration %d: objective %.5g, relative change %.3g, %s", it, rec["objective"], rec["rel_change"],
                      ", ".join(f"{k}={v:.4g}" for k, v in list(rec["params"].items())[:8]))
 
-        result = fit_bridge(snaps, times, spec.get("model"), callback=on_iteration, progress=True, where=a.cells, seed=_seed(spec))
+        result = fit_bridge(snaps, times, opts.model, callback=on_iteration, progress=True, where=a.cells, seed=seed)
         extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells), "subsampled": cut}
         save_model(result, a.out, extra)
         final = {"fit/total_seconds": result.seconds, "fit/iterations": len(result.history), "fit/converged": float(result.converged)}
@@ -135,34 +117,32 @@ def fit_cli(argv: list[str]) -> int:
 
 
 def evaluate_cli(argv: list[str]) -> int:
-    from ..config import parse_spec
     from ..io import atomic_path, write_json
-    from .evaluate import leave_one_out, parameter_recovery, write_predictions, _true_values
+    from .evaluate import leave_one_out, parameter_recovery, true_values, write_predictions
     from .figures import plot_marginals, plot_parameters, plot_trajectories
-    from .fit import load_model
+    from .model_io import load_model
 
-    p = argparse.ArgumentParser(prog="scorebridge bridge-evaluate", description="held-out evaluation against baselines; figures; MLflow")
-    _common(p)
+    p = _parser("bridge-evaluate", "held-out evaluation against baselines; figures; MLflow")
     p.add_argument("--model", required=True, help="model.pt from bridge-fit (all snapshots)")
     p.add_argument("--predictions", required=True, help="predictions.zarr to write")
     p.add_argument("--figures", required=True, help="directory for the figures")
     p.add_argument("--out", required=True, help="metrics.json to write")
     a = p.parse_args(argv)
-    spec = parse_spec(a.spec)
+    spec, opts, seed = _options(a.spec)
     import torch
 
     from ..plots import save_figure
 
-    seed = _seed(spec)
     torch.manual_seed(seed)
-    snaps, times, attrs, feats = load_cells(a.cells)
-    snaps, cut = subsample_snapshots(snaps, times, spec.get("max_cells"), seed)
-    result, raw = load_model(a.model)
-    ev_cfg = dict(spec.get("evaluate") or {})
+    snaps, times, attrs, feats = read_cells(a.cells)
+    snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
+    result, _ = load_model(a.model)
+    ev_opts = opts.evaluate
     with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_evaluate",
                  wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells, "model": a.model}) as run:
         start = time.perf_counter()
-        ev = leave_one_out(snaps, times, result.spec, spec.get("baselines"), ev_cfg.get("holdout", "loo"), seed, ev_cfg.get("n_particles"), spec.get("vanilla_sb"))
+        # refit per split with the options the model was fitted with (recorded in model.pt)
+        ev = leave_one_out(snaps, times, result.options, opts.baselines, opts.vanilla_sb, ev_opts.holdout, seed, ev_opts.n_particles)
         metrics = dict(ev.metrics)
         metrics["evaluate/seconds"] = time.perf_counter() - start
         metrics["fit/total_seconds"] = result.seconds
@@ -174,10 +154,10 @@ def evaluate_cli(argv: list[str]) -> int:
         with atomic_path(a.figures) as tmp:
             tmp.mkdir(parents=True)
             gen = torch.Generator().manual_seed(seed)
-            ttimes, paths = result.bridge.trajectories(int(ev_cfg.get("trajectories", 100)), 8, gen)
+            ttimes, paths = result.bridge.trajectories(int(ev_opts.trajectories), 8, gen)
             save_figure(plot_trajectories(snaps, times, ttimes, paths, f"{a.experiment}: {result.reference.kind} reference"), tmp / "trajectories.png", run=run)
             save_figure(plot_marginals(ev.predictions, snaps, times, metrics), tmp / "marginals.png", run=run)
-            save_figure(plot_parameters(result.history, {k: v for k, v in _true_values(truth).items()} if truth else None), tmp / "parameters.png", run=run)
+            save_figure(plot_parameters(result.history, true_values(truth) if truth else None), tmp / "parameters.png", run=run)
         out = {
             "metrics": metrics,
             "splits": [[times[k] for k in s] for s in ev.splits],

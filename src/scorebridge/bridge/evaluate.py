@@ -15,7 +15,6 @@ simulator's `true_parameters` (|θ̂ − θ| / |θ|, Frobenius for matrices).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -24,10 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from .. import options
+from ..errors import ConfigError
 from .fit import FitResult, fit_bridge
+from .options import BaselinesOptions, ModelOptions, VanillaOptions, as_section
 
-__all__ = ["splits_from_config", "time_label", "leave_one_out", "parameter_recovery", "Evaluation", "write_predictions", "METHOD_ORDER"]
+__all__ = ["splits_from_config", "time_label", "vanilla_options", "leave_one_out", "parameter_recovery", "true_values", "Evaluation", "write_predictions", "METHOD_ORDER"]
 
 log = logging.getLogger(__name__)
 
@@ -68,41 +69,45 @@ class Evaluation:
     splits: list = field(default_factory=list)
 
 
-def _vanilla_spec(model_spec: dict, vanilla: dict | None) -> dict:
-    """Brownian reference, one outer iteration (no refit): the paper's vanilla SB."""
-    spec = copy.deepcopy(model_spec)
-    sigma = (vanilla or {}).get("sigma")
-    msig = model_spec.get("reference", {}).get("sigma") or {}
-    if sigma is not None:
-        sig = {"init": sigma}
-    else:  # the model's initial sigma: auto (recomputed on this split, same auto_scale) or its number
-        init = "auto" if msig.get("init_from") == "auto" else msig.get("init", "auto")
-        sig = {"init": init, "auto_scale": float(msig.get("auto_scale", 0.25))}
-    spec["reference"] = {"class": "brownian", "noise": model_spec.get("reference", {}).get("noise", "additive"), "sigma": {**sig, "learn": False}}
-    spec["max_iter"] = 1
-    spec["predict"] = {"coupling": "plan", "noise": 1.0}  # the SB itself, not its small-noise limit
-    return spec
+def vanilla_options(model: ModelOptions, vanilla: VanillaOptions) -> ModelOptions:
+    """Brownian reference, one outer iteration (no refit), draws from the SB plan itself
+    (not its small-noise limit): the paper's vanilla SB, with the model's noise type and
+    bridge settings. σ: `vanilla.sigma`, else the model's initial σ (auto: recomputed on
+    each split with the same auto_scale; or its number), fixed."""
+    section = as_section(model)
+    sig = model.reference.sigma
+    if vanilla.sigma is not None:
+        sigma = {"init": vanilla.sigma}
+    else:
+        sigma = {"init": sig.init, "auto_scale": sig.auto_scale}
+    section["reference"] = {"class": "brownian", "noise": model.reference.noise, "sigma": {**sigma, "learn": False}}
+    section["max_iter"] = 1
+    section["predict"] = {"coupling": "plan", "noise": 1.0}
+    return options.build(ModelOptions, section, where="vanilla_sb")
 
 
 def leave_one_out(
     snapshots: list[np.ndarray],
     times,
-    model_spec: dict,
-    baselines: dict | None = None,
+    model: ModelOptions,
+    baselines: BaselinesOptions,
+    vanilla: VanillaOptions,
     holdout="loo",
     seed: int = 0,
     n_particles: int | None = None,
-    vanilla: dict | None = None,
     callback=None,
 ) -> Evaluation:
-    """Fit on the training snapshots of each split, predict the held-out ones, score them."""
+    """Fit on the training snapshots of each split, predict the held-out ones, score them.
+
+    model, baselines, vanilla: the experiment's options (`BridgeOptions.model`, `.baselines`,
+    `.vanilla_sb`)."""
     from .baselines import make_baseline
     from .metrics import distribution_metrics
 
     times = [float(t) for t in times]
     splits = splits_from_config(holdout, len(times))
-    baselines = dict(baselines or {})
-    methods = ["model", "vanilla_sb", *list(baselines.get("methods", ["previous", "mccann", "otcfm"]))]
+    specs = {"model": model, "vanilla_sb": vanilla_options(model, vanilla)}
+    methods = [*specs, *baselines.methods]
     ev = Evaluation(splits=splits)
     scores: dict[tuple[str, str], dict] = {}
     seconds: dict[str, list[float]] = {m: [] for m in methods}
@@ -114,13 +119,10 @@ def leave_one_out(
         predictors = {}
         for method in methods:
             start, cpu_start = time.perf_counter(), time.process_time()
-            if method in ("model", "vanilla_sb"):
-                spec = model_spec if method == "model" else _vanilla_spec(model_spec, vanilla)
-                res = fit_bridge(tr_snaps, tr_times, spec, seed=seed)
-                predictors[method] = res
+            if method in specs:
+                predictors[method] = fit_bridge(tr_snaps, tr_times, specs[method], seed=seed)
             else:
-                cfg = dict(baselines.get(method) or {})
-                predictors[method] = make_baseline(method, cfg, seed=seed).fit(tr_snaps, tr_times)
+                predictors[method] = make_baseline(method, getattr(baselines, method, None), seed=seed).fit(tr_snaps, tr_times)
             seconds[method].append(time.perf_counter() - start)
             cpu_seconds[method].append(time.process_time() - cpu_start)
         for k in held:
@@ -130,8 +132,8 @@ def leave_one_out(
                 p = predictors[method]
                 if isinstance(p, FitResult):
                     gen = torch.Generator().manual_seed(seed * 1000 + k)
-                    mode = p.spec.get("predict") or {}
-                    pred = p.bridge.sample_at(t, n, gen, noise=float(mode.get("noise", 1.0)), coupling=mode.get("coupling", "plan")).numpy()
+                    mode = p.options.predict
+                    pred = p.bridge.sample_at(t, n, gen, noise=float(mode.noise), coupling=mode.coupling).numpy()
                 elif method == "mccann":
                     pred = p.predict(t, n=n)
                 else:
@@ -160,7 +162,9 @@ def leave_one_out(
     return ev
 
 
-def _true_values(true_parameters) -> dict[str, np.ndarray]:
+def true_values(true_parameters) -> dict[str, np.ndarray]:
+    """{name: value} of a simulator's `true_parameters` (a dict or its JSON): the drift's
+    parameters and `sigma`; {} when there are none to read."""
     if isinstance(true_parameters, str):
         try:
             true_parameters = json.loads(true_parameters)
@@ -168,7 +172,7 @@ def _true_values(true_parameters) -> dict[str, np.ndarray]:
             return {}
     if not isinstance(true_parameters, dict):
         return {}
-    drift = true_parameters.get("drift", true_parameters)
+    drift = true_parameters["drift"] if "drift" in true_parameters else true_parameters  # a simulator record, not config
     out = {k: np.asarray(v, dtype=np.float64) for k, v in drift.items() if isinstance(v, (int, float, list))}
     if "sigma" in true_parameters and isinstance(true_parameters["sigma"], (int, float)):
         out["sigma"] = np.asarray(true_parameters["sigma"], dtype=np.float64)
@@ -178,7 +182,7 @@ def _true_values(true_parameters) -> dict[str, np.ndarray]:
 def parameter_recovery(result: FitResult, true_parameters) -> dict[str, float]:
     """{'recovery/<name>': relative error} for every parameter both the fit and the truth name,
     plus 'recovery/max_drift' (the largest drift-parameter error)."""
-    truth = _true_values(true_parameters)
+    truth = true_values(true_parameters)
     ref = result.reference
     fitted = {k: v.detach().numpy() for k, v in ref.drift_parameters().items()}
     fitted["sigma"] = ref.sigma.detach().numpy()

@@ -26,7 +26,7 @@ import torch
 from ..core.sde import euler_maruyama
 from .reference import DTYPE, Reference
 
-__all__ = ["gaussian_nll", "transition_nll", "sinkhorn", "Coupling", "static_bridge", "bridge_sample", "PiecewiseBridge"]
+__all__ = ["gaussian_nll", "transition_nll", "sinkhorn", "Coupling", "static_bridge", "bridge_sample", "stratified_indices", "PiecewiseBridge"]
 
 
 def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ def bridge_sample(
         return mean + noise * (L @ z[:, :, None])[:, :, 0]
 
 
-def _stratified(n: int, n_k: int, gen: torch.Generator | None) -> torch.Tensor:
+def stratified_indices(n: int, n_k: int, gen: torch.Generator | None) -> torch.Tensor:
     """n indices into n_k particles, each used n // n_k times, the remainder without repeats."""
     return torch.cat([torch.arange(n - n % n_k) % n_k, torch.randperm(n_k, generator=gen)[: n % n_k]])
 
@@ -265,7 +265,7 @@ class PiecewiseBridge:
         source particle is used n // n_k or n // n_k + 1 times (i ~ μ_k without multinomial
         noise), then j ~ π(· | i). A low-variance draw of the same law as i.i.d. pairs."""
         n_k = self.snapshots[k].shape[0]
-        i = _stratified(n, n_k, gen)
+        i = stratified_indices(n, n_k, gen)
         j = self._step(k, i, True, gen, coupling)
         return i, j
 
@@ -301,11 +301,11 @@ class PiecewiseBridge:
                 return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise)
             src = 0 if k < 0 else K - 1
             n_s = self.snapshots[src].shape[0]
-            idx = _stratified(n, n_s, gen)
+            idx = stratified_indices(n, n_s, gen)
             return self._extrapolate(self.snapshots[src][idx], self.times[src], t, gen)
         start = int(from_snapshot)
         n_s = self.snapshots[start].shape[0]
-        idx = _stratified(n, n_s, gen)
+        idx = stratified_indices(n, n_s, gen)
         if k < 0 or k == K - 1:
             end = 0 if k < 0 else K - 1
             ids = self.chain(start, idx, end, gen, coupling)
@@ -347,8 +347,8 @@ class PiecewiseBridge:
             t0, t1 = self.times[k], self.times[k + 1]
             end = self.snapshots[k + 1][ids[k + 1]]
             x, tx = pts[-1], t0
-            for l in range(1, per_interval):
-                s = t0 + (t1 - t0) * l / per_interval
+            for j in range(1, per_interval):
+                s = t0 + (t1 - t0) * j / per_interval
                 x = bridge_sample(self.reference, x, end, t1 - tx, s - tx, gen, max(2, self.substeps // 2))
                 tx = s
                 times.append(s)
