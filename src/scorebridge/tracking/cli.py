@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from ..cli import job_parser
 from ..errors import ConfigError, InputError, ScorebridgeError
 from ..options import build
 from .options import TrackingOptions
@@ -24,7 +24,7 @@ def _names(text: str) -> list[str]:
 
 def init_cli(argv: list[str]) -> int:
     """`scorebridge tracking-init --tracking JSON --sr a,b --bridge c --out experiments.json`."""
-    ap = argparse.ArgumentParser(prog="scorebridge tracking-init", description=init_cli.__doc__)
+    ap = job_parser("tracking-init", init_cli.__doc__, spec=False)
     ap.add_argument("--tracking", default="{}", help="the config's `tracking` section as JSON")
     ap.add_argument("--sr", default=os.environ.get("SCOREBRIDGE_SR_EXPERIMENTS", ""),
                     help="comma-separated names of the sr experiments (default: env SCOREBRIDGE_SR_EXPERIMENTS)")
@@ -51,7 +51,7 @@ def init_cli(argv: list[str]) -> int:
 
 def sync_cli(argv: list[str]) -> int:
     """`scorebridge tracking-sync [--uri URI] PENDING.json|DIR ...`: replay what a job could not log."""
-    ap = argparse.ArgumentParser(prog="scorebridge tracking-sync", description=sync_cli.__doc__)
+    ap = job_parser("tracking-sync", sync_cli.__doc__, spec=False)
     ap.add_argument("--uri", default=None, help="store to log into (default: $MLFLOW_TRACKING_URI, else the one in each file)")
     ap.add_argument("paths", nargs="+", help="pending files, or directories searched for them (results/mlflow/pending)")
     args = ap.parse_args(argv)
