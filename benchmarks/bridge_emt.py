@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from scorebridge.bridge.evaluate import leave_one_out
-    from scorebridge.data.cells import read_snapshots
+    from scorebridge.data.cells.read import read_snapshots
 
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from scorebridge.bridge.evaluate import parameter_recovery
     from scorebridge.bridge.fit import fit_bridge
-    from scorebridge.data.simulators import simulate
+    from scorebridge.data.cells.simulate import simulate
 
     p = argparse.ArgumentParser()
     p.add_argument("--systems", nargs="+", default=["lotka_volterra", "repressilator"])

@@ -4,7 +4,7 @@ Builds a multi-decade station file (~100 MB of text by default: two soundings a 
 from 1950 on, 10-70 levels each, realistic profiles with missing values and flags),
 written with scorebridge's IGRA writer, then times
 
-- `scorebridge.data.igra_format.read_igra` on the text file and on its zip (full parse:
+- `scorebridge.data.igra.parse.read_igra` on the text file and on its zip (full parse:
   headers, structure check, every field validated, SI conversion, u/v);
 - `pandas.read_fwf` on the same text file: the 13 data-record columns by colspecs,
   header records skipped as comments (no conversion, no validation).
@@ -34,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scorebridge.data.igra_format import DATA_COLUMNS, format_data_records, format_header, read_igra  # noqa: E402
+from scorebridge.data.igra.format import DATA_COLUMNS, format_data_records, format_header  # noqa: E402
+from scorebridge.data.igra.parse import read_igra  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 STANDARD = np.array([1000, 925, 850, 700, 500, 400, 300, 250, 200, 150, 100, 70, 50, 30, 20, 10], float) * 100

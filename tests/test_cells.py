@@ -10,8 +10,9 @@ import pytest
 import xarray as xr
 
 from conftest import run_cli
-from scorebridge.data.cells import highly_variable_genes, ingest, load_snapshots
-from scorebridge.data.simulators import simulate, write_snapshots_npz
+from scorebridge.data.cells.preprocess import highly_variable_genes
+from scorebridge.data.cells.simulate import simulate, write_snapshots_npz
+from scorebridge.data.cells.store import ingest, load_snapshots
 from scorebridge.errors import ConfigError, InputError
 from scorebridge.provenance import sha256_file
 
@@ -231,7 +232,7 @@ def test_text_time_labels_parsed_or_mapped(tmp_path):
     """Labels such as 'day2' are read as the number they hold when every label shares the
     same text around it (recorded in attrs time_labels); labels in different units need
     time_map, and a time_map that misses a label names it."""
-    from scorebridge.data.cells import parse_time_labels
+    from scorebridge.data.cells.read import parse_time_labels
 
     assert parse_time_labels(["day0", "day2.5", "day10"]) == {"day0": 0.0, "day2.5": 2.5, "day10": 10.0}
     assert parse_time_labels(["E7.5", "e8.25"]) == {"E7.5": 7.5, "e8.25": 8.25}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED_DATA, run_snakemake
-from scorebridge.data.cells import load_snapshots
+from scorebridge.data.cells.store import load_snapshots
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ the real GRIB samples, CDS requests (no network), ARCO selection, errors, Snakem
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,12 +18,15 @@ import xarray as xr
 import yaml
 
 from conftest import ROOT, bin_path, run_cli, run_snakemake, shared_file
-from scorebridge.data import era5_layout as layout
-from scorebridge.data.era5 import fetch, ingest, open_inputs
-from scorebridge.data.era5_cds import build_cds_requests, date_groups
-from scorebridge.data.era5_layout import Selection, lon_order
-from scorebridge.data.synthetic_weather import SyntheticGrid, synthetic_era5
+from scorebridge.data.era5 import layout
+from scorebridge.data.era5.cds import build_cds_requests, date_groups
+from scorebridge.data.era5.fetch import fetch
+from scorebridge.data.era5.ingest import ingest
+from scorebridge.data.era5.inputs import open_inputs
+from scorebridge.data.era5.layout import Selection, lon_order
+from scorebridge.data.era5.synthetic import SyntheticOptions, synthetic_era5
 from scorebridge.errors import ConfigError, InputError
+from scorebridge.options import build
 from scorebridge.provenance import sha256_file
 
 import datetime as dt
@@ -35,7 +39,8 @@ def spec(**kw) -> dict:
 
 
 def new_cds(seed=0, ntime=8, nlat=8, nlon=12, lon0=250.0, lat0=30.0, res=1.0, start="2020-01-01", step=6, variables=("t", "u", "t2m")) -> xr.Dataset:
-    grid = SyntheticGrid(nlat=nlat, nlon=nlon, ntime=ntime, lon0=lon0, lat0=lat0, resolution=res, start=start, step_hours=step, seed=seed)
+    # replace, not build: some grids here are smaller than the config allows (nlat >= 8)
+    grid = dataclasses.replace(build(SyntheticOptions, {}), nlat=nlat, nlon=nlon, ntime=ntime, lon0=lon0, lat0=lat0, resolution=res, start=start, step_hours=step, seed=seed)
     return synthetic_era5(list(variables), [1000, 850, 500], grid)
 
 
@@ -359,7 +364,7 @@ def test_cds_request_config_errors(bad, key):
 
 def test_cds_parts_joined_into_one_netcdf_with_the_requests(tmp_path):
     """What era5-fetch does after retrieval: parts per product and month -> one file."""
-    from scorebridge.data.era5 import SOURCE_ATTR, _join_cds_parts
+    from scorebridge.data.era5.fetch import SOURCE_ATTR, _join_cds_parts
 
     src = new_cds(ntime=8, seed=8)
     parts = [write_new(src[["t", "u"]].isel(valid_time=slice(0, 4)), tmp_path / "p0.nc"), write_new(src[["t", "u"]].isel(valid_time=slice(4, 8)), tmp_path / "p1.nc"), write_new(src[["t2m"]], tmp_path / "s0.nc")]

@@ -16,21 +16,20 @@ import xarray as xr
 
 from conftest import run_cli, shared_file
 from scorebridge.cli import main
-from scorebridge.data.igra import filter_igra, in_area, ingest, open_igra
-from scorebridge.data.igra_format import (
+from scorebridge.data.igra.filters import filter_igra, in_area
+from scorebridge.data.igra.format import (
     DATA_COLUMNS,
     HEADER_COLUMNS,
     format_data_record,
     format_header,
     format_station_list,
-    parse_igra,
-    parse_station_list,
-    read_igra,
-    read_station_list,
     wind_components,
     wind_speed_direction,
 )
-from scorebridge.data.igra_sources import select_stations, synthesize_soundings
+from scorebridge.data.igra.ingest import ingest, open_igra
+from scorebridge.data.igra.parse import parse_igra, parse_station_list, read_igra, read_station_list
+from scorebridge.data.igra.sources import select_stations
+from scorebridge.data.igra.synthetic import synthesize_soundings
 from scorebridge.errors import ConfigError, InputError
 
 EXCERPT = ("igra", "USM00074794-data-exampleportion.txt")
@@ -264,17 +263,17 @@ def test_station_list():
 
 def test_select_stations_by_area_and_years():
     st = read_station_list(shared_file(*STATION_LIST))
-    florida = select_stations(st, {"area": [31, -82, 27, -79], "years": [1950, 1950]})
+    florida = select_stations(st, {"source": "http", "area": [31, -82, 27, -79], "years": [1950, 1950]})
     assert "USM00074794" in florida
-    assert select_stations(st, {"area": [31, 278, 27, 281], "years": [1950, 1950]}) == florida  # 0..360 box
-    across = select_stations(st, {"area": [70, 170, 50, 190]})  # crosses the antimeridian
+    assert select_stations(st, {"source": "http", "area": [31, 278, 27, 281], "years": [1950, 1950]}) == florida  # 0..360 box
+    across = select_stations(st, {"source": "http", "area": [70, 170, 50, 190]})  # crosses the antimeridian
     lon = st.set_index("id").loc[across, "longitude"]
     assert len(across) > 0 and ((lon >= 170) | (lon <= -170)).all()
-    assert select_stations(st, {"stations": ["USM00074794"]}) == ["USM00074794"]
+    assert select_stations(st, {"source": "http", "stations": ["USM00074794"]}) == ["USM00074794"]
     with pytest.raises(InputError, match=r"unknown IGRA station id\(s\) \['USM00074795'\].*USM00074794"):
-        select_stations(st, {"stations": ["USM00074795"]})
+        select_stations(st, {"source": "http", "stations": ["USM00074795"]})
     with pytest.raises(ConfigError):
-        select_stations(st, {})
+        select_stations(st, {"source": "http"})
 
 
 def test_filters(excerpt):
@@ -301,7 +300,7 @@ def test_filters(excerpt):
 def test_synthetic_round_trip_to_format_precision():
     ds = make_era5(levels=(850.0, 700.0, 500.0), with_q=True)
     spec = {"synthetic": {"n_stations": 4, "seed": 3, "missing_fraction": 0.1}}
-    syn = synthesize_soundings(ds, spec)
+    syn = synthesize_soundings(ds, spec["synthetic"])
     assert len(syn.texts) == 4
     parsed = [parse_igra(syn.texts[r["id"]].encode(), r["id"]) for r in syn.station_rows]
     truth = syn.truth
@@ -325,13 +324,13 @@ def test_synthetic_round_trip_to_format_precision():
         assert 30.0 <= r["latitude"] <= 34.5 and -110.0 <= r["longitude"] <= -104.5
         assert (p.soundings["latitude"] == r["latitude"]).all() and (p.soundings["longitude"] == r["longitude"]).all()
     # deterministic with the seed
-    assert synthesize_soundings(ds, spec).texts == syn.texts
-    assert synthesize_soundings(ds, {"synthetic": {"n_stations": 4, "seed": 4}}).texts != syn.texts
+    assert synthesize_soundings(ds, spec["synthetic"]).texts == syn.texts
+    assert synthesize_soundings(ds, {"n_stations": 4, "seed": 4}).texts != syn.texts
 
 
 def test_synthetic_samples_the_field_bilinearly():
     ds = make_era5(linear=True, with_z=False, levels=(850.0, 500.0))
-    syn = synthesize_soundings(ds, {"synthetic": {"n_stations": 5, "noise_k": 0, "noise_wind_ms": 0, "missing_fraction": 0, "extra_levels": 0, "hours": [0, 12]}})
+    syn = synthesize_soundings(ds, {"n_stations": 5, "noise_k": 0, "noise_wind_ms": 0, "missing_fraction": 0, "extra_levels": 0, "hours": [0, 12]})
     height = 44330.8 * (1 - (np.array([850.0, 500.0]) / 1013.25) ** 0.190263)
     for r in syn.station_rows:
         d = parse_igra(syn.texts[r["id"]].encode(), r["id"])
@@ -532,7 +531,7 @@ def test_fetch_local_copies(tmp_path, excerpt):
 
 
 def test_vectorised_writer_matches_record_writer():
-    from scorebridge.data.igra_format import format_data_records
+    from scorebridge.data.igra.format import format_data_records
 
     rng = np.random.default_rng(0)
     n = 300
@@ -558,10 +557,10 @@ def test_synthetic_input_errors(tmp_path):
     with pytest.raises(InputError, match="no temperature 't'"):
         synthesize_soundings(ds.drop_vars("t"), {})
     with pytest.raises(ConfigError, match="synthetic.hours"):
-        synthesize_soundings(ds, {"synthetic": {"hours": [3]}})
+        synthesize_soundings(ds, {"hours": [3]})
     # a 0..360 grid (straddling the antimeridian) and ensemble members: ids in -180..180 in the header
     wrap = ds.assign_coords(longitude=177.0 + 0.5 * np.arange(ds.sizes["longitude"])).expand_dims(number=2)
-    syn = synthesize_soundings(wrap, {"synthetic": {"n_stations": 6, "seed": 1}})
+    syn = synthesize_soundings(wrap, {"n_stations": 6, "seed": 1})
     lons = np.array([r["longitude"] for r in syn.station_rows])
     assert ((lons >= 177) | (lons <= -177.5)).all() and (lons < 0).any() and (lons > 0).any()
     assert main(["igra-fetch", "--spec", '{"source": "synthetic"}', "--out", str(tmp_path / "raw"), str(tmp_path / "nope.zarr")]) == 1

@@ -10,7 +10,7 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 from conftest import run_cli
-from scorebridge.data.simulators import DEFAULT_PARAMS, DRIFTS, NOISE, diffusion, resolve_simulation, simulate
+from scorebridge.data.cells.simulate import DEFAULT_PARAMS, DRIFTS, NOISE, diffusion, resolve_simulation, simulate
 from scorebridge.errors import ConfigError
 
 

@@ -304,7 +304,7 @@ def test_bad_input_errors(toy, tmp_path):
 def test_real_era5_ensemble_smoke(shared, tmp_path):
     """The real path: ERA5 EDA GRIB (10 members, 61x120 global grid) -> ingest -> train on crops
     with random members -> denoise the whole grid (not divisible by 4: padded inside the U-Net)."""
-    from scorebridge.data.era5 import ingest
+    from scorebridge.data.era5.ingest import ingest
 
     grib = shared("era5", "era5-levels-members.grib")
     store = ingest({"source": "local", "variables": ["t", "z"], "levels": [850, 500], "hours": [0, 12]}, tmp_path / "real.zarr", [grib])

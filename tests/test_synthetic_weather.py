@@ -9,22 +9,23 @@ import pytest
 import xarray as xr
 
 from conftest import run_cli
-from scorebridge.data.era5 import fetch
-from scorebridge.data.synthetic_weather import (
+from scorebridge.data.era5.fetch import fetch
+from scorebridge.data.era5.synthetic import (
     R_DRY,
-    SyntheticGrid,
+    SyntheticOptions,
     energy_spectrum,
     simulate_turbulence,
     synthetic_era5,
 )
 from scorebridge.errors import ConfigError
+from scorebridge.options import build
 
 SPEC = '{"source":"synthetic","variables":["t","u","v","z","q","t2m"],"levels":[850,500,250],"synthetic":{"nlat":32,"nlon":32,"ntime":24,"seed":%d}}'
 
 
 @pytest.fixture(scope="module")
 def fields() -> xr.Dataset:
-    grid = SyntheticGrid(nlat=32, nlon=32, ntime=48, seed=3)
+    grid = build(SyntheticOptions, {"nlat": 32, "nlon": 32, "ntime": 48, "seed": 3})
     return synthetic_era5(["t", "u", "v", "z", "q", "r", "vo", "t2m", "u10", "v10", "msl"], [1000, 850, 500, 250], grid)
 
 
@@ -120,7 +121,7 @@ def test_turbulence_is_deterministic_and_bounded():
 
 
 def test_unknown_variable_and_bad_levels_are_config_errors():
-    grid = SyntheticGrid(nlat=8, nlon=8, ntime=2)
+    grid = build(SyntheticOptions, {"nlat": 8, "nlon": 8, "ntime": 2})
     with pytest.raises(ConfigError, match="variables"):
         synthetic_era5(["t", "sst"], [500], grid)
     with pytest.raises(ConfigError, match="levels"):

@@ -1,7 +1,9 @@
-"""Crash-safe outputs: write beside the target, then rename into place.
+"""Crash-safe outputs (write beside the target, then rename into place) and the one
+zarr opener.
 
 A store or file only appears under its final name once it is complete, so neither
-Snakemake nor a reader ever takes a half-written output as done.
+Snakemake nor a reader ever takes a half-written output as done. Every zarr store is
+read through `open_store`, which names the path when it is missing or unreadable.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_json", "read_json", "remove", "open_store"]
+__all__ = ["atomic_path", "write_json", "read_json", "remove", "open_store", "strings_as_object"]
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -72,10 +74,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def open_store(path: str | os.PathLike, what: str, **kw: Any):
-    """Open a zarr store lazily with xarray (no consolidated metadata needed), quiet about
-    the `.snakemake_timestamp` marker Snakemake leaves in directory outputs.
+    """Open a zarr store lazily with xarray, quiet about the `.snakemake_timestamp` marker
+    Snakemake leaves in directory outputs. The one zarr opener of the package.
 
-    A missing or unreadable store is an InputError naming the path and `what` it is.
+    `what` names the store in errors: a missing local store is an InputError
+    "<what> zarr not found", an unreadable one "not a readable zarr store", both naming
+    the path. Keyword arguments go to `xarray.open_zarr`; `consolidated` defaults to
+    False (the stores written here are not consolidated). A URL (`gs://...`) is opened
+    as it is (no existence check).
     """
     import warnings
 
@@ -83,12 +89,25 @@ def open_store(path: str | os.PathLike, what: str, **kw: Any):
 
     from .errors import InputError
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} store not found", p)
+    remote = isinstance(path, str) and "://" in path
+    p = path if remote else Path(path)
+    if not remote and not p.exists():
+        raise InputError(f"{what} zarr not found", p)
+    kw.setdefault("consolidated", False)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-            return xr.open_zarr(p, consolidated=False, **kw)
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            return xr.open_zarr(p, **kw)
     except Exception as err:  # noqa: BLE001 - zarr/xarray raise many types for a bad store
         raise InputError(f"not a readable zarr store ({type(err).__name__}: {err})", p) from None
+
+
+def strings_as_object(ds):
+    """`ds` with variables stored as zarr v3 `string` (read back as numpy StringDType) made
+    object arrays of str, which every numpy/xarray/pandas operation accepts (e.g. `where`
+    with NaN)."""
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "T":
+            ds[name] = var.astype(object)
+    return ds

@@ -62,7 +62,7 @@ def open_era5(path: str | Path):
     from ..io import open_store
 
     path = Path(path)
-    ds = open_store(path, "ERA5 zarr")
+    ds = open_store(path, "ERA5")
     for coord in ("time", "latitude", "longitude"):
         if coord not in ds.coords and coord not in ds.dims:
             raise InputError(f"missing coordinate '{coord}' (ERA5 data contract)", path)

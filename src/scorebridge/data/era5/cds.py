@@ -14,9 +14,11 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 from pathlib import Path
+from typing import Mapping
 
-from ..errors import ConfigError, InputError
-from .era5_layout import PRESSURE_LEVEL_NAMES, SINGLE_LEVEL_NAMES
+from ...errors import ConfigError, InputError
+from .layout import PRESSURE_LEVEL_NAMES, SINGLE_LEVEL_NAMES
+from .options import Era5Options, era5_options
 
 __all__ = ["PRODUCTS", "build_cds_requests", "date_groups", "retrieve_cds"]
 
@@ -65,12 +67,13 @@ def date_groups(start: dt.date, end: dt.date) -> list[dict[str, list[str]]]:
     ]
 
 
-def build_cds_requests(spec: dict) -> list[tuple[str, dict]]:
-    """(CDS dataset name, request) pairs that fetch exactly what `spec` asks for.
+def build_cds_requests(spec: Era5Options | Mapping) -> list[tuple[str, dict]]:
+    """(CDS dataset name, request) pairs that fetch exactly what the entry `spec` asks for.
 
     Pressure-level and single-level variables go to their own products when `product`
     is `auto`; an explicit product must serve every variable."""
-    variables = list(spec.get("variables") or [])
+    opts = era5_options(spec)
+    variables = list(opts.variables)
     if not variables:
         raise ConfigError("variables", "at least one variable is needed")
     unknown = [v for v in variables if v not in PRESSURE_LEVEL_NAMES and v not in SINGLE_LEVEL_NAMES]
@@ -81,7 +84,7 @@ def build_cds_requests(spec: dict) -> list[tuple[str, dict]]:
             f"single levels {sorted(SINGLE_LEVEL_NAMES)}",
         )
     kinds = {"pressure": [v for v in variables if v in PRESSURE_LEVEL_NAMES], "single": [v for v in variables if v in SINGLE_LEVEL_NAMES]}
-    product = spec.get("product") or "auto"
+    product = opts.product
     if product != "auto":
         kind = next((k for k, name in PRODUCTS.items() if name == product), None)
         if kind is None:
@@ -89,21 +92,20 @@ def build_cds_requests(spec: dict) -> list[tuple[str, dict]]:
         other = "single" if kind == "pressure" else "pressure"
         if kinds[other]:
             raise ConfigError("product", f"{product} does not serve {kinds[other]}; use product 'auto' to fetch both kinds")
-    levels = [float(x) for x in spec.get("levels") or []]
+    levels = [float(x) for x in opts.levels]
     if kinds["pressure"] and not levels:
         raise ConfigError("levels", f"pressure levels are needed for {kinds['pressure']}")
-    dates = spec.get("dates") or {}
-    groups = date_groups(_date(dates.get("start"), "dates.start"), _date(dates.get("end"), "dates.end"))
-    hours = sorted({int(h) for h in (spec.get("hours") if spec.get("hours") is not None else range(24))})
+    groups = date_groups(_date(opts.dates["start"], "dates.start"), _date(opts.dates["end"], "dates.end"))
+    hours = sorted({int(h) for h in (opts.hours if opts.hours is not None else range(24))})
     if not hours:
         raise ConfigError("hours", "empty list")
 
-    common: dict = {"product_type": [spec.get("product_type") or "reanalysis"]}
+    common: dict = {"product_type": [opts.product_type]}
     common["time"] = [f"{h:02d}:00" for h in hours]
-    if spec.get("area") is not None:
-        common["area"] = [float(x) for x in spec["area"]]
-    if spec.get("grid") is not None:
-        common["grid"] = [float(spec["grid"]), float(spec["grid"])]
+    if opts.area is not None:
+        common["area"] = [float(x) for x in opts.area]
+    if opts.grid is not None:
+        common["grid"] = [float(opts.grid), float(opts.grid)]
     common["data_format"] = "netcdf"
     common["download_format"] = "unarchived"
 

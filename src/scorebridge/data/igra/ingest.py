@@ -1,10 +1,7 @@
-"""IGRA v2 radiosondes into zarr: sources, filters, the zarr data contract, and the CLI.
+"""IGRA v2 station files into the IGRA zarr contract.
 
-`scorebridge igra-fetch --spec JSON --out DIR [inputs...]` fills a directory with station
-files (http download, the user's files, or synthetic soundings sampled from an ERA5
-zarr); `scorebridge igra-ingest --spec JSON --out X.zarr files-or-dirs...` parses them
-with the fixed-width parser (`igra_format`), filters by station, dates, area and
-pressure, and writes the IGRA zarr contract:
+`ingest(spec, inputs, out)` parses the station files (`parse`), filters them by
+station, dates, area and pressure (`filters`) and writes, in batches that bound memory:
 
 - root group, dim ``obs`` (one row per level): ``station``, ``time`` (nominal launch
   time), ``latitude``, ``longitude``, ``pressure`` (Pa), ``gph`` (m), ``temperature``
@@ -21,130 +18,29 @@ Read it back with :func:`open_igra`.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
-from ..config import parse_spec
-from ..errors import ConfigError, InputError
-from ..io import atomic_path, write_json
-from ..provenance import package_versions, sha256_file
-from .igra_format import (
-    IgraData,
-    parse_igra,
-    parse_station_list,
-    read_bytes,
-    read_igra,
-    read_station_list,
-)
-from .igra_sources import FETCHERS, STATION_LIST_NAME, progress
+from ...errors import InputError
+from ...io import atomic_path, open_store, strings_as_object
+from ...progress import progress
+from ...provenance import package_versions, sha256_file
+from .filters import filter_igra
+from .format import IgraData
+from .options import IgraOptions, igra_options
+from .parse import parse_igra, read_bytes
 
-__all__ = [
-    "IgraData",
-    "parse_igra",
-    "read_igra",
-    "parse_station_list",
-    "read_station_list",
-    "in_area",
-    "filter_igra",
-    "station_files",
-    "write_igra_zarr",
-    "open_igra",
-    "ingest",
-    "fetch_cli",
-    "ingest_cli",
-]
+__all__ = ["station_files", "write_igra_zarr", "open_igra", "ingest"]
 
 log = logging.getLogger(__name__)
 
 OBS_CHUNK = 1 << 18  # rows per zarr chunk of the obs table
 APPEND_ROWS = 1 << 21  # buffered rows per append (bounds memory with many files)
-
-
-# --------------------------------------------------------------------------- filters
-
-
-def _lon180(lon):
-    return (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
-
-
-def in_area(lat, lon, area: Sequence[float], key: str = "area") -> np.ndarray:
-    """Mask of points inside `area` = [north, west, south, east] (deg).
-
-    Longitudes of points and box may each be -180..180 or 0..360; a box whose west edge
-    lies east of its east edge (after wrapping) crosses the antimeridian; a box at least
-    360° wide keeps every longitude.
-    """
-    if len(area) != 4:
-        raise ConfigError(key, f"expected [north, west, south, east], got {area}")
-    north, west, south, east = map(float, area)
-    if south > north:
-        raise ConfigError(key, f"south edge {south} is north of north edge {north} ([north, west, south, east])")
-    lat = np.asarray(lat, dtype=np.float64)
-    ok = (lat >= south) & (lat <= north)
-    if east - west >= 360.0:
-        return ok & np.isfinite(lon)
-    w, e, x = _lon180(west), _lon180(east), _lon180(lon)
-    if w <= e:
-        return ok & (x >= w) & (x <= e)
-    return ok & ((x >= w) | (x <= e))
-
-
-def _date(text, key: str, end: bool = False):
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(key, f"'{text}' is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
-    if end and len(str(text).strip()) <= 10:  # a day: inclusive of the whole day
-        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(nanoseconds=1)
-    return ts.to_datetime64().astype("datetime64[ns]")
-
-
-def filter_igra(
-    data: IgraData,
-    *,
-    stations: Iterable[str] | None = None,
-    dates: dict | None = None,
-    area: Sequence[float] | None = None,
-    pressure_range: Sequence[float] | None = None,
-) -> IgraData:
-    """Keep the soundings of `stations`, launched within `dates` ({start, end}, inclusive
-    days), inside `area` ([N, W, S, E]); and their levels with pressure (Pa) within
-    `pressure_range` ([min, max]; levels without a pressure are dropped by it). Soundings
-    without a launch time (HOUR 99 and RELTIME 9999) are dropped."""
-    snd = data.soundings
-    keep = ~np.isnat(snd["time"])
-    if stations:
-        keep &= np.isin(snd["station"].astype(str), list(stations))
-    dates = dates or {}
-    start, end = _date(dates.get("start"), "dates.start"), _date(dates.get("end"), "dates.end", end=True)
-    if start is not None and end is not None and start > end:
-        raise ConfigError("dates", f"empty date range: start {dates['start']} is after end {dates['end']}")
-    if start is not None:
-        keep &= snd["time"] >= start
-    if end is not None:
-        keep &= snd["time"] <= end
-    if area is not None:
-        keep &= in_area(snd["latitude"], snd["longitude"], area)
-    out = data.select_soundings(keep) if not keep.all() else data
-    if pressure_range is not None:
-        lo, hi = map(float, pressure_range)
-        if lo > hi:
-            raise ConfigError("pressure_range", f"min {lo} Pa is above max {hi} Pa")
-        p = out.obs["pressure"]
-        out = out.select_levels((p >= lo) & (p <= hi))
-    return out
-
-
-# --------------------------------------------------------------------------- zarr
 
 
 def station_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -253,29 +149,27 @@ def write_igra_zarr(data: IgraData, path: str | Path, attrs: dict | None = None)
 def open_igra(path: str | Path):
     """(obs, soundings): the two xarray Datasets of an IGRA zarr store (lazy; strings as
     object arrays of str rather than numpy StringDType)."""
-    from .collocate import open_zarr, strings_as_object
-
     path = Path(path)
-    if not path.exists():
-        raise InputError("IGRA zarr not found", path)
-    obs = open_zarr(path)
-    snd = open_zarr(path, group="soundings")
+    obs = open_store(path, "IGRA")
+    snd = open_store(path, "IGRA", group="soundings")
     return strings_as_object(obs), strings_as_object(snd)
 
 
-def _filters(spec: dict) -> dict:
+def _filters(opts: IgraOptions) -> dict:
     return {
-        "stations": spec.get("stations") or None,
-        "dates": spec.get("dates") or {},
-        "area": spec.get("area"),
-        "pressure_range": spec.get("pressure_range", [10000, 105000]),
+        "stations": opts.stations or None,
+        "dates": opts.dates,
+        "area": opts.area,
+        "pressure_range": opts.pressure_range,
     }
 
 
-def ingest(spec: dict, inputs: Sequence[str | Path], out: str | Path) -> dict:
-    """Parse station files, filter them, write the IGRA zarr at `out`; return a summary."""
+def ingest(spec: IgraOptions | Mapping, inputs: Sequence[str | Path], out: str | Path) -> dict:
+    """Parse station files, filter them by the entry `spec` (options, or a dict the
+    schema fills), write the IGRA zarr at `out`; return a summary."""
+    opts = igra_options(spec)
     files = station_files(inputs)
-    filters = _filters(spec)
+    filters = _filters(opts)
     seen_stations: set[str] = set()
     digests = {}
     totals = {"soundings_read": 0, "obs_read": 0}
@@ -313,7 +207,7 @@ def ingest(spec: dict, inputs: Sequence[str | Path], out: str | Path) -> dict:
             )
         summary = {"soundings": app.soundings, "obs": app.rows, **totals, "stations": len(seen_stations)}
         provenance = {
-            "source": spec.get("source", "local"),
+            "source": opts.source,
             "inputs": digests,
             "filters": filters,
             "summary": summary,
@@ -324,48 +218,3 @@ def ingest(spec: dict, inputs: Sequence[str | Path], out: str | Path) -> dict:
         app.finish({"provenance": json.dumps(provenance), "title": "IGRA v2 soundings (scorebridge)"})
     log.info("IGRA: %d soundings, %d levels -> %s", app.soundings, app.rows, out)
     return summary
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--spec", required=True, help="the dataset's config entry as JSON (see config/README.md, igra)")
-    p.add_argument("--out", required=True, help="output path")
-    return p
-
-
-def _defaults(spec: dict) -> dict:
-    """Validate a dataset entry against igra.schema.yaml, filling defaults for omitted keys."""
-    from ..config import SCHEMA, load_schema, validate_config
-
-    return validate_config(dict(spec), load_schema(SCHEMA.parent / "igra.schema.yaml"))
-
-
-def fetch_cli(argv: list[str]) -> int:
-    """`scorebridge igra-fetch --spec JSON --out DIR [inputs...]`."""
-    p = _parser("scorebridge igra-fetch", "download (http), copy (local) or synthesise (synthetic) IGRA v2 station files")
-    p.add_argument("inputs", nargs="*", help="synthetic: the ERA5 zarr to sample; local: the user's files")
-    args = p.parse_args(argv)
-    spec = _defaults(parse_spec(args.spec))
-    source = spec["source"]
-    out = Path(args.out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        manifest = FETCHERS[source](spec, list(args.inputs), tmp)
-        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        manifest["package_versions"] = package_versions()
-        write_json(tmp / "manifest.json", manifest)
-    log.info("IGRA %s: %d file(s) -> %s", source, len(manifest.get("files", {})), out)
-    return 0
-
-
-def ingest_cli(argv: list[str]) -> int:
-    """`scorebridge igra-ingest --spec JSON --out X.zarr files-or-dirs...`."""
-    p = _parser("scorebridge igra-ingest", "parse IGRA v2 station files into the zarr data contract")
-    p.add_argument("inputs", nargs="+", help="IGRA station files (.txt, .zip) or directories of them")
-    args = p.parse_args(argv)
-    spec = _defaults(parse_spec(args.spec))
-    ingest(spec, args.inputs, args.out)
-    return 0

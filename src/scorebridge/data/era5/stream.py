@@ -25,6 +25,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ...progress import progress
+
 __all__ = ["stream_to_zarr", "time_block"]
 
 log = logging.getLogger(__name__)
@@ -107,13 +109,13 @@ def stream_to_zarr(
     path: str | os.PathLike,
     *,
     chunk_time: int,
-    block_mb: float = 256.0,
-    progress: bool = True,
+    block_mb: float,
 ) -> dict[str, dict]:
     """Write `ds` (dask-backed, dim `time`) to a new zarr store at `path` in time blocks.
 
     Returns the normalisation statistics `{var: {"mean": [...per level] or x, "std": ...}}`
-    over every dim but `level` (NaN-aware, population std)."""
+    over every dim but `level` (NaN-aware, population std). A progress bar counts the
+    time steps written (`scorebridge.progress`)."""
     path = Path(path)
     nt = ds.sizes["time"]
     encoding = {}
@@ -126,11 +128,7 @@ def stream_to_zarr(
 
     sums = {name: [0, 0.0, 0.0] for name in ds.data_vars}  # N, S1, S2
     block = time_block(ds, chunk_time, block_mb)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=nt, unit="step", desc=f"write {path.name}", disable=os.environ.get("SCOREBRIDGE_NO_PROGRESS") == "1")
+    bar = progress(total=nt, unit="step", desc=f"write {path.name}", leave=True)
     for start in range(0, nt, block):
         stop = min(nt, start + block)
         sub = ds.isel(time=slice(start, stop))
@@ -142,10 +140,8 @@ def stream_to_zarr(
                 acc[0] = acc[0] + n
                 acc[1] = acc[1] + s1
                 acc[2] = acc[2] + s2
-        if bar is not None:
-            bar.update(stop - start)
-    if bar is not None:
-        bar.close()
+        bar.update(stop - start)
+    bar.close()
 
     stats = {}
     for name, (n, s1, s2) in sums.items():

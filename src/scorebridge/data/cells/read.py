@@ -1,11 +1,12 @@
-"""Snapshot time courses (single cells, simulated systems) into the cells zarr contract.
+"""Snapshot time courses (single cells, simulated systems) read as flat snapshots.
 
 Inputs (config entry of ``cells:``, see config/README.md "## cells"):
 
 - AnnData ``.h5ad``: time from the ``obs`` column ``time_key``; features from the
   ``obsm`` embedding ``obsm_key`` (e.g. ``X_pca``), or made from the expression matrix
-  (``X`` or ``layer``) by the configured preprocessing: normalise total counts, log1p,
-  highly variable genes (dispersion z-score within mean bins, Satija et al. 2015), PCA.
+  (``X`` or ``layer``) by the configured preprocessing (`preprocess`): normalise total
+  counts, log1p, highly variable genes (dispersion z-score within mean bins, Satija et
+  al. 2015), PCA.
 - ``.npy``: one array (time, cells, features).
 - ``.npz``: ragged snapshots ``t0 .. t{K-1}`` (each (n_k, features)), or one 3-D array,
   or a flat ``X`` (cells, features) with ``time`` (cells); optional ``times`` (K,),
@@ -13,39 +14,26 @@ Inputs (config entry of ``cells:``, see config/README.md "## cells"):
 - CSV: a time column ``time_key`` (e.g. ``samples``) and feature columns (``features``,
   or every other numeric column).
 
-Output (``results/data/cells/{dataset}.zarr``)::
-
-    X     (cell, feature) float32     the features
-    time  (cell) float64              the snapshot time of each cell (cells sorted by time)
-    cell, feature                     string coordinates (cell ids, feature names)
-    attrs: times (JSON list), n_cells (JSON list per time), source,
-           preprocessing (JSON), provenance (JSON, with the input's sha256),
-           true_parameters (JSON, simulated data only), time_labels (JSON {label: time},
-           when the labels were not numbers: `time_map`, numbers parsed from labels such
-           as "day2", or the order of an ordered category)
-
 Array inputs with explicit times must list them strictly increasing; CSV and h5ad time
-labels are sorted by value. Errors name the file, the row/cell/key and what was expected.
-``load_snapshots(path)`` reads the zarr back as a list of per-time arrays.
+labels are sorted by value (numbers as they are; other labels through `time_map`, the
+number each holds, or the order of an ordered category). Errors name the file, the
+row/cell/key and what was expected. `store.ingest` writes the result as the zarr contract.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import parse_spec
-from ..errors import ConfigError, InputError
-from ..io import atomic_path
-from ..provenance import package_versions, sha256_file
+from ...errors import ConfigError, InputError
+from .options import CellsOptions, cells_options
+from .preprocess import preprocess_expression
 
 __all__ = [
     "Snapshots",
@@ -53,12 +41,7 @@ __all__ = [
     "read_array",
     "read_csv",
     "read_h5ad",
-    "highly_variable_genes",
-    "preprocess_expression",
-    "write_cells_zarr",
-    "load_snapshots",
-    "ingest",
-    "ingest_cli",
+    "parse_time_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,10 +119,10 @@ def _from_snapshot_list(snaps: list[tuple[str, np.ndarray]], times, path, times_
     return Snapshots(X, time, features, cells)
 
 
-def read_array(path, spec: dict) -> Snapshots:
+def read_array(path, spec: CellsOptions) -> Snapshots:
     """Read .npy (time, cells, features) or .npz (ragged t0..tK, one 3-D array, or flat X + time)."""
     path = Path(path)
-    cfg_times = spec.get("times")
+    cfg_times = spec.times
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as err:  # object arrays need pickle, which we never load from user files
@@ -266,7 +249,7 @@ def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, 
     return out
 
 
-def read_csv(path, spec: dict) -> Snapshots:
+def read_csv(path, spec: CellsOptions) -> Snapshots:
     """CSV with a time column `time_key` and feature columns (`features`, else every other numeric column)."""
     import pandas as pd
 
@@ -275,10 +258,10 @@ def read_csv(path, spec: dict) -> Snapshots:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise InputError(f"cannot parse as CSV: {err}", path) from None
-    key = spec.get("time_key") or "time"
+    key = spec.time_key
     if key not in df.columns:
         raise ConfigError("time_key", f"column '{key}' not in {path}; columns: {_show(list(df.columns), 30)}")
-    features = spec.get("features")
+    features = spec.features
     if features is None:
         features = [c for c in df.columns if c != key and pd.api.types.is_numeric_dtype(df[c])]
         if not features:
@@ -294,99 +277,12 @@ def read_csv(path, spec: dict) -> Snapshots:
                 raise InputError(f"feature column '{c}' is not numeric (value {df[c].iloc[i]!r})", path, line=i + 2)
     X = df[list(features)].to_numpy(dtype=np.float64)
     lines = [f"line {i + 2}" for i in range(len(df))]  # header is line 1
-    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'", spec.get("time_map"))
+    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'", spec.time_map)
     out.features = [str(c) for c in features]
     return out
 
 
-def highly_variable_genes(X, n_top: int, n_bins: int = 20, log_input: bool = True) -> np.ndarray:
-    """Indices of the `n_top` most variable genes of X (cells, genes), sorted.
-
-    Dispersion-based, as in Seurat v1 (Satija et al. 2015): on normalised counts
-    (``expm1(X)`` when X is log1p-transformed), dispersion = var / mean per gene; log
-    dispersion is z-scored within `n_bins` equal-width bins of log1p(mean) (bins holding a
-    single gene give z = 0); the highest z-scores win, genes with zero mean never. X may be
-    dense or scipy-sparse.
-    """
-    if log_input:
-        if hasattr(X, "tocsr"):
-            X = X.tocsr(copy=True)
-            X.data = np.expm1(X.data)
-        else:
-            X = np.expm1(X)
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    sq = X.multiply(X) if hasattr(X, "multiply") else X * X
-    var = np.asarray(sq.mean(axis=0)).ravel() - mean**2
-    var = np.maximum(var, 0.0) * X.shape[0] / max(X.shape[0] - 1, 1)
-    ok = mean > 0
-    disp = np.full(mean.shape, -np.inf)
-    disp[ok] = np.log(np.maximum(var[ok], 1e-300) / mean[ok])
-    z = np.full(mean.shape, -np.inf)
-    if ok.any():
-        level = np.log1p(mean)
-        edges = np.linspace(level[ok].min(), level[ok].max(), n_bins + 1)
-        bins = np.clip(np.digitize(level, edges[1:-1]), 0, n_bins - 1)
-        for b in np.unique(bins[ok]):
-            sel = ok & (bins == b)
-            sd = disp[sel].std(ddof=1) if sel.sum() > 1 else 0.0
-            z[sel] = (disp[sel] - disp[sel].mean()) / sd if sd > 0 else 0.0
-    n_top = min(int(n_top), int(ok.sum()))
-    top = np.argsort(-z, kind="stable")[:n_top]
-    return np.sort(top)
-
-
-def preprocess_expression(X, genes: list[str], cfg: dict, path) -> tuple[np.ndarray, list[str], dict, dict]:
-    """normalise total -> log1p -> HVG -> PCA (each optional); returns (features, names, record, extra vars)."""
-    import scipy.sparse as sp
-
-    cfg = {"normalize_total": True, "target_sum": 1e4, "log1p": True, "n_top_genes": 2000, "hvg_bins": 20, "n_pcs": 5, "standardize": False, "seed": 0, **(cfg or {})}
-    X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    record: dict[str, Any] = {"steps": []}
-    extra: dict[str, Any] = {}
-    if cfg["normalize_total"] or cfg["log1p"]:
-        neg = (X.data < 0).any() if sp.issparse(X) else (X < 0).any()
-        if neg:
-            raise InputError("the expression matrix has negative values; normalise/log1p expect counts (set preprocess.normalize_total/log1p false, or use obsm_key)", path)
-    if cfg["normalize_total"]:
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        scale = np.where(totals > 0, cfg["target_sum"] / np.where(totals > 0, totals, 1.0), 0.0)
-        X = sp.diags(scale) @ X if sp.issparse(X) else X * scale[:, None]
-        record["steps"].append({"normalize_total": {"target_sum": cfg["target_sum"], "empty_cells": int((totals <= 0).sum())}})
-    if cfg["log1p"]:
-        if sp.issparse(X):
-            X = X.copy()
-            X.data = np.log1p(X.data)
-        else:
-            X = np.log1p(X)
-        record["steps"].append({"log1p": True})
-    if cfg["n_top_genes"] is not None and cfg["n_top_genes"] < X.shape[1]:
-        keep = highly_variable_genes(X, cfg["n_top_genes"], cfg["hvg_bins"], log_input=bool(cfg["log1p"]))
-        X = X[:, keep]
-        genes = [genes[i] for i in keep]
-        record["steps"].append({"highly_variable_genes": {"flavor": "seurat v1 dispersion z-score in mean bins", "n_top_genes": len(keep), "n_bins": cfg["hvg_bins"], "genes": genes}})
-    X = X.toarray() if sp.issparse(X) else X
-    names = list(genes)
-    if cfg["n_pcs"] is not None:
-        from sklearn.decomposition import PCA
-
-        k = int(cfg["n_pcs"])
-        if k > min(X.shape):
-            raise ConfigError("preprocess.n_pcs", f"{k} components but the data has {X.shape[0]} cells x {X.shape[1]} genes")
-        pca = PCA(n_components=k, random_state=cfg["seed"])
-        X = pca.fit_transform(X)
-        names = [f"PC{i + 1}" for i in range(k)]
-        record["steps"].append({"pca": {"n_pcs": k, "explained_variance_ratio": pca.explained_variance_ratio_.tolist(), "seed": cfg["seed"]}})
-        extra["pca_components"] = (("feature", "gene"), pca.components_.astype(np.float32))
-        extra["pca_mean"] = (("gene",), pca.mean_.astype(np.float32))
-        extra["gene"] = (("gene",), np.asarray(genes, dtype=object))
-    if cfg["standardize"]:
-        sd = X.std(axis=0)
-        X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-        record["steps"].append({"standardize": True})
-    return X, names, record, extra
-
-
-def read_h5ad(path, spec: dict) -> Snapshots:
+def read_h5ad(path, spec: CellsOptions) -> Snapshots:
     """AnnData: time from obs[`time_key`]; features from obsm[`obsm_key`] or the preprocessed expression."""
     import anndata
 
@@ -395,11 +291,11 @@ def read_h5ad(path, spec: dict) -> Snapshots:
         adata = anndata.read_h5ad(path)
     except (OSError, KeyError, ValueError) as err:
         raise InputError(f"cannot read as AnnData .h5ad: {err}", path) from None
-    key = spec.get("time_key") or "time"
+    key = spec.time_key
     if key not in adata.obs.columns:
         raise ConfigError("time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(adata.obs.columns), 30)}")
     cells = [str(c) for c in adata.obs_names]
-    obsm_key = spec.get("obsm_key")
+    obsm_key = spec.obsm_key
     extra_vars: dict = {}
     if obsm_key:
         if obsm_key not in adata.obsm:
@@ -407,7 +303,7 @@ def read_h5ad(path, spec: dict) -> Snapshots:
         X = np.asarray(adata.obsm[obsm_key], dtype=np.float64)
         if X.ndim != 2:
             raise InputError(f"obsm['{obsm_key}'] has shape {X.shape}; expected (cells, features)", path)
-        n = spec.get("n_components")
+        n = spec.n_components
         if n is not None:
             if n > X.shape[1]:
                 raise ConfigError("n_components", f"{n} components but obsm['{obsm_key}'] has {X.shape[1]}")
@@ -418,17 +314,17 @@ def read_h5ad(path, spec: dict) -> Snapshots:
     else:
         import scipy.sparse as sp
 
-        layer = spec.get("layer")
+        layer = spec.layer
         if layer is not None and layer not in adata.layers:
             raise ConfigError("layer", f"'{layer}' not in the layers of {path}; layers: {_show(list(adata.layers.keys()), 30)}")
         M = adata.layers[layer] if layer is not None else adata.X
         genes = [str(g) for g in adata.var_names]
-        if spec.get("features") is not None:
+        if spec.features is not None:
             pos = {g: i for i, g in enumerate(genes)}
-            unknown = [g for g in spec["features"] if g not in pos]
+            unknown = [g for g in spec.features if g not in pos]
             if unknown:
                 raise ConfigError("features", f"gene(s) {_show(unknown)} not in the var names of {path}")
-            idx = [pos[g] for g in spec["features"]]
+            idx = [pos[g] for g in spec.features]
             M, genes = M[:, idx], [genes[i] for i in idx]
         M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
         if sp.issparse(M):  # find the cells holding non-finite stored values without densifying
@@ -437,9 +333,9 @@ def read_h5ad(path, spec: dict) -> Snapshots:
                 raise InputError(f"NaN or infinite expression values in {bad.size} cell(s): {_show([cells[i] for i in bad])}", path)
         else:
             _check_finite(M, cells, path)
-        X, names, record, extra_vars = preprocess_expression(M, genes, spec.get("preprocess") or {}, path)
+        X, names, record, extra_vars = preprocess_expression(M, genes, spec.preprocess, path)
         record = {"features": f"layers['{layer}']" if layer else "X", **record}
-    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'", spec.get("time_map"))
+    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'", spec.time_map)
     out.features = names
     out.preprocessing = record
     out.extra_vars = extra_vars
@@ -451,10 +347,12 @@ def read_h5ad(path, spec: dict) -> Snapshots:
 _READERS = {"h5ad": read_h5ad, "npy": read_array, "npz": read_array, "csv": read_csv, "simulate": read_array}
 
 
-def read_snapshots(path, spec: dict) -> Snapshots:
-    """Read `path` by the entry's `source` (else its suffix) and check it has at least two time points."""
+def read_snapshots(path, spec: CellsOptions | Mapping) -> Snapshots:
+    """Read `path` by the entry's `source` (`spec`: options, or a dict the schema fills)
+    and check it has at least two time points."""
     path = Path(path)
-    source = spec.get("source") or path.suffix.lstrip(".").lower()
+    spec = cells_options(spec)
+    source = spec.source
     if source not in _READERS:
         raise ConfigError("source", f"unknown source '{source}'; known: {sorted(_READERS)}")
     if not path.exists():
@@ -468,74 +366,3 @@ def read_snapshots(path, spec: dict) -> Snapshots:
     if uniq.size < 2:
         raise InputError(f"only one time point ({uniq.tolist()}); a time course needs at least two snapshots", path)
     return snaps
-
-
-def write_cells_zarr(out, snaps: Snapshots, attrs: dict) -> None:
-    """Write the cells contract atomically: X (cell, feature) float32, time (cell) float64."""
-    import xarray as xr
-
-    data = {"X": (("cell", "feature"), snaps.X.astype(np.float32)), "time": (("cell",), snaps.time.astype(np.float64))}
-    coords = {"cell": np.asarray(snaps.cells, dtype=object), "feature": np.asarray(snaps.features, dtype=object)}
-    for name, (dims, arr) in snaps.extra_vars.items():
-        (coords if name == "gene" else data)[name] = (dims, arr)
-    ds = xr.Dataset(data, coords=coords)
-    uniq, counts = np.unique(snaps.time, return_counts=True)
-    ds.attrs.update(
-        {
-            "times": json.dumps(uniq.tolist()),
-            "n_cells": json.dumps(counts.tolist()),
-            "preprocessing": json.dumps(snaps.preprocessing, sort_keys=True),
-            **{k: v for k, v in snaps.extra_attrs.items()},
-            **attrs,
-        }
-    )
-    chunk = min(len(snaps.time), 65536)
-    encoding = {"X": {"chunks": (chunk, snaps.X.shape[1])}, "time": {"chunks": (chunk,)}}
-    with atomic_path(out) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
-
-
-def load_snapshots(path) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    """Read a cells zarr back: ([X_k (n_k, d) float64 per time], times (K,), attrs)."""
-    import warnings
-
-    import xarray as xr
-
-    with warnings.catch_warnings():  # Snakemake's marker file inside directory() outputs
-        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
-        ds = xr.open_zarr(path, consolidated=False)
-        X = ds["X"].values.astype(np.float64)
-    time = ds["time"].values.astype(np.float64)
-    times = np.unique(time)
-    return [X[time == t] for t in times], times, dict(ds.attrs)
-
-
-def ingest(spec: dict, path, out) -> Snapshots:
-    """Read `path` per the cells entry `spec` and write the zarr contract to `out`."""
-    snaps = read_snapshots(path, spec)
-    if snaps.preprocessing == {}:
-        snaps.preprocessing = {"features": "as given"}
-    provenance = {
-        "source": spec.get("source"),
-        "input": str(path),
-        "sha256": sha256_file(path),
-        "spec": spec,
-        "packages": package_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_cells_zarr(out, snaps, {"source": str(spec.get("source")), "provenance": json.dumps(provenance, sort_keys=True, default=str)})
-    return snaps
-
-
-def ingest_cli(argv: list[str]) -> int:
-    """`scorebridge cells-ingest --spec JSON --out X.zarr input`."""
-    parser = argparse.ArgumentParser(prog="scorebridge cells-ingest", description="read h5ad/npy/npz/csv snapshots into the cells zarr contract")
-    parser.add_argument("--spec", required=True, help="the cells dataset's config entry as JSON")
-    parser.add_argument("--out", required=True, help="output zarr store")
-    parser.add_argument("input", help="input file (.h5ad, .npy, .npz, .csv)")
-    args = parser.parse_args(argv)
-    spec = parse_spec(args.spec)
-    snaps = ingest(spec, args.input, args.out)
-    uniq, counts = np.unique(snaps.time, return_counts=True)
-    log.info("%s: %d cells x %d features at %d times %s (cells per time %s) -> %s", args.input, snaps.X.shape[0], snaps.X.shape[1], uniq.size, uniq.tolist(), counts.tolist(), args.out)
-    return 0

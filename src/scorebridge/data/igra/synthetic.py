@@ -1,247 +1,44 @@
-"""Where IGRA v2 station files come from: NCEI over HTTP, the user's files, or synthesis.
+"""Synthetic IGRA v2 station files: soundings sampled from an ERA5 zarr.
 
-Every source fills one directory with station files (`{ID}-data.txt.zip`), the
-station list (`igra2-station-list.txt`) and a `manifest.json` (what was fetched or
-made, with sha256 digests); `scorebridge igra-ingest` then reads that directory with
-the real parser.
-
-- `http`: `{base_url}/data/data-por/{ID}-data.txt.zip` for stations chosen by id or by
-  area and years through the station list; retries with back-off on connection errors
-  and 5xx answers; an id that is not in the list or a file the server does not have is
-  an error naming it.
-- `local`: the user's `.txt` / `.zip` files, copied.
-- `synthetic`: soundings sampled from an ERA5 zarr (the data contract) at seeded random
-  station positions inside its grid and written in exact IGRA v2 text.
+Stations sit at seeded random positions inside the ERA5 grid; each sounding samples the
+fields bilinearly at the station, adds levels between the ERA5 levels (linear in
+log-pressure), noise and missing values, and is written in exact IGRA v2 text, so that
+`scorebridge igra-ingest` reads it with the real parser.
 """
 
 from __future__ import annotations
 
-import difflib
-import io
-import logging
-import os
-import shutil
-import time
+import dataclasses
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError
-from ..io import atomic_path
-from ..provenance import sha256_file
-from .igra_format import (
+from ...errors import ConfigError, InputError
+from ...io import atomic_path, open_store
+from ...progress import progress
+from ...provenance import sha256_file
+from .filters import lon180
+from .format import (
     MISSING,
     REMOVED,
+    STATION_LIST_NAME,
     T0,
     format_data_record,
     format_header,
     format_station_list,
-    parse_station_list,
     wind_speed_direction,
 )
+from .options import IgraOptions, SoundingsOptions, soundings_options
 
-__all__ = [
-    "STATION_LIST_NAME",
-    "progress",
-    "station_list_url",
-    "fetch_station_list",
-    "select_stations",
-    "data_url",
-    "http_download",
-    "fetch_http",
-    "fetch_local",
-    "SyntheticSoundings",
-    "synthesize_soundings",
-    "fetch_synthetic",
-    "write_zip",
-]
+__all__ = ["SyntheticSoundings", "synthesize_soundings", "write_zip", "fetch_synthetic"]
 
-log = logging.getLogger(__name__)
-
-STATION_LIST_NAME = "igra2-station-list.txt"
 STANDARD_LEVELS_HPA = (1000, 925, 850, 700, 500, 400, 300, 250, 200, 150, 100, 70, 50, 30, 20, 10, 7, 5, 3, 2, 1)
 G = 9.80665  # m s-2, standard gravity (geopotential = G * geopotential height)
 RD = 287.05  # J kg-1 K-1, gas constant of dry air
-
-
-def progress(iterable=None, **kw):
-    """tqdm progress bar, silent when SCOREBRIDGE_NO_PROGRESS=1."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, disable=os.environ.get("SCOREBRIDGE_NO_PROGRESS") == "1", **kw)
-
-
-def _lon180(lon):
-    return (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
-
-
-# --------------------------------------------------------------------------- http
-
-
-def _http_settings(spec: dict) -> dict:
-    http = {"retries": 4, "timeout_s": 60.0, "backoff_s": 2.0}
-    http.update(spec.get("http") or {})
-    return http
-
-
-def http_download(
-    url: str,
-    dest: Path,
-    *,
-    session=None,
-    retries: int = 4,
-    timeout_s: float = 60.0,
-    backoff_s: float = 2.0,
-    desc: str | None = None,
-) -> Path:
-    """Download `url` to `dest` atomically, retrying connection errors and 5xx answers.
-
-    A 4xx answer (404: no such file) is an InputError naming the URL, not retried.
-    """
-    import requests
-
-    session = session or requests.Session()
-    last = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            wait = backoff_s * 2 ** (attempt - 1)
-            log.warning("retrying %s in %.1f s (%s)", url, wait, last)
-            time.sleep(wait)
-        try:
-            with session.get(url, stream=True, timeout=timeout_s) as resp:
-                if 400 <= resp.status_code < 500:
-                    what = "not found" if resp.status_code in (404, 410) else resp.reason
-                    raise InputError(f"HTTP {resp.status_code} {what}", url)
-                if resp.status_code >= 500:
-                    last = f"HTTP {resp.status_code} {resp.reason}"
-                    continue
-                total = int(resp.headers.get("content-length") or 0) or None
-                with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-                    bar = progress(total=total, unit="B", unit_scale=True, desc=desc or dest.name, leave=False)
-                    for block in resp.iter_content(1 << 16):
-                        f.write(block)
-                        bar.update(len(block))
-                    bar.close()
-                    got = f.tell()
-                    if total is not None and got != total:
-                        raise requests.exceptions.ChunkedEncodingError(f"got {got} of {total} bytes")
-                return dest
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-            last = f"{type(err).__name__}: {err}"
-    raise InputError(f"download failed after {retries + 1} attempts: {last}", url)
-
-
-def station_list_url(spec: dict) -> str:
-    return spec.get("station_list") or f"{spec['base_url'].rstrip('/')}/doc/{STATION_LIST_NAME}"
-
-
-def fetch_station_list(spec: dict, dest: Path, session=None) -> pd.DataFrame:
-    """Copy or download the station list named by the spec to `dest`; parse it."""
-    src = station_list_url(spec)
-    if src.startswith(("http://", "https://")):
-        http_download(src, dest, session=session, **_http_settings(spec), desc=STATION_LIST_NAME)
-    else:
-        path = Path(os.path.expanduser(src))
-        if not path.is_file():
-            raise ConfigError("station_list", f"file '{src}' not found")
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(path, tmp)
-    return parse_station_list(dest.read_bytes(), src)
-
-
-def select_stations(stations: pd.DataFrame, spec: dict, source: str = "station list") -> list[str]:
-    """Station ids from `spec`: the listed `stations` (checked against the list), else
-    those inside `area` whose record overlaps `years`."""
-    from .igra import in_area
-
-    ids = list(spec.get("stations") or [])
-    known = set(stations["id"])
-    if ids:
-        unknown = [s for s in ids if s not in known]
-        if unknown:
-            hints = {s: difflib.get_close_matches(s, known, n=3, cutoff=0.7) for s in unknown}
-            hint = "; ".join(f"{s}: did you mean {h}?" for s, h in hints.items() if h)
-            raise InputError(
-                f"unknown IGRA station id(s) {unknown}: not in the station list ({len(known)} stations)"
-                + (f"; {hint}" if hint else ""),
-                source,
-            )
-        return ids
-    area, years = spec.get("area"), spec.get("years")
-    if area is None and years is None:
-        raise ConfigError("stations", "source 'http' needs `stations` (ids) or `area`/`years` to choose stations")
-    keep = np.ones(len(stations), bool)
-    if area is not None:
-        keep &= in_area(stations["latitude"].to_numpy(), stations["longitude"].to_numpy(), area, key="area")
-    if years is not None:
-        first, last = years
-        if first > last:
-            raise ConfigError("years", f"first year {first} is after last year {last}")
-        keep &= (stations["first_year"].to_numpy() <= last) & (stations["last_year"].to_numpy() >= first)
-    chosen = stations["id"][keep].tolist()
-    if not chosen:
-        raise InputError(f"no station in the station list lies inside area {area} with data in years {years}", source)
-    return chosen
-
-
-def data_url(base_url: str, station: str) -> str:
-    return f"{base_url.rstrip('/')}/data/data-por/{station}-data.txt.zip"
-
-
-def fetch_http(spec: dict, out: Path) -> dict:
-    """Fill `out` with the chosen stations' zipped files and the station list."""
-    import requests
-
-    session = requests.Session()
-    out.mkdir(parents=True, exist_ok=True)
-    stations = fetch_station_list(spec, out / STATION_LIST_NAME, session)
-    ids = select_stations(stations, spec, station_list_url(spec))
-    log.info("downloading %d IGRA station file(s) from %s", len(ids), spec["base_url"])
-    files = {}
-    for sid in progress(ids, desc="IGRA stations", unit="station"):
-        url = data_url(spec["base_url"], sid)
-        dest = out / f"{sid}-data.txt.zip"
-        http_download(url, dest, session=session, **_http_settings(spec), desc=sid)
-        if not zipfile.is_zipfile(dest):
-            raise InputError("the server's answer is not a zip archive (an error page?)", url)
-        files[dest.name] = {"url": url, "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
-    return {
-        "source": "http",
-        "base_url": spec["base_url"],
-        "station_list": station_list_url(spec),
-        "stations": ids,
-        "files": files,
-    }
-
-
-# --------------------------------------------------------------------------- local
-
-
-def fetch_local(spec: dict, inputs: list[str], out: Path) -> dict:
-    """Copy the user's station files (and station list, if given) into `out`."""
-    if not inputs:
-        raise ConfigError("files", "source 'local' needs at least one IGRA file")
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name in inputs:
-        p = Path(name)
-        if not p.is_file():
-            raise InputError("file not found", p)
-        dest = out / p.name
-        if dest.exists():
-            raise InputError(f"two inputs share the file name '{p.name}'", p)
-        shutil.copyfile(p, dest)
-        files[p.name] = {"path": str(p), "sha256": sha256_file(dest)}
-    if spec.get("station_list"):
-        fetch_station_list(spec, out / STATION_LIST_NAME)
-    return {"source": "local", "files": files}
-
-
-# --------------------------------------------------------------------------- synthetic
 
 
 @dataclass
@@ -305,8 +102,9 @@ def _dewpoint_k(t_k, rh):
     return 243.5 * gamma / (17.67 - gamma) + T0
 
 
-def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
-    """Sample soundings from an ERA5-contract dataset at random station positions.
+def synthesize_soundings(ds, syn: SoundingsOptions | Mapping) -> SyntheticSoundings:
+    """Sample soundings from an ERA5-contract dataset at random station positions, as the
+    `synthetic` block `syn` (options, or a dict the schema fills) says.
 
     Per station and ERA5 time (optionally only some hours of day): the ERA5 levels
     plus `extra_levels` levels between each pair, interpolated linearly in log-pressure;
@@ -317,9 +115,8 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
     depression from it; one height-only wind level above the top; a fraction
     `missing_fraction` of values written as missing (-9999) or QC-removed (-8888).
     """
-    syn = {"n_stations": 12, "noise_k": 0.5, "noise_wind_ms": 0.5, "missing_fraction": 0.05, "extra_levels": 1, "seed": 0, "hours": None}
-    syn.update({k: v for k, v in (spec.get("synthetic") or {}).items() if v is not None or k == "hours"})
-    rng = np.random.default_rng(syn["seed"])
+    syn = soundings_options(syn)
+    rng = np.random.default_rng(syn.seed)
     if "number" in ds.dims:
         ds = ds.isel(number=0)
     if "level" not in ds.coords or ds["level"].size == 0:
@@ -327,7 +124,7 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
     present = [v for v in ("t", "u", "v", "z", "q") if v in ds.data_vars and "level" in ds[v].dims]
     if "t" not in present:
         raise InputError(f"the ERA5 dataset has no temperature 't' on pressure levels (variables: {sorted(ds.data_vars)})")
-    hours = syn["hours"]
+    hours = syn.hours
     times = pd.DatetimeIndex(ds["time"].to_numpy())
     tsel = np.ones(len(times), bool) if hours is None else np.isin(times.hour, list(hours))
     if not tsel.any():
@@ -338,7 +135,7 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
     levels = ds["level"].to_numpy().astype(np.float64)
 
     glat, glon = ds["latitude"].to_numpy(), ds["longitude"].to_numpy()
-    n = int(syn["n_stations"])
+    n = int(syn.n_stations)
     # positions rounded to the header precision (1e-4 deg) so that header and sample agree
     slat = np.round(rng.uniform(glat.min(), glat.max(), n), 4)
     slon = np.round(rng.uniform(glon.min(), glon.max(), n), 4)
@@ -347,7 +144,7 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
     sampled = {v: _bilinear(ds[[v]], v, slat, slon) for v in present}  # (time, level, station)
 
     # pressures: ERA5 levels plus `extra_levels` per gap, linear in log p; whole Pa
-    k = int(syn["extra_levels"])
+    k = int(syn.extra_levels)
     lp = np.log(levels * 100.0)
     if len(levels) > 1 and k > 0:
         frac = np.arange(1, k + 1) / (k + 1)
@@ -377,9 +174,9 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
             gph[..., i] = gph[..., i - 1] + RD / G * tm * np.log(p_pa[i - 1] / p_pa[i])
     u = to_levels(sampled["u"]) if "u" in sampled else np.full(shape, np.nan)
     v = to_levels(sampled["v"]) if "v" in sampled else np.full(shape, np.nan)
-    t = t + rng.normal(0.0, syn["noise_k"], shape)
-    u = u + rng.normal(0.0, syn["noise_wind_ms"], shape)
-    v = v + rng.normal(0.0, syn["noise_wind_ms"], shape)
+    t = t + rng.normal(0.0, syn.noise_k, shape)
+    u = u + rng.normal(0.0, syn.noise_wind_ms, shape)
+    v = v + rng.normal(0.0, syn.noise_wind_ms, shape)
     if "q" in sampled:
         q = np.clip(to_levels(sampled["q"]), 0.0, None)
         e = q * (p_pa / 100.0) / (0.622 + 0.378 * q)
@@ -391,11 +188,11 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
 
     # the height-only wind level above the top (LVLTYP1 = 3, no pressure)
     top_gph = gph[..., -1] + 1000.0
-    top_u = u[..., -1] + rng.normal(0.0, syn["noise_wind_ms"], shape[:2])
-    top_v = v[..., -1] + rng.normal(0.0, syn["noise_wind_ms"], shape[:2])
+    top_u = u[..., -1] + rng.normal(0.0, syn.noise_wind_ms, shape[:2])
+    top_v = v[..., -1] + rng.normal(0.0, syn.noise_wind_ms, shape[:2])
 
     nlev = shape[-1] + 1
-    frac_missing = float(syn["missing_fraction"])
+    frac_missing = float(syn.missing_fraction)
 
     def miss(shape_):
         return rng.random(shape_) < frac_missing
@@ -416,7 +213,7 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
             rel_min = (when.hour * 60 - 45 + int(rng.integers(-10, 11))) % 1440
             lines.append(
                 format_header(sid, when.year, when.month, when.day, when.hour, (rel_min // 60) * 100 + rel_min % 60, nlev,
-                              float(slat[s]), float(_lon180(slon[s])), "ncdc-gts", "ncdc-gts")
+                              float(slat[s]), float(lon180(slon[s])), "ncdc-gts", "ncdc-gts")
             )
             z0 = gph[it, s, 0]
             for i in range(nlev):
@@ -479,7 +276,7 @@ def synthesize_soundings(ds, spec: dict) -> SyntheticSoundings:
             {
                 "id": sid,
                 "latitude": float(slat[s]),
-                "longitude": float(_lon180(slon[s])),
+                "longitude": float(lon180(slon[s])),
                 "elevation": -999.9,
                 "state": "",
                 "name": f"SYNTHETIC STATION {s + 1:03d}",
@@ -500,15 +297,13 @@ def write_zip(dest: Path, member: str, text: str) -> None:
         zf.writestr(info, text.encode("ascii"))
 
 
-def fetch_synthetic(spec: dict, inputs: list[str], out: Path) -> dict:
+def fetch_synthetic(opts: IgraOptions, inputs: list[str], out: Path) -> dict:
     """Write synthetic station files sampled from the ERA5 zarr given as the input."""
-    from .collocate import _open
-
     if len(inputs) != 1:
         raise ConfigError("synthetic.era5", f"source 'synthetic' needs exactly one ERA5 zarr as input, got {inputs}")
     era5 = Path(inputs[0])
-    ds = _open(era5, "ERA5")
-    syn = synthesize_soundings(ds, spec)
+    ds = open_store(era5, "ERA5")
+    syn = synthesize_soundings(ds, opts.synthetic)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for sid, text in progress(syn.texts.items(), desc="synthetic IGRA", unit="station"):
@@ -516,11 +311,4 @@ def fetch_synthetic(spec: dict, inputs: list[str], out: Path) -> dict:
         write_zip(dest, f"{sid}-data.txt", text)
         files[dest.name] = {"sha256": sha256_file(dest)}
     (out / STATION_LIST_NAME).write_text(format_station_list(syn.station_rows))
-    return {"source": "synthetic", "era5": str(era5), "synthetic": spec.get("synthetic", {}), "files": files}
-
-
-FETCHERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "http": lambda spec, inputs, out: fetch_http(spec, out),
-    "local": fetch_local,
-    "synthetic": fetch_synthetic,
-}
+    return {"source": "synthetic", "era5": str(era5), "synthetic": dataclasses.asdict(opts.synthetic), "files": files}

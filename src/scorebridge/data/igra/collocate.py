@@ -1,7 +1,7 @@
 """Radiosondes on an ERA5 grid: the soundings inside the grid, matched to its times.
 
-`scorebridge igra-collocate --spec JSON --igra X.zarr --era5 Y.zarr --out Z.zarr` keeps
-the IGRA levels that the super-resolution stages can use as point observations:
+`collocate_stores(spec, igra, era5, out)` (`scorebridge igra-collocate`) keeps the IGRA
+levels that the super-resolution stages can use as point observations:
 
 1. the sounding's station lies inside the ERA5 grid's box (latitude and longitude
    between the first and last grid coordinates; longitudes compared in the grid's own
@@ -20,60 +20,31 @@ decreasing pressure): ``station``, ``time`` (ERA5 time), ``time_index``, ``latit
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..config import parse_spec
-from ..errors import ConfigError, InputError
-from ..io import atomic_path
-from ..provenance import package_versions
+from ...errors import ConfigError, InputError
+from ...io import atomic_path, open_store, strings_as_object
+from ...provenance import package_versions
+from .options import CollocateOptions, collocate_options
 
-__all__ = ["G0", "open_zarr", "strings_as_object", "era5_grid", "collocate", "open_obs", "collocate_cli"]
+__all__ = ["G0", "era5_grid", "collocate", "collocate_stores", "open_obs"]
 
 log = logging.getLogger(__name__)
 
 G0 = 9.80665  # m s-2: geopotential = G0 * geopotential height (WMO definition)
 
 
-def open_zarr(path, **kw):
-    """xr.open_zarr without consolidated metadata, quiet about the `.snakemake_timestamp`
-    marker Snakemake leaves in directory outputs."""
-    import warnings
-
-    import xarray as xr
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
-        return xr.open_zarr(path, consolidated=False, **kw)
-
-
-def _open(path: Path, what: str):
-    if not Path(path).exists():
-        raise InputError(f"{what} zarr not found", path)
-    try:
-        return open_zarr(path)
-    except Exception as err:  # not a zarr store, or a broken one
-        raise InputError(f"cannot open as a {what} zarr store: {err}", path) from None
-
-
-def strings_as_object(ds):
-    """Variables stored as zarr v3 `string` (read back as numpy StringDType) as object arrays
-    of str, which every numpy/xarray/pandas operation accepts (e.g. `where` with NaN)."""
-    for name, var in ds.variables.items():
-        if var.dtype.kind == "T":
-            ds[name] = var.astype(object)
-    return ds
-
-
 def open_obs(path):
     """The collocated obs (small: loaded into memory), strings as object arrays."""
-    return strings_as_object(_open(Path(path), "collocated obs").load())
+    return strings_as_object(open_store(Path(path), "collocated obs").load())
 
 
 def era5_grid(ds, path="ERA5") -> dict:
@@ -204,42 +175,36 @@ def _json_attr(ds, name: str):
         return str(ds.attrs.get(name))
 
 
-def collocate_cli(argv: list[str]) -> int:
-    """`scorebridge igra-collocate --spec JSON --igra X.zarr --era5 Y.zarr --out Z.zarr`."""
-    p = argparse.ArgumentParser(prog="scorebridge igra-collocate", description="soundings inside an ERA5 grid, matched to its times")
-    p.add_argument("--spec", required=True, help="the IGRA dataset's config entry as JSON (uses collocate.tolerance_hours)")
-    p.add_argument("--igra", required=True, help="IGRA zarr (scorebridge igra-ingest)")
-    p.add_argument("--era5", required=True, help="ERA5 zarr (data contract)")
-    p.add_argument("--out", required=True, help="collocated obs zarr to write")
-    args = p.parse_args(argv)
-    spec = parse_spec(args.spec)
-    tol = (spec.get("collocate") or {}).get("tolerance_hours", 3)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool):
-        raise ConfigError("collocate.tolerance_hours", f"expected a number of hours, got {tol!r}")
-    igra = _open(Path(args.igra), "IGRA")
-    era5 = _open(Path(args.era5), "ERA5")
-    grid = era5_grid(era5, args.era5)
-    out = collocate(igra, grid, float(tol))
-    out.attrs["provenance"] = json.dumps(
+def collocate_stores(spec: CollocateOptions | Mapping, igra: str | os.PathLike, era5: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Collocate the IGRA zarr `igra` with the grid of the ERA5 zarr `era5` as the
+    `collocate` block `spec` says (options, or a dict the schema fills) and write the
+    collocated obs to `out` (atomically), with provenance; return the summary."""
+    opts = collocate_options(spec)
+    tol = float(opts.tolerance_hours)
+    igra_ds = open_store(Path(igra), "IGRA")
+    era5_ds = open_store(Path(era5), "ERA5")
+    grid = era5_grid(era5_ds, era5)
+    out_ds = collocate(igra_ds, grid, tol)
+    out_ds.attrs["provenance"] = json.dumps(
         {
-            "igra": str(args.igra),
-            "era5": str(args.era5),
-            "tolerance_hours": float(tol),
+            "igra": str(igra),
+            "era5": str(era5),
+            "tolerance_hours": tol,
             "era5_grid": {
                 "latitude": grid["lat"],
                 "longitude": grid["lon"],
                 "levels_hpa": grid["levels_hpa"].tolist(),
                 "times": [str(grid["times"][0]), str(grid["times"][-1]), len(grid["times"])],
             },
-            "igra_provenance": _json_attr(igra, "provenance"),
-            "era5_provenance": _json_attr(era5, "provenance"),
+            "igra_provenance": _json_attr(igra_ds, "provenance"),
+            "era5_provenance": _json_attr(era5_ds, "provenance"),
             "package_versions": package_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out) as tmp:
         enc = {"time": {"units": "seconds since 1900-01-01", "dtype": "int64"},
                "launch_time": {"units": "seconds since 1900-01-01", "dtype": "int64"}}
-        out.to_zarr(tmp, mode="w", encoding=enc, consolidated=False)
-    log.info("collocated %s on %s: %s -> %s", args.igra, args.era5, out.attrs["summary"], args.out)
-    return 0
+        out_ds.to_zarr(tmp, mode="w", encoding=enc, consolidated=False)
+    log.info("collocated %s on %s: %s -> %s", igra, era5, out_ds.attrs["summary"], out)
+    return json.loads(out_ds.attrs["summary"])

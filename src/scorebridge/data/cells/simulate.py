@@ -28,7 +28,7 @@ python floats, numpy arrays or torch tensors with ``requires_grad`` (for maximum
 likelihood fitting); the result has the type of ``x``. This module never imports
 torch itself (the data commands stay light).
 
-Output file (``scorebridge cells-simulate --spec JSON --out X.npz``): an ``.npz`` with
+Output file (``scorebridge cells-simulate --spec JSON --out X.npz``, `write_snapshots_npz`): an ``.npz`` with
 one array per time point, ``t0 .. t{K-1}`` of shape (n_k, d) float64, ``times`` (K,),
 ``features`` (d,) names, and ``true_parameters``: a JSON string
 ``{"system", "drift": θ, "sigma", "noise", "initial", "dt", "seed"}``, which
@@ -37,18 +37,17 @@ one array per time point, ``t0 .. t{K-1}`` of shape (n_k, d) float64, ``times`` 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..config import parse_spec
-from ..errors import ConfigError
-from ..io import atomic_path
+from ...errors import ConfigError
+from ...io import atomic_path
+from .options import SimulateOptions, simulate_options
 
 __all__ = [
     "DRIFTS",
@@ -63,7 +62,6 @@ __all__ = [
     "resolve_simulation",
     "simulate",
     "write_snapshots_npz",
-    "simulate_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,19 +160,20 @@ def _key(*parts: str) -> str:
     return ".".join(("simulate",) + parts)
 
 
-def resolve_simulation(sim: dict) -> dict:
-    """The simulation settings with system defaults filled in and checked; ConfigError names the key.
+def resolve_simulation(sim: SimulateOptions | Mapping) -> dict:
+    """The simulation settings (the `simulate` block: options, or a dict the schema fills)
+    with the system's defaults in place of nulls, checked; ConfigError names the key.
 
     Returns {system, drift (θ), sigma, noise, initial {mean, std}, times, n_cells (list per time),
     dt, seed, features}.
     """
-    sim = dict(sim or {})
-    system = sim.get("system", "lotka_volterra")
+    opts = simulate_options(sim)
+    system = opts.system
     if system not in DRIFTS:
         raise ConfigError(_key("system"), f"unknown system '{system}'; known: {sorted(DRIFTS)}")
     defaults = SYSTEM_DEFAULTS[system]
     params = copy.deepcopy(DEFAULT_PARAMS[system])
-    for name, value in (sim.get("params") or {}).items():
+    for name, value in opts.params.items():
         if name not in params:
             raise ConfigError(_key("params", name), f"unknown parameter of '{system}'; known: {sorted(params)}")
         params[name] = value
@@ -187,26 +186,24 @@ def resolve_simulation(sim: dict) -> dict:
             params["b"] = [0.0] * d
         if np.asarray(params["b"]).shape != (d,):
             raise ConfigError(_key("params", "b"), f"expected {d} values to match A ({d}x{d})")
-    times = sim.get("times")
-    times = list(defaults["times"] if times is None else times)
+    times = list(defaults["times"] if opts.times is None else opts.times)
     if len(times) < 2:
         raise ConfigError(_key("times"), "need at least two snapshot times")
     if any(not math.isfinite(t) for t in times) or any(b <= a for a, b in zip(times, times[1:])):
         raise ConfigError(_key("times"), f"times must be finite and strictly increasing, got {times}")
     if times[0] < 0:
         raise ConfigError(_key("times"), f"times start at the initial distribution (t = 0); got {times[0]} < 0")
-    n_cells = sim.get("n_cells", 200)
+    n_cells = opts.n_cells
     n_cells = [int(n_cells)] * len(times) if np.isscalar(n_cells) else [int(n) for n in n_cells]
     if len(n_cells) != len(times):
         raise ConfigError(_key("n_cells"), f"{len(n_cells)} counts for {len(times)} times")
     if min(n_cells) < 1:
         raise ConfigError(_key("n_cells"), "every snapshot needs at least one cell")
-    sigma = sim.get("sigma")
-    sigma = float(defaults["sigma"] if sigma is None else sigma)
+    sigma = float(defaults["sigma"] if opts.sigma is None else opts.sigma)
     if sigma < 0:
         raise ConfigError(_key("sigma"), f"must be >= 0, got {sigma}")
     initial = dict(defaults["initial"])
-    for k, v in (sim.get("initial") or {}).items():
+    for k, v in opts.initial.items():
         if v is not None:
             initial[k] = v
     for k in ("mean", "std"):
@@ -215,7 +212,7 @@ def resolve_simulation(sim: dict) -> dict:
             raise ConfigError(_key("initial", k), f"expected 1 or {d} values")
     if NOISE[system] == "multiplicative" and min(initial["mean"]) <= 0:
         raise ConfigError(_key("initial", "mean"), f"'{system}' needs positive initial populations")
-    dt = float(sim.get("dt", 0.01))
+    dt = float(opts.dt)
     if dt <= 0:
         raise ConfigError(_key("dt"), f"must be > 0, got {dt}")
     features = FEATURES[system] if system != "ou" else [f"x{i + 1}" for i in range(d)]
@@ -228,7 +225,7 @@ def resolve_simulation(sim: dict) -> dict:
         "times": [float(t) for t in times],
         "n_cells": n_cells,
         "dt": dt,
-        "seed": int(sim.get("seed", 0)),
+        "seed": int(opts.seed),
         "features": features,
     }
 
@@ -241,8 +238,9 @@ def _initial(setting: dict, n: int, rng: np.random.Generator) -> np.ndarray:
     return mean + std * z
 
 
-def simulate(sim: dict) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    """Simulate independent snapshots; returns (snapshots [(n_k, d)], times (K,), resolved settings).
+def simulate(sim: SimulateOptions | Mapping) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """Simulate independent snapshots of the `simulate` block `sim` (options, or a dict the
+    schema fills); returns (snapshots [(n_k, d)], times (K,), resolved settings).
 
     Euler-Maruyama, X_{j+1} = X_j + f(X_j) h + g(X_j) √h ξ_j, with step h = dt (shortened to
     land exactly on each snapshot time). Snapshot k's cells form their own batch, started
@@ -281,18 +279,3 @@ def write_snapshots_npz(path, snaps: list[np.ndarray], times, true_parameters: d
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
             np.savez(f, **arrays)
-
-
-def simulate_cli(argv: list[str]) -> int:
-    """`scorebridge cells-simulate --spec JSON --out X.npz`: the `simulate` block of a cells entry."""
-    parser = argparse.ArgumentParser(prog="scorebridge cells-simulate", description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", required=True, help="the cells dataset's config entry as JSON (uses its `simulate` block)")
-    parser.add_argument("--out", required=True, help="output .npz")
-    args = parser.parse_args(argv)
-    spec = parse_spec(args.spec)
-    sim = spec.get("simulate", spec)
-    snaps, times, s = simulate(sim)
-    truth = {k: s[k] for k in ("system", "drift", "sigma", "noise", "initial", "dt", "seed")}
-    write_snapshots_npz(args.out, snaps, times, truth, s["features"])
-    log.info("simulated %s: %d snapshots at t=%s, %s cells, %d features -> %s", s["system"], len(snaps), s["times"], s["n_cells"], snaps[0].shape[1], args.out)
-    return 0

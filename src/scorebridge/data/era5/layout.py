@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ConfigError, InputError
+from ...errors import ConfigError, InputError
+from .options import Era5Options, era5_options
 
 __all__ = [
     "PRESSURE_LEVEL_NAMES",
@@ -91,47 +91,48 @@ _KEEP_ATTRS = ("units", "long_name", "standard_name")
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """What to keep: the config keys of one ERA5 dataset, checked."""
+    """What to keep: the config keys of one ERA5 dataset, checked (`from_spec`)."""
 
     variables: tuple[str, ...]
-    levels: tuple[float, ...] = ()
-    area: tuple[float, float, float, float] | None = None  # north, west, south, east
-    start: np.datetime64 | None = None  # inclusive
-    end: np.datetime64 | None = None  # exclusive (the day after the `end` date)
-    hours: tuple[int, ...] | None = None
-    member: int | None = None
-    grid: float | None = None
+    levels: tuple[float, ...]  # empty: every level
+    area: tuple[float, float, float, float] | None  # north, west, south, east
+    start: np.datetime64 | None  # inclusive
+    end: np.datetime64 | None  # exclusive (the day after the `end` date)
+    hours: tuple[int, ...] | None
+    member: int | None
+    grid: float | None
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Selection":
-        variables = tuple(spec.get("variables") or ())
+    def from_spec(cls, spec: Era5Options | Mapping) -> "Selection":
+        """The selection of an ERA5 entry (options, or a dict the schema fills)."""
+        opts = era5_options(spec)
+        variables = tuple(opts.variables)
         if not variables:
             raise ConfigError("variables", "at least one variable is needed")
         if len(set(variables)) != len(variables):
             raise ConfigError("variables", f"duplicated names in {list(variables)}")
-        levels = tuple(float(x) for x in spec.get("levels") or ())
+        levels = tuple(float(x) for x in opts.levels)
         if any(not (0 < x <= 1100) for x in levels):
             raise ConfigError("levels", f"pressure levels must be in (0, 1100] hPa; got {list(levels)}")
-        area = spec.get("area")
+        area = opts.area
         if area is not None:
             north, west, south, east = (float(x) for x in area)
             if not (-90 <= south <= north <= 90):
                 raise ConfigError("area", f"[north, west, south, east] needs -90 <= south <= north <= 90; got {area}")
             area = (north, west, south, east)
-        dates = spec.get("dates") or {}
-        start = _parse_date(dates.get("start"), "dates.start")
-        end = _parse_date(dates.get("end"), "dates.end")
+        dates = opts.dates
+        start = _parse_date(dates["start"], "dates.start")
+        end = _parse_date(dates["end"], "dates.end")
         if start is not None and end is not None and end < start:
             raise ConfigError("dates", f"empty date range: end {dates['end']} is before start {dates['start']}")
         end_excl = None if end is None else end + np.timedelta64(1, "D")
-        hours = spec.get("hours")
-        hours = None if hours is None else tuple(sorted({int(h) for h in hours}))
+        hours = None if opts.hours is None else tuple(sorted({int(h) for h in opts.hours}))
         if hours is not None and not hours:
             raise ConfigError("hours", "empty list: no hour of day would be kept (null keeps all)")
-        grid = spec.get("grid")
+        grid = opts.grid
         if grid is not None and float(grid) <= 0:
             raise ConfigError("grid", f"grid spacing must be positive; got {grid}")
-        member = spec.get("member")
+        member = opts.member
         return cls(variables, levels, area, start, end_excl, hours, None if member is None else int(member), None if grid is None else float(grid))
 
 
