@@ -61,8 +61,10 @@ def select_by_inner_loo(snaps, times, train: list[int], reference: str, seed: in
     interior training snapshot from the other training snapshots. Returns (spec, scores)."""
     import torch
 
+    from scorebridge import options
     from scorebridge.bridge.fit import fit_bridge
     from scorebridge.bridge.metrics import wasserstein1
+    from scorebridge.bridge.options import ModelOptions
 
     cands = candidates(reference)
     scores: dict[str, list[float]] = {name: [] for name, _ in cands}
@@ -73,7 +75,7 @@ def select_by_inner_loo(snaps, times, train: list[int], reference: str, seed: in
         for name, spec in cands:
             key = json.dumps({k: v for k, v in spec.items() if k != "predict"}, sort_keys=True)
             if key not in fits:
-                fits[key] = fit_bridge([snaps[k] for k in sub], [times[k] for k in sub], spec, seed=seed)
+                fits[key] = fit_bridge([snaps[k] for k in sub], [times[k] for k in sub], options.build(ModelOptions, spec), seed=seed)
             gen = torch.Generator().manual_seed(seed * 1000 + h)
             pred = fits[key].bridge.sample_at(times[h], snaps[h].shape[0], gen, **spec["predict"]).numpy()
             scores[name].append(wasserstein1(pred, snaps[h]))
@@ -86,7 +88,12 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from scorebridge import options
     from scorebridge.bridge.evaluate import leave_one_out
+    from scorebridge.bridge.options import BaselinesOptions, ModelOptions, VanillaOptions
+
+    baselines = options.build(BaselinesOptions, {"methods": ["previous", "mccann", "otcfm"]})
+    vanilla = options.build(VanillaOptions, {})
 
     p = argparse.ArgumentParser()
     p.add_argument("--reference", default="linear", choices=["brownian", "linear", "potential"])
@@ -114,7 +121,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         for seed in a.seeds:
             if not a.select:
-                ev = leave_one_out(snaps, times, model, {"methods": ["previous", "mccann", "otcfm"]}, holdout, seed=seed)
+                ev = leave_one_out(snaps, times, options.build(ModelOptions, model), baselines, vanilla, holdout, seed=seed)
                 per_seed.append(ev.metrics)
                 continue
             merged: dict = {}
@@ -123,7 +130,7 @@ def main(argv=None) -> int:
                 spec, info = select_by_inner_loo(snaps, times, train, a.reference, seed)
                 print(f"seed {seed}, hold out {held}: chose {info['chosen']} (inner W1 {info['inner_w1'][info['chosen']]:.3f})", flush=True)
                 results.setdefault("selection", []).append({"split": name, "seed": seed, "held": held, **info})
-                ev = leave_one_out(snaps, times, spec, {"methods": ["previous", "mccann", "otcfm"]}, [held], seed=seed)
+                ev = leave_one_out(snaps, times, options.build(ModelOptions, spec), baselines, vanilla, [held], seed=seed)
                 for k, v in ev.metrics.items():
                     merged.setdefault(k, []).append(v)
             # per-time metrics come from one split each; means and times average over the splits

@@ -39,7 +39,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from scorebridge import options
     from scorebridge.bridge.evaluate import leave_one_out
+    from scorebridge.bridge.options import BaselinesOptions, ModelOptions, VanillaOptions
     from scorebridge.data.cells.read import read_snapshots
 
     p = argparse.ArgumentParser()
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
         baselines = {"methods": ["previous", "mccann", "otcfm"]} if i == 0 else {"methods": []}
         for seed in a.seeds:
             start = time.process_time()
-            ev = leave_one_out(snaps, times, spec, baselines, "loo", seed=seed)
+            ev = leave_one_out(snaps, times, options.build(ModelOptions, spec), options.build(BaselinesOptions, baselines), options.build(VanillaOptions, {}), "loo", seed=seed)
             cpu = time.process_time() - start
             rows.setdefault(f"model: {name}", []).append(ev.metrics["w1/model/mean"])
             rows.setdefault(f"vanilla SB ({name.split(',')[0]})", []).append(ev.metrics["w1/vanilla_sb/mean"])

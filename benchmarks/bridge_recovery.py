@@ -24,8 +24,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from scorebridge import options
     from scorebridge.bridge.evaluate import parameter_recovery
     from scorebridge.bridge.fit import fit_bridge
+    from scorebridge.bridge.options import ModelOptions
     from scorebridge.data.cells.simulate import simulate
 
     p = argparse.ArgumentParser()
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
         snaps, times, setting = simulate({"system": system})
         spec = {"reference": {"class": "parametric", "drift": system, "noise": setting["noise"], "sigma": {"init": 0.3, "learn": True, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
         cpu0 = time.process_time()
-        res = fit_bridge(snaps, times, spec, callback=lambda i, r: print(f"  {system} it {i}: {r['seconds']:.1f} s", {k: round(v, 4) for k, v in r["params"].items()}, flush=True))
+        res = fit_bridge(snaps, times, options.build(ModelOptions, spec), callback=lambda i, r: print(f"  {system} it {i}: {r['seconds']:.1f} s", {k: round(v, 4) for k, v in r["params"].items()}, flush=True))
         cpu = time.process_time() - cpu0
         rec = parameter_recovery(res, {"drift": setting["drift"], "sigma": setting["sigma"]})
         sigma_ml = res.history[-1].get("sigma_fitted", res.reference.sigma.detach().tolist())  # before the debias
