@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from scorebridge.config import load_config  # noqa: E402
 from scorebridge.sr.data import load_fields, open_era5, split_times  # noqa: E402
 from scorebridge.sr.edm import edm_sigmas  # noqa: E402
+from scorebridge.sr.options import resolve_spec  # noqa: E402
 from scorebridge.sr.prior import load_prior  # noqa: E402
 from scorebridge.sr.train import train_prior  # noqa: E402
 
@@ -87,14 +88,15 @@ def main() -> int:
         spec["train"]["model"] = dict(spec["train"]["model"], base=args.base)
     ckpt = out / "sr_prior.pt"
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    summary = train_prior(spec, args.era5, None, ckpt)
+    exp = resolve_spec(spec)
+    summary = train_prior(exp, args.era5, None, ckpt)
     c1 = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter() - t0
     cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
 
     prior = load_prior(ckpt, "cpu")
     ds = open_era5(args.era5)
-    _, test_idx = split_times(ds, spec)
+    _, test_idx = split_times(ds, exp.train.split)
     truth = load_fields(ds, prior.channels, test_idx, prior.normalisation)
     t1 = time.perf_counter()
     samples = heun_samples(prior, args.samples, truth.shape[-2:], seed=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ from scorebridge.core.ema import EMA, ema_decay
 from scorebridge.core.seed import derive_seed, rng_state, seed_everything, set_rng_state, step_generator
 from scorebridge.core.train import TrainOptions, fit, lr_factor
 from scorebridge.errors import ConfigError, InputError
-
+from scorebridge.options import build
 
 # --- EMA ---------------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ def test_shard_covers_batch():
 
 
 def test_lr_schedule():
-    opts = TrainOptions(steps=100, lr_warmup=10, lr_min_factor=0.1)
+    opts = build(TrainOptions, {"steps": 100, "lr_warmup": 10})  # cosine to LR_MIN_FACTOR = 0.1
     assert lr_factor(0, opts) == pytest.approx(0.1)
     assert lr_factor(9, opts) == pytest.approx(1.0)
     assert lr_factor(10, opts) == pytest.approx(1.0)
@@ -213,7 +214,7 @@ def _regression(seed=0):
 
 
 def test_fit_decreases_loss_and_resumes_exactly(tmp_path):
-    opts = TrainOptions(steps=60, batch_size=8, lr=1e-2, lr_warmup=5, checkpoint_every=20, log_every=10, ema_decay=0.9)
+    opts = build(TrainOptions, {"steps": 60, "batch_size": 8, "lr": 1e-2, "lr_warmup": 5, "checkpoint_every": 20, "log_every": 10, "ema": {"decay": 0.9}})
     ident = {"what": "regression"}
     seen = []
     model, loss_fn = _regression()
@@ -226,7 +227,7 @@ def test_fit_decreases_loss_and_resumes_exactly(tmp_path):
     # the same run again, keeping every checkpoint; then forget everything after step 20 and resume
     m3, lf3 = _regression()
     torch.manual_seed(123)  # the global RNG state must not matter
-    fit(m3, lf3, TrainOptions(**{**opts.__dict__, "keep_checkpoints": 0}), device=torch.device("cpu"), identity=ident, checkpoint_dir=tmp_path / "b")
+    fit(m3, lf3, dataclasses.replace(opts, keep_checkpoints=0), device=torch.device("cpu"), identity=ident, checkpoint_dir=tmp_path / "b")
     for s, p in list_checkpoints(tmp_path / "b"):
         if s > 20:
             p.unlink()
@@ -255,4 +256,4 @@ def test_fit_rejects_nonfinite_loss():
         return m(torch.full((2, 2), float("nan"))).mean()
 
     with pytest.raises(FloatingPointError, match="step 0"):
-        fit(model, loss_fn, TrainOptions(steps=3, batch_size=2), device=torch.device("cpu"), identity={})
+        fit(model, loss_fn, build(TrainOptions, {"steps": 3, "batch_size": 2}), device=torch.device("cpu"), identity={})

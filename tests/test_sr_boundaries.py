@@ -7,8 +7,10 @@ import pytest
 import torch
 import xarray as xr
 
+from scorebridge import options
 from scorebridge.errors import ConfigError
 from scorebridge.sr.data import FieldBatcher, normalisation_of, open_era5, resolve_channels, write_toy_era5
+from scorebridge.sr.options import ModelOptions, resolve_spec
 from scorebridge.sr.prior import build_denoiser
 from scorebridge.sr.train import resolve_periodic
 from scorebridge.sr.unet import UNet
@@ -78,6 +80,10 @@ def test_zeros_padding_matches_plain_conv2d_weights():
     torch.testing.assert_close(conv(x), plain(x))
 
 
+def _model(section: dict) -> ModelOptions:
+    return options.build(ModelOptions, section)
+
+
 def _with_lon(path, lon):
     ds = xr.open_zarr(path, consolidated=False).load()
     ds = ds.assign_coords(longitude=lon)
@@ -89,18 +95,18 @@ def _with_lon(path, lon):
 def test_resolve_periodic(tmp_path):
     path = write_toy_era5(tmp_path / "toy.zarr", ntime=4, nlat=8, nlon=16, seed=0)
     regional = open_era5(path)
-    assert resolve_periodic(regional, {"periodic": "auto"}, None) == []
+    assert resolve_periodic(regional, _model({"periodic": "auto"}), None) == []
     glob = _with_lon(path, np.arange(16) * 22.5 - 180.0)  # 16 x 22.5 degrees = the whole circle
-    assert resolve_periodic(glob, {"periodic": "auto"}, None) == ["longitude"]
-    assert resolve_periodic(glob, {"periodic": "auto"}, [4, 8]) == []  # crops narrower than the circle have edges
-    assert resolve_periodic(glob, {"periodic": "auto"}, [4, 16]) == ["longitude"]
-    assert resolve_periodic(regional, {"periodic": ["longitude", "latitude"]}, None) == ["latitude", "longitude"]
+    assert resolve_periodic(glob, _model({"periodic": "auto"}), None) == ["longitude"]
+    assert resolve_periodic(glob, _model({"periodic": "auto"}), [4, 8]) == []  # crops narrower than the circle have edges
+    assert resolve_periodic(glob, _model({"periodic": "auto"}), [4, 16]) == ["longitude"]
+    assert resolve_periodic(regional, _model({"periodic": ["longitude", "latitude"]}), None) == ["latitude", "longitude"]
     with pytest.raises(ConfigError, match="periodic"):
-        resolve_periodic(regional, {"periodic": ["latitude"]}, [4, 16])
-    den = build_denoiser(2, {"base": 8, "mults": [1], "periodic": ["longitude"]}, 1.0)
+        resolve_periodic(regional, _model({"periodic": ["latitude"]}), [4, 16])
+    den = build_denoiser(2, _model({"base": 8, "mults": [1], "periodic": ["longitude"]}), 1.0)
     assert den.net.periodic == (False, True)
     with pytest.raises(ConfigError, match="periodic"):
-        build_denoiser(2, {"base": 8, "periodic": ["height"]}, 1.0)
+        build_denoiser(2, _model({"base": 8, "periodic": ["height"]}), 1.0)
 
 
 def test_random_shift_rolls_whole_samples(tmp_path):
@@ -142,13 +148,13 @@ def test_anomalies_training_stores_the_time_mean_field(tmp_path):
     path = write_toy_era5(tmp_path / "toy.zarr", ntime=8, nlat=8, nlon=12, seed=4)
     spec = {"era5": "toy", "seed": 0, "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "threads": 1, "anomalies": True,
                                                  "model": {"base": 8, "mults": [1, 2]}}}
-    train_prior(spec, path, None, tmp_path / "ck.pt")
+    train_prior(resolve_spec(spec), path, None, tmp_path / "ck.pt")
     prior = load_prior(tmp_path / "ck.pt", "cpu")
     ds = open_era5(path)
     ch = resolve_channels(ds)
-    tr, _ = split_times(ds, spec)
+    tr, _ = split_times(ds, resolve_spec(spec).train.split)
     want = load_fields(ds, ch, tr, normalisation_of(ds, ch)).mean(0)
     np.testing.assert_allclose(prior.denoiser.offset.numpy(), want, atol=1e-5)
     assert np.abs(want).max() > 0.1  # a non-trivial mean field
     with pytest.raises(ConfigError, match="anomalies"):
-        train_prior({**spec, "train": {**spec["train"], "crop": 4}}, path, None, tmp_path / "ck2.pt")
+        train_prior(resolve_spec({**spec, "train": {**spec["train"], "crop": 4}}), path, None, tmp_path / "ck2.pt")

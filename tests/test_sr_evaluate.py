@@ -67,6 +67,7 @@ def _obs(path, ds, n_stations=6, seed=1, extra=None):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """ERA5 + obs + a prior trained for a few steps (shared by the tests of this module)."""
+    from scorebridge.sr.options import resolve_spec
     from scorebridge.sr.train import train_prior
 
     d = tmp_path_factory.mktemp("sr")
@@ -74,7 +75,7 @@ def tiny(tmp_path_factory):
     _obs(d / "obs.zarr", ds)
     spec = {"era5": "tiny", "seed": 0, "train": {"steps": 20, "batch_size": 4, "log_every": 10, "checkpoint_every": 0, "threads": 1, "model": {"base": 8, "mults": [1, 2]}, "split": {"train_fraction": 0.75, "validation": 2}}}
     os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
-    train_prior(spec, d / "era5.zarr", None, d / "checkpoint.pt")
+    train_prior(resolve_spec(spec), d / "era5.zarr", None, d / "checkpoint.pt")
     spec["sample"] = {"members": 3, "steps": 4, "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0]}}
     return d, spec
 
@@ -99,8 +100,9 @@ def test_cli_sample_and_evaluate(tiny):
     assert len(sampling["withheld_stations"]) == 2  # round(0.25 * 6)
     # the spread is calibrated on the validation block: the last 2 times of the training period, not trained on
     from scorebridge.sr.data import open_era5, split_times
+    from scorebridge.sr.options import resolve_spec
 
-    train_idx, val_idx, test_idx = split_times(open_era5(d / "era5.zarr"), spec, validation=True)
+    train_idx, val_idx, test_idx = split_times(open_era5(d / "era5.zarr"), resolve_spec(spec).train.split, validation=True)
     era5_times = xr.open_zarr(d / "era5.zarr", consolidated=False)["time"].values
     assert sampling["calibration"]["on"] == "validation" and len(val_idx) == 2 and val_idx[0] > train_idx[-1]
     assert sampling["calibration"]["times"] == [str(t) for t in era5_times[val_idx].astype("datetime64[s]")]
@@ -145,7 +147,9 @@ def test_sample_bad_input(tiny, tmp_path):
 
 
 def test_outside_and_all_missing_soundings(tiny, tmp_path):
-    from scorebridge.sr.posterior import read_obs, radiosonde_observation
+    from scorebridge import options
+    from scorebridge.sr.observations import radiosonde_observation, read_obs
+    from scorebridge.sr.options import RadiosondeOptions
 
     d, _ = tiny
     ds = xr.open_zarr(d / "era5.zarr", consolidated=False)
@@ -157,10 +161,10 @@ def test_outside_and_all_missing_soundings(tiny, tmp_path):
     chans = [("t", 850.0), ("t", 500.0), ("u", 850.0), ("u", 500.0)]
     std = np.ones(4, np.float32)
     cfg = {"sigma_y": {"t": 0.5}, "sigma_y_relative": 0.1, "gamma": 0.1}
-    ob, info = radiosonde_observation(table, ds.time.values[:2], chans, ds.latitude.values, ds.longitude.values, std, cfg)
+    ob, info = radiosonde_observation(table, ds.time.values[:2], chans, ds.latitude.values, ds.longitude.values, std, options.build(RadiosondeOptions, cfg))
     assert info["n_outside_horizontal"] == 2 and info["n_all_missing_soundings"] == 1 and info["n_missing"] >= 2
     assert ob.y.shape[0] == 2 and int(ob.mask().sum()) == info["n_used"]
     # t uses its physical sigma_y, u the relative one (0.1 x std = 0.1 here)
     assert np.allclose(sorted(set(np.round(ob.sigma_y[ob.mask()].numpy().astype(float), 4))), [0.1, 0.5])
     with pytest.raises(Exception, match="FAR"):
-        radiosonde_observation(table, ds.time.values[:1], chans, ds.latitude.values, ds.longitude.values, std, {**cfg, "outside": "error"})
+        radiosonde_observation(table, ds.time.values[:1], chans, ds.latitude.values, ds.longitude.values, std, options.build(RadiosondeOptions, {**cfg, "outside": "error"}))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from scorebridge.errors import ConfigError, InputError
-from scorebridge.sr.operators import CoarseGrain, Observation, PointObs, build_point_obs, coarse_coords, coarse_grain
+from scorebridge.sr.operators import CoarseGrain, Observation, PointObs, coarse_coords, coarse_grain
+from scorebridge.sr.point_obs import build_point_obs
 
 torch.manual_seed(0)
 CHANNELS = [("t", 850.0), ("t", 500.0), ("u", 850.0), ("u", 500.0), ("t2m", None)]

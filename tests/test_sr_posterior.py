@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorebridge.sr.guidance import GaussianPrior
-from scorebridge.sr.operators import CoarseGrain, Observation, PointObs, build_point_obs
-from scorebridge.sr.posterior import inflate, karras_sigmas, posterior_sample
+from scorebridge.sr.calibrate import inflate
+from scorebridge.sr.edm import edm_sigmas
+from scorebridge.sr.operators import CoarseGrain, Observation, PointObs
+from scorebridge.sr.point_obs import build_point_obs
+from scorebridge.sr.prior import GaussianPrior
+from scorebridge.sr.sampler import posterior_sample
 
 H = W = 8
 MEAN, STD = 1.0, 2.0  # physical = MEAN + STD * normalised: exercises the unit conversions
@@ -106,7 +109,7 @@ def test_seeded_and_churn(problem):
 
 
 def test_schedule_and_inflation():
-    s = karras_sigmas(25, 0.002, 80.0)
+    s = edm_sigmas(25, 0.002, 80.0)
     assert len(s) == 26 and s[0] == pytest.approx(80.0) and s[-2] == pytest.approx(0.002) and s[-1] == 0
     ens = np.random.default_rng(0).standard_normal((2, 5, 1, 3, 3)).astype(np.float32)
     inf = inflate(ens, 2.0)

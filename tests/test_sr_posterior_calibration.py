@@ -7,9 +7,11 @@ import pytest
 import torch
 import xarray as xr
 
+from scorebridge import options
 from scorebridge.sr import metrics
-from scorebridge.sr.guidance import GaussianPrior
-from scorebridge.sr.posterior import Conditioner, calibrate, inflate, sample_times
+from scorebridge.sr.calibrate import Conditioner, calibrate, inflate, sample_times
+from scorebridge.sr.options import SampleOptions
+from scorebridge.sr.prior import GaussianPrior
 
 N = 8
 
@@ -30,7 +32,7 @@ def setup():
     cfg = {"members": 8, "steps": 12, "batch_size": 256, "coarse": {"factor": 2, "sigma_y": {"t2m": 0.05}, "gamma": 0.5},
            "calibrate": {"times": 16, "gammas": [0.3, 1.0], "inflation": True, "inflation_range": [0.5, 4.0]}}
     narrow = GaussianPrior(_cov(0.25), (1, N, N))  # a misspecified, too narrow prior: over-confident posteriors
-    cond = Conditioner(ds, [("t2m", None)], np.array([280.0], np.float32), np.array([3.0], np.float32), cfg)
+    cond = Conditioner(ds, [("t2m", None)], np.array([280.0], np.float32), np.array([3.0], np.float32), options.build(SampleOptions, cfg))
     return narrow, cond
 
 
@@ -43,7 +45,7 @@ def test_inflation_calibrated_on_training_times_holds_on_held_out(setup):
     assert row["ssr_raw"] < 0.8 and np.min(cal["inflation"]) > 1.2  # the failure mode is there
     assert row["ssr"] == pytest.approx(1.0, abs=0.02)  # by construction on the calibration times
     truth = cond.truth(test)
-    ens, _, _ = sample_times(prior, cond, test, truth, ["coarse"], 8, seed=3, device="cpu", gamma=cal["gamma"])
+    ens, _, _ = sample_times(prior, cond.with_gamma(cal["gamma"]), test, truth, ["coarse"], 8, seed=3, device="cpu")
     lat = cond.lat
     raw = metrics.spread_skill(ens, truth, lat)[0]
     fixed = metrics.spread_skill(inflate(ens, cal["inflation"]), truth, lat)[0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from scorebridge import options
 from scorebridge.core.seed import step_generator
 from scorebridge.core.train import TrainOptions, fit
 from scorebridge.errors import ConfigError, InputError
@@ -23,6 +24,7 @@ from scorebridge.sr.data import (
     write_toy_era5,
 )
 from scorebridge.sr.edm import EDMPrecond, edm_coefficients, edm_loss, edm_sigmas, loss_weight, sample_sigma
+from scorebridge.sr.options import SplitOptions, resolve_spec
 from scorebridge.sr.prior import load_prior
 from scorebridge.sr.train import train_prior
 from scorebridge.sr.unet import UNet, count_parameters
@@ -126,7 +128,7 @@ def test_training_lowers_the_denoising_loss(toy):
         y = batcher.batch(g, 16)
         return edm_loss(m, y[part], sample_sigma(16, generator=g)[part], torch.randn(y.shape, generator=g)[part])
 
-    _, ema, res = fit(den, loss_fn, TrainOptions(steps=120, batch_size=16, lr=5e-3, lr_warmup=10, ema_decay=0.95), device=torch.device("cpu"), identity={})
+    _, ema, res = fit(den, loss_fn, options.build(TrainOptions, {"steps": 120, "batch_size": 16, "lr": 5e-3, "lr_warmup": 10, "ema": {"decay": 0.95}}), device=torch.device("cpu"), identity={})
     losses = np.array([v for _, v in res.losses])
     assert losses[:10].mean() > 0.8
     assert losses[-30:].mean() < 0.85 * losses[:10].mean()
@@ -160,36 +162,40 @@ def test_channels_and_normalisation(toy):
     assert len(resolve_channels(ds)) == 5
 
 
+def _split(section: dict) -> SplitOptions:
+    return options.build(SplitOptions, section)
+
+
 def test_split_times(toy):
     ds = open_era5(toy)
-    tr, te = split_times(ds, {})
+    tr, te = split_times(ds, _split({}))
     assert tr.tolist() == list(range(12)) and te.tolist() == [12, 13, 14, 15]
-    tr, te = split_times(ds, {"train": {"split": {"train_fraction": 0.5, "gap": 2}}})
+    tr, te = split_times(ds, _split({"train_fraction": 0.5, "gap": 2}))
     assert tr.tolist() == list(range(8)) and te.tolist() == list(range(10, 16))
-    tr, te = split_times(ds, {"train_start": "2020-01-01", "train_end": "2020-01-02"})
+    tr, te = split_times(ds, _split({"train_start": "2020-01-01", "train_end": "2020-01-02"}))
     assert tr.tolist() == list(range(8)) and te.tolist() == list(range(8, 16))
-    tr, te = split_times(ds, {"train_end": "2020-01-02T06:00", "test_start": "2020-01-03T12:00"})
+    tr, te = split_times(ds, _split({"train_end": "2020-01-02T06:00", "test_start": "2020-01-03T12:00"}))
     assert tr.tolist() == list(range(6)) and te.tolist() == list(range(10, 16))
     with pytest.raises(ConfigError, match="both in training and held out"):
-        split_times(ds, {"train_end": "2020-01-03", "test_start": "2020-01-02"})
+        split_times(ds, _split({"train_end": "2020-01-03", "test_start": "2020-01-02"}))
     with pytest.raises(ConfigError, match="no training times"):
-        split_times(ds, {"train_start": "2021-01-01"})
+        split_times(ds, _split({"train_start": "2021-01-01"}))
 
 
 def test_split_times_validation_block(toy):
     """`validation` takes the end of the training period out of training (and `gap` steps before it)."""
     ds = open_era5(toy)
-    tr, va, te = split_times(ds, {"train": {"split": {"validation": 2}}}, validation=True)
+    tr, va, te = split_times(ds, _split({"validation": 2}), validation=True)
     assert tr.tolist() == list(range(10)) and va.tolist() == [10, 11] and te.tolist() == [12, 13, 14, 15]
-    tr, va, te = split_times(ds, {"validation": 3, "gap": 1}, validation=True)
+    tr, va, te = split_times(ds, _split({"validation": 3, "gap": 1}), validation=True)
     assert tr.tolist() == list(range(8)) and va.tolist() == [9, 10, 11] and te.tolist() == [13, 14, 15]
-    tr, te = split_times(ds, {"validation": 3, "gap": 1})  # two-array form: training without validation
+    tr, te = split_times(ds, _split({"validation": 3, "gap": 1}))  # two-array form: training without validation
     assert tr.tolist() == list(range(8))
-    assert len(split_times(ds, {}, validation=True)[1]) == 0
+    assert len(split_times(ds, _split({}), validation=True)[1]) == 0
     with pytest.raises(ConfigError, match="validation"):
-        split_times(ds, {"validation": 12})
+        split_times(ds, _split({"validation": 12}))
     with pytest.raises(ConfigError, match="not a date"):
-        split_times(ds, {"train_start": "yesterday"})
+        split_times(ds, _split({"train_start": "yesterday"}))
 
 
 def test_nan_in_training_fields_is_named(tmp_path):
@@ -244,7 +250,7 @@ def _spec(**train):
 
 def test_train_and_load_prior(toy, tmp_path):
     out = tmp_path / "checkpoint.pt"
-    summary = train_prior(_spec(variables=["t", "u"], crop=8), toy, tmp_path / "ck", out)
+    summary = train_prior(resolve_spec(_spec(variables=["t", "u"], crop=8)), toy, tmp_path / "ck", out)
     assert summary["steps"] == 12 and len(summary["losses"]) == 12 and summary["val_loss"]
     prior = load_prior(out, "cpu")
     assert prior.channels == [("t", 850.0), ("t", 500.0), ("u", 850.0), ("u", 500.0)]
@@ -272,19 +278,17 @@ def test_train_and_load_prior(toy, tmp_path):
 
 
 def test_changed_config_trains_afresh_same_config_resumes(toy, tmp_path):
-    a = train_prior(_spec(variables=["t"]), toy, tmp_path / "ck", tmp_path / "a.pt")
+    a = train_prior(resolve_spec(_spec(variables=["t"])), toy, tmp_path / "ck", tmp_path / "a.pt")
     assert a["resumed_from"] is None
-    again = train_prior(_spec(variables=["t"], steps=15), toy, tmp_path / "ck", tmp_path / "b.pt")
+    again = train_prior(resolve_spec(_spec(variables=["t"], steps=15)), toy, tmp_path / "ck", tmp_path / "b.pt")
     assert again["resumed_from"] == 12  # longer training continues the same run
-    other = train_prior(_spec(variables=["u"]), toy, tmp_path / "ck", tmp_path / "c.pt")
+    other = train_prior(resolve_spec(_spec(variables=["u"])), toy, tmp_path / "ck", tmp_path / "c.pt")
     assert other["resumed_from"] is None  # another config: its own folder, fresh start
     assert len(list((tmp_path / "ck").iterdir())) == 2
 
 
 def test_bad_input_errors(toy, tmp_path):
     from conftest import run_cli
-
-    from scorebridge.sr.train import resolve_spec
 
     # through the CLI: a clean one-line error naming the key, exit 1, no output
     proc = run_cli("sr-train", "--spec", json.dumps(_spec(variables=["nope"])), "--experiment", "x", "--era5", str(toy), "--out", str(tmp_path / "o.pt"), check=False)
@@ -295,9 +299,9 @@ def test_bad_input_errors(toy, tmp_path):
     with pytest.raises(ConfigError, match="train.crop"):
         resolve_spec({"era5": "toy", "train": {"crop": [8]}})
     with pytest.raises(InputError, match="not found"):
-        train_prior(_spec(), tmp_path / "none.zarr", None, tmp_path / "o.pt")
+        train_prior(resolve_spec(_spec()), tmp_path / "none.zarr", None, tmp_path / "o.pt")
     with pytest.raises(ConfigError, match="batch_size"):
-        train_prior(_spec(batch_size=0), toy, None, tmp_path / "o.pt")
+        train_prior(resolve_spec(_spec(batch_size=0)), toy, None, tmp_path / "o.pt")
 
 
 @pytest.mark.slow
@@ -309,7 +313,7 @@ def test_real_era5_ensemble_smoke(shared, tmp_path):
     grib = shared("era5", "era5-levels-members.grib")
     store = ingest({"source": "local", "variables": ["t", "z"], "levels": [850, 500], "hours": [0, 12]}, tmp_path / "real.zarr", [grib])
     spec = _spec(crop=[24, 32], steps=6, checkpoint_every=0, split={"train_fraction": 0.5})
-    summary = train_prior(spec, store, None, tmp_path / "real.pt")
+    summary = train_prior(resolve_spec(spec), store, None, tmp_path / "real.pt")
     assert np.isfinite(summary["final_loss"]) and summary["val_loss"]
     prior = load_prior(tmp_path / "real.pt", "cpu")
     assert prior.channel_names == ["t/850", "t/500", "z/850", "z/500"]

@@ -35,16 +35,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def job_parser(command: str, description: str | None = None, *, spec: bool = True):
+def job_parser(command: str, description: str | None = None, *, spec: bool = True, experiment_default: str | None = None):
     """An argparse parser for `scorebridge <command>` with the arguments every job shares:
-    `--spec` (the rule's validated config entry as JSON), `--experiment` (its name) and
-    `--experiments` (the MLflow experiments map from tracking-init; omitted: untracked)."""
+    `--spec` (the rule's validated config entry as JSON), `--experiment` (its name; optional
+    when `experiment_default` is given) and `--experiments` (the MLflow experiments map from
+    tracking-init; omitted: untracked)."""
     import argparse
 
     p = argparse.ArgumentParser(prog=f"scorebridge {command}", description=description)
     if spec:
         p.add_argument("--spec", required=True, help="the config entry as JSON (passed by the rule)")
-        p.add_argument("--experiment", required=True, help="the experiment (or dataset) name")
+        if experiment_default is None:
+            p.add_argument("--experiment", required=True, help="the experiment (or dataset) name")
+        else:
+            p.add_argument("--experiment", default=experiment_default, help=f"the experiment (or dataset) name (default {experiment_default})")
         p.add_argument("--experiments", default=None, help="experiments.json from tracking-init (omit: no MLflow run)")
     return p
 

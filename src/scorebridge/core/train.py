@@ -21,58 +21,84 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .checkpoint import check_identity, checkpoint_name, identity_hash, latest_checkpoint, prune_checkpoints, remove_partials, save_checkpoint
+from .. import options
+from ..progress import progress_enabled
+from .checkpoint import (
+    check_identity,
+    checkpoint_name,
+    identity_hash,
+    latest_checkpoint,
+    prune_checkpoints,
+    remove_partials,
+    save_checkpoint,
+)
 from .device import autocast
 from .distributed import DistInfo, all_mean, barrier, shard
 from .ema import EMA
 from .seed import rng_state, set_rng_state
 
-__all__ = ["TrainOptions", "TrainResult", "fit", "progress_enabled"]
+__all__ = ["EMAOptions", "TrainOptions", "TrainResult", "fit", "lr_factor", "LR_MIN_FACTOR"]
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, int, slice], torch.Tensor]
 LogFn = Callable[[int, dict], None]
 
+# the cosine schedule decays to this fraction of `lr` at the last step (not a config key)
+LR_MIN_FACTOR = 0.1
 
-def progress_enabled() -> bool:
-    return os.environ.get("SCOREBRIDGE_NO_PROGRESS", "") not in ("1", "true", "yes")
+
+@options.register
+@dataclass(frozen=True)
+class EMAOptions:
+    """The weight average (`train.ema`): decay after warm-up, start step, warm-up on/off."""
+
+    SCHEMA_PATH = ("sr", "*", "train", "ema")
+    decay: float
+    start: int
+    warmup: bool
 
 
-@dataclass
+@options.register
+@dataclass(frozen=True)
 class TrainOptions:
-    """Options of the optimisation (the schema's `train` keys map onto these)."""
+    """Options of the optimisation: the keys of a `train` section this loop reads (the SR
+    prior's `sr.<name>.train`; `scorebridge.sr.options.SRTrainOptions` adds the rest).
+    No field has a default: build it with `scorebridge.options.build(TrainOptions, section)`.
 
-    steps: int = 1000
-    batch_size: int = 16  # global batch (over all ranks)
-    lr: float = 2e-3
-    lr_warmup: int = 50  # linear warm-up steps
-    lr_decay: str = "cosine"  # "cosine" to lr_min_factor·lr at `steps`, or "constant"
-    lr_min_factor: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm (<= 0: off)
-    ema_decay: float = 0.999
-    ema_start: int = 0
-    ema_warmup: bool = True
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "auto"  # bf16 autocast on CUDA; fp32 on CPU
+    `batch_size` is the global batch (over all ranks); `lr_decay` "cosine" (to
+    `LR_MIN_FACTOR` x lr at `steps`) or "constant"; `grad_clip` the max global gradient
+    norm (<= 0: off); `precision` "auto" (bf16 autocast on CUDA), "bf16" or "fp32".
+    """
+
+    SCHEMA_PATH = ("sr", "*", "train")
+    steps: int
+    batch_size: int
+    lr: float
+    lr_warmup: int
+    lr_decay: str
+    weight_decay: float
+    grad_clip: float
+    ema: EMAOptions
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
+    precision: str
 
     @classmethod
-    def from_dict(cls, spec: dict) -> "TrainOptions":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in spec.items() if k in names})
+    def from_section(cls, section: dict) -> "TrainOptions":
+        """From a validated, default-filled section (`ema` becomes :class:`EMAOptions`)."""
+        kwargs = {f.name: section[f.name] for f in fields(cls)}
+        kwargs["ema"] = EMAOptions(**section["ema"])
+        return cls(**kwargs)
 
 
 @dataclass
@@ -92,7 +118,7 @@ def lr_factor(step: int, opts: TrainOptions) -> float:
         return 1.0
     span = max(1, opts.steps - opts.lr_warmup)
     frac = min(1.0, (step - opts.lr_warmup) / span)
-    return opts.lr_min_factor + (1 - opts.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac))
+    return LR_MIN_FACTOR + (1 - LR_MIN_FACTOR) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def fit(
@@ -117,7 +143,7 @@ def fit(
     ckdir = Path(checkpoint_dir) if checkpoint_dir else None
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, opts))
-    ema = EMA(model, opts.ema_decay, opts.ema_start, opts.ema_warmup)
+    ema = EMA(model, opts.ema.decay, opts.ema.start, opts.ema.warmup)
     result = TrainResult(step=0)
 
     if ckdir is not None:

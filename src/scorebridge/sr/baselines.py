@@ -36,10 +36,10 @@ def haversine(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
-def nearest_station_field(table, times: np.ndarray, channels, lat: np.ndarray, lon: np.ndarray, tol_pa: float = 50.0) -> np.ndarray:
+def nearest_station_field(table, times: np.ndarray, channels, lat: np.ndarray, lon: np.ndarray, tol_pa: float) -> np.ndarray:
     """``[T, C, H, W]`` field of the nearest reporting station's value (NaN where none reported).
 
-    ``table``: an :class:`~scorebridge.sr.posterior.ObsTable` of the conditioning stations.
+    ``table``: an :class:`~scorebridge.sr.observations.ObsTable` of the conditioning stations.
     Single-level channels are left NaN (radiosondes do not observe them).
     """
     T, C, H, W = len(times), len(channels), len(lat), len(lon)
@@ -58,7 +58,7 @@ def nearest_station_field(table, times: np.ndarray, channels, lat: np.ndarray, l
     return out
 
 
-def nearest_station_at(target, source, tol_pa: float = 50.0) -> np.ndarray:
+def nearest_station_at(target, source, tol_pa: float) -> np.ndarray:
     """For each row of ``target`` (withheld observations), the value of the nearest station in
     ``source`` with a finite value of the same variable at the same time and pressure (NaN if none)."""
     pred = np.full(len(target.value), np.nan)

@@ -13,8 +13,9 @@ Public helpers (also used by posterior sampling and evaluation):
   single-level ones contribute one channel with level None.
 - `normalisation_of(ds, channels) -> Normalisation` (mean/std per channel;
   `.normalise(x)` / `.denormalise(x)` for arrays or tensors with channels on axis -3).
-- `split_times(ds, spec) -> (train_idx, test_idx)`: integer indices into `ds.time`;
-  `split_times(ds, spec, validation=True) -> (train_idx, validation_idx, test_idx)`.
+- `split_times(ds, split) -> (train_idx, test_idx)`: integer indices into `ds.time`
+  (`split`: the `train.split` options, `scorebridge.sr.options.SplitOptions`);
+  `split_times(ds, split, validation=True) -> (train_idx, validation_idx, test_idx)`.
 - `load_fields(ds, channels, time_idx, norm=None, member=None) -> np.ndarray`
   (T, C, H, W) float32 (or (T, M, C, H, W) with all members), NaN -> InputError.
 """
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
+from .options import SplitOptions
 
 __all__ = [
     "Channel",
@@ -174,31 +176,22 @@ def normalisation_of(ds, channels: Sequence[Channel]) -> Normalisation:
     return Normalisation(np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
-def _split_spec(spec: dict | None) -> dict:
-    spec = dict(spec or {})
-    if "train" in spec and isinstance(spec["train"], dict):
-        spec = dict(spec["train"])
-    if "split" in spec and isinstance(spec["split"], dict):
-        spec = dict(spec["split"])
-    return spec
-
-
-def split_times(ds, spec: dict | None = None, validation: bool = False) -> tuple[np.ndarray, ...]:
+def split_times(ds, split: SplitOptions, validation: bool = False) -> tuple[np.ndarray, ...]:
     """Training and held-out time indices into `ds.time` (sorted int arrays, disjoint).
 
-    `spec` is the experiment's config entry, its `train` section, or the `split` dict:
-      train_fraction (default 0.75): the first fraction of the times trains (when no
-          train_start/train_end is given);
+    `split` is the experiment's `train.split` options:
+      train_fraction: the first fraction of the times trains (when no train_start/train_end
+          is given);
       train_start / train_end: dates (inclusive, any numpy datetime string) of training;
-      test_start / test_end: dates of the held-out times; default: every time not used
+      test_start / test_end: dates of the held-out times; none: every time not used
           for training that lies more than `gap` time steps from a training time;
-      gap (default 0): time steps left out between training and held-out times
-          (temporal autocorrelation);
-      validation (default 0): the last this many times of the training period are not
-          trained on (nor `gap` steps before them); posterior sampling calibrates its
-          spread on them. Returned as a middle array when `validation=True`.
+      gap: time steps left out between training and held-out times (temporal
+          autocorrelation);
+      validation: the last this many times of the training period are not trained on
+          (nor `gap` steps before them); posterior sampling calibrates its spread on
+          them. Returned as a middle array when `validation=True`.
     """
-    s = _split_spec(spec)
+    s = split
     times = np.asarray(ds["time"].values).astype("datetime64[ns]")
     n = len(times)
     if n == 0:
@@ -215,25 +208,25 @@ def split_times(ds, spec: dict | None = None, validation: bool = False) -> tuple
             hi = hi + np.timedelta64(1, "D") - np.timedelta64(1, "ns")
         return idx[(times >= lo) & (times <= hi)]
 
-    gap = int(s.get("gap") or 0)
-    if s.get("train_start") or s.get("train_end"):
-        train = window(s.get("train_start"), s.get("train_end"), "train_start")
+    gap = int(s.gap or 0)
+    if s.train_start or s.train_end:
+        train = window(s.train_start, s.train_end, "train_start")
     else:
-        frac = float(s.get("train_fraction", 0.75))
+        frac = float(s.train_fraction)
         if not 0 < frac <= 1:
             raise ConfigError("sr.train.split.train_fraction", f"must be in (0, 1], got {frac}")
         train = idx[: max(1, int(np.floor(frac * n)))]
     if len(train) == 0:
         raise ConfigError("sr.train.split", f"no training times in {times.min()}..{times.max()}")
-    if s.get("test_start") or s.get("test_end"):
-        test = window(s.get("test_start"), s.get("test_end"), "test_start")
+    if s.test_start or s.test_end:
+        test = window(s.test_start, s.test_end, "test_start")
         overlap = np.intersect1d(train, test)
         if len(overlap):
             raise ConfigError("sr.train.split", f"{len(overlap)} time(s) both in training and held out, e.g. {times[overlap[0]]}")
     else:
         dist = np.abs(idx[:, None] - train[None, :]).min(axis=1)
         test = idx[dist > gap]
-    nval = int(s.get("validation") or 0)
+    nval = int(s.validation or 0)
     val = np.zeros(0, dtype=np.int64)
     if nval:
         if nval >= len(train):
@@ -346,8 +339,8 @@ def write_toy_era5(path: str | Path, ntime: int = 24, nlat: int = 16, nlon: int 
     ∝ k^-slope, AR(1)-correlated in time (ρ = 0.8), with a per-channel mean and
     scale; `attrs["normalisation"]` holds the per-channel mean/std.
     """
-    import xarray as xr
     import pandas as pd
+    import xarray as xr
 
     from ..io import atomic_path
 

@@ -22,8 +22,6 @@ reduction at withheld radiosondes from adding radiosondes to the coarse field).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -32,8 +30,11 @@ import numpy as np
 from ..errors import InputError
 from . import metrics as M
 from .baselines import nearest_station_at, nearest_station_field, upsample
+from .observations import ObsTable, read_obs
+from .options import EvaluateOptions
+from .store import open_samples, vars_to_fields
 
-__all__ = ["evaluate", "evaluate_cli"]
+__all__ = ["evaluate", "log_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +44,11 @@ def _name(ch) -> str:
     return v if lv is None else f"{v}/{lv:g}"
 
 
-def _open_samples(path: str | Path):
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError("samples store not found (run sr-sample first)", path)
-    try:
-        ds = xr.open_zarr(path, consolidated=False)
-        sampling = json.loads(ds.attrs["sampling"])
-        channels = [(v, None if lv is None else float(lv)) for v, lv in json.loads(ds.attrs["channels"])]
-    except (KeyError, ValueError, OSError) as err:
-        raise InputError(f"not a samples store written by sr-sample ({err})", path) from None
-    return ds, sampling, channels
-
-
-def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[str, np.ndarray], tol_pa: float = 50.0) -> tuple[dict, dict]:
+def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[str, np.ndarray], tol_pa: float) -> tuple[dict, dict]:
     """RMSE at withheld stations for each prediction field ``[T, C, H, W]`` (and the nearest radiosonde)."""
     import warnings
 
-    from .operators import build_point_obs
-    from .posterior import read_obs
+    from .point_obs import build_point_obs
 
     withheld = sampling.get("withheld_stations") or []
     table = read_obs(obs_path, sorted({v for v, _ in channels}))
@@ -97,10 +82,7 @@ def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[s
         return out, {"n_withheld_obs": 0, "withheld_stations": withheld}
     yv = np.concatenate(obs_vals)
     vv = np.concatenate(obs_vars)
-    rows = preds.pop("_rows")
-    from .posterior import ObsTable
-
-    cat = ObsTable(*(np.concatenate([getattr(r, f) for r in rows]) for f in ("station", "time", "latitude", "longitude", "pressure", "variable", "value")))
+    cat = ObsTable.concat(preds.pop("_rows"))
     pv = {k: np.concatenate(v) for k, v in preds.items()}
     pv["nearest_radiosonde"] = nearest_station_at(cat, source, tol_pa)
     for v in sorted(set(vv)):
@@ -116,14 +98,12 @@ def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[s
     return out, {"n_withheld_obs": int(len(yv)), "per_variable": counts, "withheld_stations": withheld}
 
 
-def evaluate(samples_path, era5_path, obs_path=None, figures=None, run=None, options: dict | None = None) -> dict:
-    """Score a samples store against the ERA5 truth; returns the metrics dict (``options``: the `evaluate` config)."""
-    options = dict(options or {})
-    tol = float(options.get("station_pressure_tolerance_pa", 50.0))
+def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions, figures=None, run=None) -> dict:
+    """Score a samples store against the ERA5 truth; returns the metrics dict (``options``: `sr.<name>.evaluate`)."""
+    tol = float(options.station_pressure_tolerance_pa)
     from .data import load_fields, open_era5
-    from .posterior import vars_to_fields
 
-    sds, sampling, channels = _open_samples(samples_path)
+    sds, sampling, channels = open_samples(samples_path)
     ds = open_era5(era5_path)
     tidx = np.asarray(sds["time_index"].values, np.int64)
     if tidx.max() >= ds.sizes["time"] or not np.array_equal(np.asarray(ds["time"].values)[tidx], np.asarray(sds["time"].values)):
@@ -139,8 +119,6 @@ def evaluate(samples_path, era5_path, obs_path=None, figures=None, run=None, opt
     base = {"bicubic": upsample(coarse, k, (H, W), "bicubic"), "bilinear": upsample(coarse, k, (H, W), "bilinear")}
     table = None
     if obs_path:
-        from .posterior import read_obs
-
         full = read_obs(obs_path, sorted({v for v, _ in channels}))
         table = full.select(~np.isin(full.station, sampling.get("withheld_stations") or []))
         base["nearest_radiosonde"] = nearest_station_field(table, np.asarray(sds["time"].values), channels, lat, lon, tol)
@@ -211,11 +189,11 @@ def evaluate(samples_path, era5_path, obs_path=None, figures=None, run=None, opt
         "members": int(ens.shape[1]),
     }
     if figures is not None:
-        _figures(Path(figures), truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, int(options.get("map_time", 0)), int(options.get("map_channels", 4)))
+        _figures(Path(figures), truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, int(options.map_time), int(options.map_channels))
     return result
 
 
-def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, map_time: int = 0, map_channels: int = 4) -> None:
+def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, map_time: int, map_channels: int) -> None:
     from ..plots import new_figure, save_figure
 
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -271,36 +249,9 @@ def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, 
         save_figure(fig, fig_dir / "withheld_radiosondes.png", run=run)
 
 
-def evaluate_cli(argv: list[str]) -> int:
-    """``scorebridge sr-evaluate``: metrics.json, figures and MLflow for one SR experiment."""
-    from ..io import atomic_path, write_json
-    from ..tracking import job_run
-
-    p = argparse.ArgumentParser(prog="scorebridge sr-evaluate", description=evaluate_cli.__doc__)
-    p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
-    p.add_argument("--experiment", default="default")
-    p.add_argument("--era5", required=True, help="ERA5 zarr (the truth)")
-    p.add_argument("--obs", default=None, help="collocated radiosonde observations zarr")
-    p.add_argument("--samples", required=True, help="samples.zarr written by sr-sample")
-    p.add_argument("--experiments", default=None, help="results/mlflow/experiments.json (omit: no MLflow)")
-    p.add_argument("--figures", required=True, help="directory for the figures")
-    p.add_argument("--out", required=True, help="metrics.json to write")
-    a = p.parse_args(argv)
-    from ..config import parse_spec
-
-    from .posterior import _sample_spec
-
-    spec = _sample_spec(parse_spec(a.spec))
-    with job_run(a.experiments, kind="sr", experiment=a.experiment, rule="sr_evaluate", wildcards={"experiment": a.experiment},
-                 spec=spec, datasets={"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})}) as run:
-        with atomic_path(a.figures) as tmp:
-            result = evaluate(a.samples, a.era5, a.obs, figures=tmp, run=run, options=spec.get("evaluate"))
-        scalars = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float)) and v is not None and np.isfinite(v)}
-        run.log_metrics(scalars)
-        write_json(a.out, result)
-        run.log_artifact(a.out)
+def log_summary(result: dict) -> None:
+    """One log line of the headline scores of :func:`evaluate`'s result."""
     m = result["metrics"]
     log.info("posterior-mean RMSE / bicubic %.3f, spread-skill %.3f (%.3f..%.3f), withheld gain %s, %s forward + %s backward passes per sample",
              m["summary/rmse_ratio"], m["summary/spread_skill"], m["summary/spread_skill_min"], m["summary/spread_skill_max"],
              m.get("summary/withheld_rmse_gain"), m["cost/forward_per_sample"], m["cost/backward_per_sample"])
-    return 0

@@ -1,6 +1,6 @@
 """The trained score-based prior: what posterior sampling loads and calls.
 
-Interface (stable; used by scorebridge.sr.posterior / evaluate)::
+Interface (stable; used by scorebridge.sr.sample / evaluate)::
 
     from scorebridge.sr.prior import load_prior
     prior = load_prior("results/sr/default/checkpoint.pt", device="auto",
@@ -24,6 +24,9 @@ Interface (stable; used by scorebridge.sr.posterior / evaluate)::
 
 The denoiser uses the EMA weights. `precision="auto"` (default "fp32") would run the
 network in bf16 autocast on CUDA.
+
+:class:`GaussianPrior` is the exact denoiser of a Gaussian prior with known covariance;
+its posterior is closed form, which makes it the reference test of the guidance.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .. import options
 from ..core.checkpoint import load_checkpoint
 from ..core.device import autocast, select_device
 from ..errors import ConfigError, InputError
 from .data import Channel, Normalisation, channel_names
 from .edm import EDMPrecond
+from .options import ModelOptions
 from .unet import UNet
 
-__all__ = ["Prior", "load_prior", "build_denoiser", "FORMAT"]
+__all__ = ["Prior", "GaussianPrior", "load_prior", "build_denoiser", "FORMAT"]
 
 FORMAT = "scorebridge-sr-prior/1"
 
@@ -60,18 +65,18 @@ def periodic_flags(periodic) -> tuple[bool, bool]:
     return ("latitude" in periodic, "longitude" in periodic)
 
 
-def build_denoiser(n_channels: int, model: dict, sigma_data: float, offset_shape: tuple[int, ...] | None = None) -> EDMPrecond:
-    """EDMPrecond(UNet) from the `train.model` config keys (`periodic` resolved to axis names);
+def build_denoiser(n_channels: int, model: ModelOptions, sigma_data: float, offset_shape: tuple[int, ...] | None = None) -> EDMPrecond:
+    """EDMPrecond(UNet) from the `train.model` options (`periodic` resolved to axis names);
     `offset_shape` (C, H, W): the denoiser models anomalies from a mean field (`train.anomalies`)."""
     net = UNet(
         n_channels,
-        base=int(model.get("base", 24)),
-        mults=tuple(model.get("mults", (1, 2, 2))),
-        blocks=int(model.get("blocks", 1)),
-        attention=bool(model.get("attention", False)),
-        dropout=float(model.get("dropout", 0.0)),
-        periodic=periodic_flags(model.get("periodic")),
-        padding=str(model.get("padding", "zeros")),
+        base=int(model.base),
+        mults=tuple(model.mults),
+        blocks=int(model.blocks),
+        attention=bool(model.attention),
+        dropout=float(model.dropout),
+        periodic=periodic_flags(model.periodic),
+        padding=str(model.padding),
     )
     return EDMPrecond(net, sigma_data, offset_shape)
 
@@ -117,7 +122,7 @@ class Prior:
         return (self.denoise(x, sigma) - x.float()) / s**2
 
     def check_channels(self, channels: Sequence[Channel], what: str = "config") -> None:
-        _check_channels(self.channels, channels, self.info.get("path", "checkpoint"), what)
+        _check_channels(self.channels, channels, self.info.get("path") or "checkpoint", what)
 
 
 def _norm_channels(channels) -> list[Channel]:
@@ -145,7 +150,8 @@ def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = 
         _check_channels(chans, channels, checkpoint_path)
     edm = state["edm"]
     off = state["ema"].get("offset")
-    den = build_denoiser(len(chans), state["model_kwargs"], edm["sigma_data"], tuple(off.shape) if off is not None else None)
+    model = options.build(ModelOptions, state["model_kwargs"], where=f"{checkpoint_path}: model_kwargs")
+    den = build_denoiser(len(chans), model, edm["sigma_data"], tuple(off.shape) if off is not None else None)
     try:
         den.load_state_dict(state["ema"])
     except RuntimeError as err:
@@ -167,3 +173,37 @@ def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = 
         precision=precision,
         info=info,
     )
+
+
+class GaussianPrior:
+    """Exact denoiser of a zero-mean Gaussian prior ``x ~ N(0, Sigma)`` on ``[C, H, W]`` fields.
+
+    ``D(x; s) = Sigma (Sigma + s^2 I)^{-1} x`` (computed in Sigma's eigenbasis). The
+    posterior given ``y = A x + e``, ``e ~ N(0, R)`` is ``N(m, P)`` with
+    ``m = Sigma A^T (A Sigma A^T + R)^{-1} y`` and ``P = Sigma - Sigma A^T (A Sigma A^T + R)^{-1} A Sigma``.
+    """
+
+    def __init__(self, cov: torch.Tensor, shape: tuple[int, int, int], sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.cov = cov.double()
+        self.shape = tuple(shape)
+        self.evals, self.evecs = torch.linalg.eigh(self.cov)
+        self.evals = self.evals.clamp_min(0)
+        self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, float(self.evals.mean().sqrt())
+        self.channels = [(f"c{c}", None) for c in range(shape[0])]
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        z = x.reshape(B, -1).double() @ self.evecs
+        f = self.evals / (self.evals + sigma.double().reshape(-1, 1) ** 2)
+        return ((z * f) @ self.evecs.T).reshape(x.shape).to(x.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.cov.shape[0], generator=generator, dtype=torch.float64)
+        return ((z * self.evals.sqrt()) @ self.evecs.T).reshape(n, *self.shape).float()
+
+    def posterior(self, A: torch.Tensor, y: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Closed-form posterior mean ``[d]`` and covariance ``[d, d]`` for a dense ``A[m, d]``."""
+        A, y, R = A.double(), y.double(), R.double()
+        S = A @ self.cov @ A.T + R
+        K = self.cov @ A.T @ torch.linalg.inv(S)
+        return K @ y, self.cov - K @ A @ self.cov

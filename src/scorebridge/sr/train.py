@@ -17,32 +17,28 @@ scorebridge.tracking.job_run (kind "sr", rule "sr_train").
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
+import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import SCHEMA, validate_config, parse_spec
 from ..core.checkpoint import identity_hash, save_checkpoint
 from ..core.device import select_device
 from ..core.distributed import init_distributed, shutdown
 from ..core.seed import derive_seed, seed_everything, step_generator
-from ..core.train import TrainOptions, fit
+from ..core.train import fit
 from ..errors import ConfigError
 from ..provenance import package_versions
-from ..tracking import job_run
 from .data import FieldBatcher, channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
 from .edm import edm_loss, sample_sigma
+from .options import Experiment, ModelOptions
 from .prior import FORMAT, build_denoiser
 from .unet import count_parameters
 
-__all__ = ["train_prior", "train_cli", "resolve_spec", "VAL_SIGMAS"]
+__all__ = ["train_prior", "resolve_periodic", "report_training", "VAL_SIGMAS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,54 +46,28 @@ log = logging.getLogger(__name__)
 VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def resolve_spec(spec: dict) -> dict:
-    """The experiment entry with every schema default filled in (validated)."""
-    return validate_config(dict(spec), SCHEMA.parent / "sr.schema.yaml")
-
-
-def _options(train: dict, seed: int) -> TrainOptions:
-    ema = train["ema"]
-    return TrainOptions(
-        steps=train["steps"],
-        batch_size=train["batch_size"],
-        lr=train["lr"],
-        lr_warmup=train["lr_warmup"],
-        lr_decay=train["lr_decay"],
-        weight_decay=train["weight_decay"],
-        grad_clip=train["grad_clip"],
-        ema_decay=ema["decay"],
-        ema_start=ema["start"],
-        ema_warmup=ema["warmup"],
-        checkpoint_every=train["checkpoint_every"],
-        keep_checkpoints=train["keep_checkpoints"],
-        log_every=train["log_every"],
-        seed=seed,
-        precision=train["precision"],
-    )
-
-
 # keys of `train` that do not change what is learned (excluded from the checkpoint identity)
 _NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb")
 
 
-def resolve_periodic(ds, model: dict, crop) -> list[str]:
+def resolve_periodic(ds, model: ModelOptions, crop) -> list[str]:
     """The axes the U-Net wraps around (`train.model.periodic`), as a list of axis names.
 
     "auto": longitude when the grid closes the circle (n * spacing = 360 degrees, the
     global ERA5 grid), latitude never. An explicit list is taken as given (e.g. both axes
-    for the doubly periodic synthetic turbulence of scorebridge.data.synthetic_weather).
+    for the doubly periodic synthetic turbulence of scorebridge.data.era5.synthetic).
     A periodic axis must be trained whole: a crop narrower than the grid along it has
     edges, so "auto" then leaves that axis non-periodic and an explicit list is an error.
     """
-    from .operators import _is_global
+    from .point_obs import is_global_longitude
 
     H, W = int(ds.sizes["latitude"]), int(ds.sizes["longitude"])
     ch, cw = (H, W) if crop is None else ((int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1])))
     cropped = {"latitude": ch < H, "longitude": cw < W}
-    want = model.get("periodic", "auto")
+    want = model.periodic
     if want == "auto":
         lon = np.asarray(ds["longitude"].values, dtype=np.float64)
-        axes = ["longitude"] if _is_global(lon) else []
+        axes = ["longitude"] if is_global_longitude(lon) else []
         dropped = [a for a in axes if cropped[a]]
         if dropped:
             log.info("periodic %s not used: training crops (%dx%d) are narrower than the %dx%d grid", dropped, ch, cw, H, W)
@@ -139,46 +109,45 @@ def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed:
     return out
 
 
-def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None, out: str | Path, run=None, experiment: str = "sr") -> dict:
-    """Train the prior of one experiment and write `out`; returns the training summary."""
-    spec = resolve_spec(spec)
-    train = spec["train"]
-    seed = int(spec["seed"] if spec.get("seed") is not None else 0)
-    if train["threads"]:
-        torch.set_num_threads(int(train["threads"]))
-    device = select_device(train["device"], key="sr.train.device")
+def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | None, out: str | Path, run=None, experiment: str = "sr") -> dict:
+    """Train the prior of experiment `exp` (:func:`scorebridge.sr.options.resolve_spec`) and
+    write `out`; returns the training summary."""
+    train = exp.train
+    seed = exp.run_seed
+    if train.threads:
+        torch.set_num_threads(int(train.threads))
+    device = select_device(train.device, key="sr.train.device")
     info = init_distributed(device)
     try:
         seed_everything(derive_seed(seed, "sr_train", info.rank), deterministic=True)
         ds = open_era5(era5)
-        channels = resolve_channels(ds, train["variables"], train["levels"])
+        channels = resolve_channels(ds, train.variables, train.levels)
         norm = normalisation_of(ds, channels)
-        train_idx, test_idx = split_times(ds, train)
-        model_kwargs = dict(train["model"])
-        model_kwargs["periodic"] = resolve_periodic(ds, model_kwargs, train["crop"])
-        if train["random_shift"] and not model_kwargs["periodic"]:
+        train_idx, test_idx = split_times(ds, train.split)
+        model = dataclasses.replace(train.model, periodic=resolve_periodic(ds, train.model, train.crop))
+        if train.random_shift and not model.periodic:
             raise ConfigError("sr.train.random_shift", "random circular shifts need a periodic axis (sr.train.model.periodic)")
-        batcher = FieldBatcher(ds, channels, train_idx, norm, train["crop"], train["max_memory_mb"],
-                               shift=model_kwargs["periodic"] if train["random_shift"] else ())
-        edm = train["edm"]
+        batcher = FieldBatcher(ds, channels, train_idx, norm, train.crop, train.max_memory_mb,
+                               shift=model.periodic if train.random_shift else ())
+        edm = train.edm
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
         offset = None
-        if train["anomalies"]:  # the network models anomalies from the training-period time-mean field
+        if train.anomalies:  # the network models anomalies from the training-period time-mean field
             if batcher.crop != (batcher.H, batcher.W):
                 raise ConfigError("sr.train.anomalies", f"a mean field needs whole-grid training; crop is {batcher.crop} on the {batcher.H}x{batcher.W} grid")
             offset = _mean_field(batcher)
-        denoiser = build_denoiser(len(channels), model_kwargs, edm["sigma_data"], offset.shape if offset is not None else None)
+        denoiser = build_denoiser(len(channels), model, edm.sigma_data, offset.shape if offset is not None else None)
         if offset is not None:
             denoiser.offset.copy_(torch.from_numpy(offset))
         denoiser = denoiser.to(device)
-        opts = _options(train, seed)
+        opts = train  # the shared loop's TrainOptions
         if opts.batch_size % info.world_size:
             raise ConfigError("sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes")
         times = ds["time"].values[train_idx]
         identity = {
             "channels": [[v, lv] for v, lv in channels],
             "normalisation": norm.to_dict(),
-            "train": {k: v for k, v in train.items() if k not in _NOT_IDENTITY},
+            "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_IDENTITY},
             "seed": seed,
             "train_times": [str(times[0]), str(times[-1]), int(len(times))],
             "grid": [int(ds.sizes["latitude"]), int(ds.sizes["longitude"])],
@@ -188,15 +157,15 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
         n_params = count_parameters(denoiser)
         if info.is_main:
             log.info("channels %s; %d training / %d held-out times; crop %s; periodic %s; %d parameters; device %s; %d process(es)",
-                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, model_kwargs["periodic"] or "none", n_params, device, info.world_size)
+                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, model.periodic or "none", n_params, device, info.world_size)
 
-        def loss_fn(model, step: int, part: slice) -> torch.Tensor:
+        def loss_fn(net, step: int, part: slice) -> torch.Tensor:
             g = step_generator(seed, step, "sr_batch")
             y = batcher.batch(g, opts.batch_size)
-            sigma = sample_sigma(opts.batch_size, edm["p_mean"], edm["p_std"], generator=g)
+            sigma = sample_sigma(opts.batch_size, edm.p_mean, edm.p_std, generator=g)
             noise = torch.randn(y.shape, generator=g)
             y, sigma, noise = (t[part].to(device, non_blocking=True) for t in (y, sigma, noise))
-            return edm_loss(model, y, sigma, noise, edm["sigma_data"])
+            return edm_loss(net, y, sigma, noise, edm.sigma_data)
 
         def log_fn(step: int, metrics: dict) -> None:
             if run is not None:
@@ -226,18 +195,18 @@ def train_prior(spec: dict, era5: str | Path, checkpoint_dir: str | Path | None,
                 vfields = load_fields(ds, channels, val_idx, norm)
                 if vfields.ndim == 5:
                     vfields = vfields[:, 0]
-                val = held_out_loss(ema.module, vfields, VAL_SIGMAS, edm["sigma_data"], seed, device)
+                val = held_out_loss(ema.module, vfields, VAL_SIGMAS, edm.sigma_data, seed, device)
                 summary["val_loss"] = {f"{k:g}": v for k, v in val.items()}
                 summary["val_loss_mean"] = float(np.mean(list(val.values())))
             state = {
                 "format": FORMAT,
-                "model_kwargs": model_kwargs,
+                "model_kwargs": dataclasses.asdict(model),
                 "ema": ema.module.state_dict(),
                 "model": denoiser.state_dict(),
                 "channels": [(v, lv) for v, lv in channels],
                 "normalisation": norm.to_dict(),
-                "edm": dict(edm),
-                "config": spec,
+                "edm": dataclasses.asdict(edm),
+                "config": dataclasses.asdict(exp),
                 "identity": identity,
                 "losses": result.losses,
                 "info": {k: v for k, v in summary.items() if k != "losses"},
@@ -257,6 +226,7 @@ def _loss_figure(losses, path: Path, run) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         from ..plots import save_figure
     except ImportError:
         return
@@ -276,32 +246,13 @@ def _loss_figure(losses, path: Path, run) -> None:
     save_figure(fig, str(path), run=run)
 
 
-def train_cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="scorebridge sr-train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", required=True, help="the experiment's config entry as JSON")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--era5", required=True, help="ERA5 zarr store")
-    p.add_argument("--experiments", default=None, help="results/mlflow/experiments.json")
-    p.add_argument("--checkpoint-dir", default=None, help="folder of step checkpoints (resume from the newest)")
-    p.add_argument("--out", required=True, help="the trained prior (checkpoint.pt)")
-    args = p.parse_args(argv)
-    spec = resolve_spec(parse_spec(args.spec))
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    # only rank 0 logs (run None on the other ranks)
-    tracking = job_run(args.experiments, kind="sr", experiment=args.experiment, rule="sr_train",
-                       wildcards={"experiment": args.experiment}, spec=spec,
-                       datasets={"era5": args.era5}) if rank0 else contextlib.nullcontext(None)
-    with tracking as run:
-        summary = train_prior(spec, args.era5, args.checkpoint_dir, args.out, run=run, experiment=args.experiment)
-        if rank0 and run is not None:
-            flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-            flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
-            run.log_metrics(flat)
-            try:
-                _loss_figure(summary["losses"], Path(args.out).with_name("train_loss.png"), run)
-            except Exception as err:  # a figure never breaks training
-                log.warning("loss figure not written: %s", err)
-            run.log_artifact(args.out)
-        if rank0:
-            print(json.dumps({k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1))
-    return 0
+def report_training(summary: dict, out: str | Path, run) -> None:
+    """Log the summary's numbers, the loss figure (beside `out`) and the prior `out` to `run`."""
+    flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+    flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
+    run.log_metrics(flat)
+    try:
+        _loss_figure(summary["losses"], Path(out).with_name("train_loss.png"), run)
+    except Exception as err:  # a figure never breaks training
+        log.warning("loss figure not written: %s", err)
+    run.log_artifact(out)

@@ -1,0 +1,36 @@
+"""Likelihood guidance of an EDM denoiser, as composable wrappers (in the style of azula):
+one method per module.
+
+- :mod:`.sda`: :class:`SDADenoiser`, the SDA posterior denoiser ``D(x; s | y)``; it is
+  itself a denoiser, so the sampler runs it as it runs the prior.
+- :mod:`.dps`: :class:`DPSCorrection`, the DPS step ``x <- x - zeta grad ||r||`` that the
+  sampler applies inside each step.
+
+:func:`guide` picks the pair ``(denoiser, correction)`` the sampler runs for a method name.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..operators import Observation
+from .base import Denoiser, Units
+from .dps import DPSCorrection
+from .sda import SDADenoiser
+
+__all__ = ["Denoiser", "Units", "SDADenoiser", "DPSCorrection", "guide", "METHODS"]
+
+METHODS = ("sda", "dps", "none")
+
+
+def guide(prior: Denoiser, observations: Sequence[Observation], units: Units, method: str) -> tuple[Denoiser, DPSCorrection | None]:
+    """The denoiser and the in-step correction (or None) of guidance ``method``:
+    ``"sda"``, ``"dps"`` or ``"none"`` (the prior: unconditional samples, also when there
+    are no observations)."""
+    if method not in METHODS:
+        raise ValueError(f"guidance must be 'sda', 'dps' or 'none', got {method!r}")
+    if method == "none" or not observations:
+        return prior, None
+    if method == "sda":
+        return SDADenoiser(prior, observations, units), None
+    return prior, DPSCorrection(prior, observations, units)
