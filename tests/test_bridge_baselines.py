@@ -7,12 +7,20 @@ import time
 import numpy as np
 import pytest
 
-from scorebridge import options
-from scorebridge.bridge.baselines import BASELINES, McCann, OTCFM, Previous, interval_position, make_baseline, predict_previous
-from scorebridge.bridge.options import McCannOptions, OTCFMOptions
-from scorebridge.bridge.metrics import wasserstein1, wasserstein2
-from scorebridge.config import load_schema
 from conftest import ROOT
+from scorebridge import options
+from scorebridge.bridge.baselines import (
+    BASELINES,
+    OTCFM,
+    McCann,
+    Previous,
+    interval_position,
+    make_baseline,
+    predict_previous,
+)
+from scorebridge.bridge.metrics import wasserstein1, wasserstein2
+from scorebridge.bridge.options import McCannOptions, OTCFMOptions
+from scorebridge.config import load_schema
 
 
 def _snaps(rng, counts=(50, 60, 70), d=2):
