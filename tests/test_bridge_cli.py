@@ -82,7 +82,7 @@ def test_fit_and_evaluate_end_to_end(tmp_path):
 def test_bad_input_clear_errors(tmp_path, capsys, change, times, nan_time, message):
     cells = _write_cells(tmp_path / "cells.zarr", times=times, n=5, nan_time=nan_time)
     spec = json.dumps({**SPEC, **change})
-    rc = main(["bridge-fit", "--spec", spec, "--experiment", "tiny", "--cells", str(cells), "--out", str(tmp_path / "model.pt")])
+    rc = main(["bridge-fit", "--spec", spec, "--cells", str(cells), "--out", str(tmp_path / "model.pt")])
     err = capsys.readouterr().err
     assert rc == 1, err
     assert message in err

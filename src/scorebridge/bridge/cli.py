@@ -50,7 +50,7 @@ def _parser(command: str, description: str):
     """The shared job arguments (`--spec`, `--experiment`, `--experiments`) and `--cells`."""
     from ..cli import job_parser
 
-    p = job_parser(command, description)
+    p = job_parser(command, description, experiment_default="default")  # the name MLflow files the run under
     p.add_argument("--cells", required=True, help="cells zarr (X (cell, feature), time (cell))")
     return p
 
