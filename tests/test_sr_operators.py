@@ -47,9 +47,9 @@ def test_linear_and_adjoint(k):
     rhs = (x1 * op.adjoint(y, x1.shape)).sum()  # <A x, y> = <x, A^T y>
     assert torch.allclose(lhs, rhs, atol=1e-10)
     # A^T is a different computation from A: check it against the explicit matrix
-    I = torch.eye(5 * 64, dtype=torch.float64).reshape(-1, 5, 8, 8)
+    eye = torch.eye(5 * 64, dtype=torch.float64).reshape(-1, 5, 8, 8)
     if not isinstance(op, PointObs) or op.index.shape[0] == 1:
-        Amat = op(I).reshape(5 * 64, -1).T
+        Amat = op(eye).reshape(5 * 64, -1).T
         assert torch.allclose(op.adjoint(y[:1], (1, 5, 8, 8)).flatten(), Amat.T @ y[0].flatten(), atol=1e-10)
 
 
