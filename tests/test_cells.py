@@ -68,19 +68,19 @@ def test_npz_forms_and_config_times(tmp_path):
     rng = np.random.default_rng(0)
     cube = rng.normal(size=(3, 8, 4))
     np.savez(tmp_path / "cube.npz", data=cube)
-    ingest({"source": "npz", "times": [0, 2, 7]}, tmp_path / "cube.npz", tmp_path / "a.zarr")
+    ingest({"source": "npz", "times": [0, 2, 7], "min_cells": 1}, tmp_path / "cube.npz", tmp_path / "a.zarr")
     _, t, _ = load_snapshots(tmp_path / "a.zarr")
     assert t.tolist() == [0, 2, 7]
     # ragged keys sorted by number, not as text (t10 after t9)
     arrays = {f"t{k}": rng.normal(size=(k + 2, 3)) for k in range(11)}
     np.savez(tmp_path / "rag.npz", **arrays)
-    ingest({"source": "npz"}, tmp_path / "rag.npz", tmp_path / "r.zarr")
+    ingest({"source": "npz", "min_cells": 1}, tmp_path / "rag.npz", tmp_path / "r.zarr")
     snaps, t, _ = load_snapshots(tmp_path / "r.zarr")
     assert t.tolist() == list(range(11)) and [s.shape[0] for s in snaps] == list(range(2, 13))
     assert np.allclose(snaps[10], arrays["t10"].astype(np.float32))
     # flat X + per-cell time
     np.savez(tmp_path / "flat.npz", X=rng.normal(size=(9, 2)), time=np.array([3, 1, 1, 3, 2, 2, 1, 3, 2.0]))
-    ingest({"source": "npz"}, tmp_path / "flat.npz", tmp_path / "f.zarr")
+    ingest({"source": "npz", "min_cells": 1}, tmp_path / "flat.npz", tmp_path / "f.zarr")
     snaps, t, _ = load_snapshots(tmp_path / "f.zarr")
     assert t.tolist() == [1, 2, 3] and [s.shape[0] for s in snaps] == [3, 3, 3]
 
@@ -138,7 +138,7 @@ def test_highly_variable_genes_by_hand():
 
 def test_csv_rows_sorted_by_time_value(tmp_path):
     (tmp_path / "c.csv").write_text("t,a,b,label\n2,1,1,x\n0,2,2,y\n1,3,3,z\n0,4,4,w\n")
-    ingest({"source": "csv", "time_key": "t"}, tmp_path / "c.csv", tmp_path / "c.zarr")
+    ingest({"source": "csv", "time_key": "t", "features": ["a", "b"], "min_cells": 1}, tmp_path / "c.csv", tmp_path / "c.zarr")
     ds = _open(tmp_path / "c.zarr")
     assert ds["time"].values.tolist() == [0, 0, 1, 2]
     assert ds["X"].values[:, 0].tolist() == [2, 4, 3, 1] and list(ds["feature"].values) == ["a", "b"]
@@ -165,7 +165,7 @@ def _csv(tmp_path, text):
 )
 def test_bad_csv(tmp_path, text, spec, match):
     with pytest.raises((InputError, ConfigError), match=match):
-        ingest({"source": "csv", "time_key": "t", **spec}, _csv(tmp_path, text), tmp_path / "o.zarr")
+        ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, **spec}, _csv(tmp_path, text), tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -240,17 +240,17 @@ def test_text_time_labels_parsed_or_mapped(tmp_path):
     assert parse_time_labels(["day1", "day01"]) is None  # two labels, one time
     assert parse_time_labels(["d1r2", "d2r2"]) is None  # two numbers
     p = _csv(tmp_path, "t,a\nday10,1\nday0,2\nday2,3\nday0,4\n")
-    ingest({"source": "csv", "time_key": "t"}, p, tmp_path / "o.zarr")
+    ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1}, p, tmp_path / "o.zarr")
     ds = _open(tmp_path / "o.zarr")
     assert ds["time"].values.tolist() == [0, 0, 2, 10] and ds["X"].values[:, 0].tolist() == [2, 4, 3, 1]
     assert json.loads(ds.attrs["time_labels"]) == {"day0": 0.0, "day10": 10.0, "day2": 2.0}
     units = _csv(tmp_path, "t,a\n12h,1\n1d,2\n2d,3\n")
     with pytest.raises(InputError, match=r"non-numeric time label .*time_map"):
-        ingest({"source": "csv", "time_key": "t"}, units, tmp_path / "u.zarr")
-    ingest({"source": "csv", "time_key": "t", "time_map": {"12h": 0.5, "1d": 1, "2d": 2}}, units, tmp_path / "u.zarr")
+        ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1}, units, tmp_path / "u.zarr")
+    ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, "time_map": {"12h": 0.5, "1d": 1, "2d": 2}}, units, tmp_path / "u.zarr")
     assert _open(tmp_path / "u.zarr")["time"].values.tolist() == [0.5, 1, 2]
     with pytest.raises(ConfigError, match=r"time labels .* 2d of .*not in time_map"):
-        ingest({"source": "csv", "time_key": "t", "time_map": {"12h": 0.5, "1d": 1}}, units, tmp_path / "v.zarr")
+        ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, "time_map": {"12h": 0.5, "1d": 1}}, units, tmp_path / "v.zarr")
     assert not (tmp_path / "v.zarr").exists()
     # an h5ad category of text labels, unordered: parsed the same way
     ad = _adata(np.random.default_rng(2))

@@ -60,6 +60,7 @@ class CellsOptions:
     time_map: dict | None
     times: list[float] | None
     features: list[str] | None
+    min_cells: int
     obsm_key: str | None
     layer: str | None
     n_components: int | None

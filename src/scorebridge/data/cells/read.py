@@ -12,12 +12,13 @@ Inputs (config entry of ``cells:``, see config/README.md "## cells"):
   or a flat ``X`` (cells, features) with ``time`` (cells); optional ``times`` (K,),
   ``features`` (names) and ``true_parameters`` (JSON string, written by the simulators).
 - CSV: a time column ``time_key`` (e.g. ``samples``) and feature columns (``features``,
-  or every other numeric column).
+  or every other numeric column when none is doubtful: `columns`).
 
 Array inputs with explicit times must list them strictly increasing; CSV and h5ad time
 labels are sorted by value (numbers as they are; other labels through `time_map`, the
 number each holds, or the order of an ordered category). Errors name the file, the
-row/cell/key and what was expected. `store.ingest` writes the result as the zarr contract.
+row/cell/key and what was expected; a snapshot with fewer than `min_cells` cells is refused.
+`store.ingest` writes the result as the zarr contract.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...errors import ConfigError, InputError
+from .columns import check_features, csv_lines, pick_features
+from .columns import show as _show
 from .options import CellsOptions, cells_options
 from .preprocess import preprocess_expression
 
@@ -60,12 +63,6 @@ class Snapshots:
     preprocessing: dict = field(default_factory=dict)
     extra_attrs: dict = field(default_factory=dict)
     extra_vars: dict = field(default_factory=dict)  # name -> (dims, array), e.g. PCA loadings
-
-
-def _show(items: list, limit: int = 5) -> str:
-    items = list(items)
-    text = ", ".join(map(str, items[:limit]))
-    return text + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _check_finite(X: np.ndarray, names: list[str], path, what: str = "cell") -> None:
@@ -250,7 +247,8 @@ def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, 
 
 
 def read_csv(path, spec: CellsOptions) -> Snapshots:
-    """CSV with a time column `time_key` and feature columns (`features`, else every other numeric column)."""
+    """CSV with a time column `time_key` and feature columns (`features`, else the numeric
+    columns besides the time when none of them is doubtful: see `columns`)."""
     import pandas as pd
 
     path = Path(path)
@@ -261,23 +259,18 @@ def read_csv(path, spec: CellsOptions) -> Snapshots:
     key = spec.time_key
     if key not in df.columns:
         raise ConfigError("time_key", f"column '{key}' not in {path}; columns: {_show(list(df.columns), 30)}")
+    lines = csv_lines(path, len(df))  # the file line of each row (header = line 1)
     features = spec.features
     if features is None:
-        features = [c for c in df.columns if c != key and pd.api.types.is_numeric_dtype(df[c])]
-        if not features:
-            raise InputError(f"no numeric feature columns besides '{key}'", path)
+        features = pick_features(df, key, path, lines)
     else:
         unknown = [c for c in features if c not in df.columns]
         if unknown:
             raise ConfigError("features", f"column(s) {unknown} not in {path}; columns: {_show(list(df.columns), 30)}")
-        for c in features:
-            if not pd.api.types.is_numeric_dtype(df[c]):
-                bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
-                i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-                raise InputError(f"feature column '{c}' is not numeric (value {df[c].iloc[i]!r})", path, line=i + 2)
+    check_features(df, list(features), path, lines)
+    log.info("%s: features (%d): %s", path, len(features), _show(features, 50))
     X = df[list(features)].to_numpy(dtype=np.float64)
-    lines = [f"line {i + 2}" for i in range(len(df))]  # header is line 1
-    out = _from_labels(X, df[key], lines, path, "row", f"column '{key}'", spec.time_map)
+    out = _from_labels(X, df[key], [f"line {i}" for i in lines], path, "row", f"column '{key}'", spec.time_map)
     out.features = [str(c) for c in features]
     return out
 
@@ -362,7 +355,16 @@ def read_snapshots(path, spec: CellsOptions | Mapping) -> Snapshots:
         raise InputError("no cells", path)
     if snaps.X.shape[1] == 0:
         raise InputError("no features", path)
-    uniq = np.unique(snaps.time)
+    uniq, counts = np.unique(snaps.time, return_counts=True)
     if uniq.size < 2:
         raise InputError(f"only one time point ({uniq.tolist()}); a time course needs at least two snapshots", path)
+    small = counts < spec.min_cells
+    if small.any():
+        labels = {v: k for k, v in json.loads(snaps.extra_attrs.get("time_labels", "{}")).items()}
+        what = [f"time {t:g}" + (f" (label {labels[t]!r})" if t in labels else "") + f" has {n} cell{'s' * (n != 1)}" for t, n in zip(uniq[small].tolist(), counts[small].tolist())]
+        raise InputError(
+            f"{_show(what, 10)}; every snapshot needs at least min_cells = {spec.min_cells} cells "
+            "(cells.<name>.min_cells: lower it only if so few cells can stand for a time point)",
+            path,
+        )
     return snaps
