@@ -20,6 +20,7 @@ from ...errors import InputError
 from ...io import open_store
 from ...options import defaults
 from . import layout
+from .grib import field_count, scan_grib
 from .layout import Selection
 from .options import Era5Options
 
@@ -78,17 +79,28 @@ def open_file(path: str | os.PathLike) -> xr.Dataset:
 
 def _open_grib(path: Path) -> xr.Dataset:
     """GRIB through cfgrib without writing an index beside the file; files mixing level
-    types (several hypercubes) are opened per hypercube and merged."""
+    types (several hypercubes) are opened per hypercube and merged.
+
+    The file's messages are checked first (`grib.scan_grib`: a truncated or corrupt one
+    is an error naming its byte offset); fewer messages than the fields cfgrib lays out
+    means whole messages are absent, read as NaN (a warning here; the finiteness check
+    of the ingestion names the times)."""
+    messages = scan_grib(path)
     kwargs = {"indexpath": ""}
     try:
-        return xr.open_dataset(path, engine="cfgrib", chunks=None, backend_kwargs=kwargs, decode_timedelta=True)
+        ds = xr.open_dataset(path, engine="cfgrib", chunks=None, backend_kwargs=kwargs, decode_timedelta=True)
+        fields = field_count(ds)
     except Exception as err:  # noqa: BLE001
         import cfgrib
 
         if "DatasetBuildError" not in type(err).__name__ and "multiple values" not in str(err):
             raise
         parts = cfgrib.open_datasets(str(path), backend_kwargs=kwargs, decode_timedelta=True)
-        return xr.merge(parts, compat="override", join="outer", combine_attrs="drop_conflicts")
+        fields = sum(field_count(part) for part in parts)
+        ds = xr.merge(parts, compat="override", join="outer", combine_attrs="drop_conflicts")
+    if messages < fields:
+        log.warning("%s: %d GRIB messages for %d fields: %d fields are absent and read as NaN (an incomplete file?)", path, messages, fields, fields - messages)
+    return ds
 
 
 def open_arco(url: str) -> xr.Dataset:
