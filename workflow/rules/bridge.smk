@@ -5,7 +5,7 @@
 rule bridge_fit:
     input:
         cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
-        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
+        experiments=EXPERIMENTS,
     output:
         f"{RESULTS}/bridge/{{experiment}}/model.pt",
     log:
@@ -29,7 +29,7 @@ rule bridge_evaluate:
     input:
         cells=lambda w: f"{RESULTS}/data/cells/{entry('bridge', w.experiment)['cells']}.zarr",
         model=f"{RESULTS}/bridge/{{experiment}}/model.pt",
-        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
+        experiments=EXPERIMENTS,
     output:
         metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
         predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),

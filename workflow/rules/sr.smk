@@ -4,7 +4,7 @@
 rule sr_train:
     input:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
-        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
+        experiments=EXPERIMENTS,
     output:
         f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
     log:
@@ -39,7 +39,7 @@ rule sr_sample:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         obs=sr_obs,
         checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
-        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
+        experiments=EXPERIMENTS,
     output:
         directory(f"{RESULTS}/sr/{{experiment}}/samples.zarr"),
     log:
@@ -72,7 +72,7 @@ rule sr_evaluate:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         obs=sr_obs,
         samples=f"{RESULTS}/sr/{{experiment}}/samples.zarr",
-        experiments=ancient(f"{RESULTS}/mlflow/experiments.json"),
+        experiments=EXPERIMENTS,
     output:
         metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
         figures=report(

@@ -1,17 +1,31 @@
 # MLflow: create the store and every experiment once, before any job logs.
-# The experiment names are not params: adding an experiment must not rerun this rule
-# (that would make experiments.json newer than every existing model output). An
-# experiment added later is created by its first job, by name (race-safe). The names
-# reach the command through the environment (inherited by jobs, also through sbatch).
+from scorebridge.tracking.links import print_run_links
+from scorebridge.tracking.uri import store_identity
+
+# experiments.json: the store's URI and the experiment ids every job that logs reads (an
+# input of those rules). Its params are where the runs go (tracking.uri, or env
+# MLFLOW_TRACKING_URI when that is null; artifact_root; experiment_prefix): a change of
+# them reruns tracking_init and, through this input, every job that logs, so that the
+# new store holds their runs. (An `ancient()` input would not rerun them, and would also
+# hide from Snakemake 9 every other job downstream of tracking_init: a new experiment's
+# jobs, a changed key's; the call would run tracking_init alone and exit 0.)
+# How jobs log (on_error, system_metrics, register) is not a param: it reaches tracking_init
+# and the jobs through env SCOREBRIDGE_TRACKING, applies to the jobs that run from then on,
+# and reruns nothing. The experiment names are not params either: adding an experiment
+# must not rerun this rule (and with it every model); an experiment added later is created
+# by its first job, by name (race-safe). Names, settings and the invocation id reach the
+# commands through the environment (inherited by jobs, also through sbatch).
+EXPERIMENTS = f"{RESULTS}/mlflow/experiments.json"
 os.environ.update(
     SCOREBRIDGE_SR_EXPERIMENTS=",".join(names("sr")),
     SCOREBRIDGE_BRIDGE_EXPERIMENTS=",".join(names("bridge")),
+    SCOREBRIDGE_TRACKING=json.dumps(config["tracking"], sort_keys=True),
 )
 
 
 rule tracking_init:
     output:
-        f"{RESULTS}/mlflow/experiments.json",
+        EXPERIMENTS,
     log:
         f"{RESULTS}/logs/tracking_init.log",
     conda:
@@ -20,9 +34,14 @@ rule tracking_init:
         **cluster_resources("tracking_init", runtime=10, mem_mb=1000),
     params:
         cli=SCOREBRIDGE,
-        tracking=json.dumps(config["tracking"], sort_keys=True),
+        store=json.dumps(store_identity(config["tracking"]), sort_keys=True),
     shell:
-        "{params.cli} tracking-init --tracking {params.tracking:q} --out {output:q} > {log:q} 2>&1"
+        "{params.cli} tracking-init --out {output:q} > {log:q} 2>&1"
+
+
+# At the end of a successful call: the dashboard links of the runs it made.
+onsuccess:
+    print_run_links(EXPERIMENTS, os.environ.get("SCOREBRIDGE_INVOCATION"))
 
 
 # Metrics tables for the report: each evaluate rule's metrics.json rendered as HTML.

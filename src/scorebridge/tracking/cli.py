@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli import job_parser
 from ..errors import ConfigError, InputError, ScorebridgeError
 from ..options import build
-from .options import TrackingOptions
+from .options import ENV_TRACKING, TrackingOptions
 from .replay import sync_pending
 from .secrets import Scrubber
 from .store import write_experiments
@@ -25,7 +25,8 @@ def _names(text: str) -> list[str]:
 def init_cli(argv: list[str]) -> int:
     """`scorebridge tracking-init --tracking JSON --sr a,b --bridge c --out experiments.json`."""
     ap = job_parser("tracking-init", init_cli.__doc__, spec=False)
-    ap.add_argument("--tracking", default="{}", help="the config's `tracking` section as JSON")
+    ap.add_argument("--tracking", default=os.environ.get(ENV_TRACKING) or "{}",
+                    help="the config's `tracking` section as JSON (default: env SCOREBRIDGE_TRACKING, set by the workflow)")
     ap.add_argument("--sr", default=os.environ.get("SCOREBRIDGE_SR_EXPERIMENTS", ""),
                     help="comma-separated names of the sr experiments (default: env SCOREBRIDGE_SR_EXPERIMENTS)")
     ap.add_argument("--bridge", default=os.environ.get("SCOREBRIDGE_BRIDGE_EXPERIMENTS", ""),

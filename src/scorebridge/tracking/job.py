@@ -25,10 +25,11 @@ from typing import Any, Iterator, Mapping
 from ..errors import ConfigError, InputError
 from ..provenance import config_hash, git_state, package_versions, redact
 from .batch import MAX_PARAM_LENGTH, MAX_TAG_LENGTH, clean_key, context_tags, dataset_record, flatten
-from .options import TrackingError
+from .options import TrackingError, job_settings
 from .run import TrackedRun, UntrackedRun
 from .secrets import Scrubber, secret_values
 from .store import ENV_INVOCATION, job_uri, load_experiments
+from .sysmetrics import SystemMetrics
 from .uri import experiment_name, http_defaults
 
 __all__ = ["job_run", "tracked_run", "untracked_run"]
@@ -38,14 +39,17 @@ log = logging.getLogger(__name__)
 
 def job_run(experiments: str | os.PathLike | None, *, kind: str, experiment: str, rule: str,
             wildcards: Mapping[str, Any] | None, spec: Mapping[str, Any] | None,
-            datasets: Mapping[str, str | os.PathLike] | None) -> contextlib.AbstractContextManager:
+            datasets: Mapping[str, str | os.PathLike] | None, system_metrics: bool = False) -> contextlib.AbstractContextManager:
     """The run of a job, as a context manager: a `TrackedRun` (`tracked_run`) when
     `experiments` (the experiments.json of tracking-init, the CLI's `--experiments`) is
-    given, else an `UntrackedRun` that logs nothing."""
+    given, else an `UntrackedRun` that logs nothing. `system_metrics`: this job samples
+    the machine's utilisation into its run (training and sampling jobs), when
+    `tracking.system_metrics.enabled`."""
     if not experiments:
         log.info("no --experiments given: the run is not tracked in MLflow")
         return untracked_run()
-    return tracked_run(experiments, kind, experiment, rule, wildcards=wildcards, spec=spec, datasets=datasets)
+    return tracked_run(experiments, kind, experiment, rule, wildcards=wildcards, spec=spec, datasets=datasets,
+                       system_metrics=system_metrics)
 
 
 def untracked_run() -> contextlib.AbstractContextManager:
@@ -92,7 +96,8 @@ def _run_tags(kind: str, experiment: str, rule: str, wildcards: dict, spec: dict
 def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule: str,
                 wildcards: Mapping[str, Any] | None = None, spec: Mapping[str, Any] | None = None,
                 datasets: Mapping[str, str | os.PathLike] | None = None, *, tags: Mapping[str, Any] | None = None,
-                pending: str | os.PathLike | None = None, on_error: str | None = None) -> Iterator[TrackedRun]:
+                pending: str | os.PathLike | None = None, on_error: str | None = None,
+                system_metrics: bool = False) -> Iterator[TrackedRun]:
     """Open the MLflow run of one job: (experiment, rule, wildcards) in experiment `<prefix>/<kind>/<experiment>`.
 
     `spec` (the experiment's resolved config) becomes the run's params, flattened to dotted
@@ -101,7 +106,10 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     (the datasets are also logged as MLflow dataset inputs). The run ends FINISHED, or
     FAILED if the body raises (the error is re-raised). `pending` overrides where unlogged
     data goes (default `<dir of experiments.json>/pending/<kind>/<experiment>/<rule>-<wildcards>-...json`);
-    `on_error` overrides `tracking.on_error` from experiments.json.
+    `on_error` overrides `tracking.on_error`. How the job logs (`on_error`,
+    `system_metrics`, `register`) comes from env `SCOREBRIDGE_TRACKING` (the workflow's
+    current config), else from experiments.json (`job_settings`). `system_metrics`: sample
+    the machine into the run (`tracking.system_metrics`; `scorebridge.tracking.sysmetrics`).
     """
     http_defaults()
     exp_path = Path(experiments)
@@ -114,7 +122,8 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     # An experiment added to the config after tracking_init ran is not in experiments.json:
     # the job resolves it by name and creates it if missing (race-safe: names are unique in
     # the store, so of two creators one wins and the other reads the winner's id).
-    mode = on_error or os.environ.get("SCOREBRIDGE_TRACKING_ON_ERROR") or info["on_error"]
+    settings = job_settings(info)
+    mode = on_error or os.environ.get("SCOREBRIDGE_TRACKING_ON_ERROR") or settings.on_error
     if mode not in ("warn", "fail"):
         raise ConfigError("tracking.on_error", f"'{mode}' is not one of warn, fail")
     uri = job_uri(info, exp_path)
@@ -145,8 +154,10 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     eid = by_kind.get(experiment)
     run = TrackedRun(uri=uri, experiment_id=None if eid is None else str(eid), experiment_label=label, on_error=mode,
                      pending=pending_path, run_name=run_name, scrub=scrub, artifact_root=info.get("artifact_root"),
-                     meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation})
+                     meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation},
+                     settings=settings)
     run.start(params, tag, ds_records)
+    monitor = _system_metrics(run) if system_metrics else None
     previous = _catch_sigterm()
     try:
         yield run
@@ -158,13 +169,29 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
         else:
             status = "FAILED"
         try:
+            if monitor is not None:
+                monitor.stop()
             run.end(status)
         except TrackingError as terr:
             print(f"scorebridge: {terr}", file=sys.stderr)
         raise
     finally:
         _restore_sigterm(previous)
+    if monitor is not None:
+        monitor.stop()
     run.end("FINISHED")
+
+
+def _system_metrics(run: TrackedRun):
+    """Start sampling the machine into `run` (None when disabled or the run is offline)."""
+    opts = run.settings.system_metrics
+    if not (opts.enabled and run.online and run.run_id):
+        return None
+    try:
+        return SystemMetrics(run, opts).start()
+    except Exception as err:  # noqa: BLE001 - monitoring never stops the job
+        warnings.warn(f"system metrics not logged: {type(err).__name__}: {err}", stacklevel=3)
+        return None
 
 
 class _Terminated(SystemExit):

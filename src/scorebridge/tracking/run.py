@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ from .batch import (
     send_batch,
     send_datasets,
 )
-from .options import TrackingError
+from .options import TrackingError, TrackingOptions
 from .secrets import Scrubber
 from .store import client, get_or_create_experiment, retry_locked
 from .uri import sqlite_path, strip_credentials
@@ -64,6 +65,8 @@ class UntrackedRun:
     the same methods, logging nothing."""
 
     run_id = None
+    online = False
+    settings = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         pass
@@ -88,8 +91,10 @@ class TrackedRun:
     """A job's MLflow run. Use through `tracked_run(...)` or `job_run(...)`."""
 
     def __init__(self, *, uri: str, experiment_id: str | None, experiment_label: str, on_error: str, pending: Path,
-                 run_name: str, scrub: Scrubber, meta: dict, artifact_root: str | None = None):
+                 run_name: str, scrub: Scrubber, meta: dict, artifact_root: str | None = None,
+                 settings: TrackingOptions | None = None):
         self.uri = uri
+        self.settings = settings  # how the job logs (system metrics, model registration)
         self.experiment_id = experiment_id
         self.experiment_label = experiment_label
         self.artifact_root = artifact_root
@@ -108,6 +113,7 @@ class TrackedRun:
         self.logged = {k: 0 for k in PENDING_KEYS}
         self.rejected: list[str] = []
         self._last_rejection: BaseException | None = None
+        self._metrics_lock = threading.RLock()  # the system-metrics thread logs too
 
     # -- failure handling
     def _fail(self, what: str, err: BaseException) -> None:
@@ -232,30 +238,32 @@ class TrackedRun:
         """
         ts = _now_ms()
         s = int(step) if step is not None else 0
-        for key, value in metrics.items():
-            try:
-                v = float(value)
-            except (TypeError, ValueError):
-                warnings.warn(f"metric '{key}' = {value!r} is not a number; not logged", stacklevel=2)
-                continue
-            self._buffer.append((clean_key(str(key)), v, ts, s))
-        if len(self._buffer) >= BATCH_LIMITS["metrics"] or time.monotonic() - self._last_flush > FLUSH_SECONDS:
-            self.flush()
+        with self._metrics_lock:
+            for key, value in metrics.items():
+                try:
+                    v = float(value)
+                except (TypeError, ValueError):
+                    warnings.warn(f"metric '{key}' = {value!r} is not a number; not logged", stacklevel=2)
+                    continue
+                self._buffer.append((clean_key(str(key)), v, ts, s))
+            if len(self._buffer) >= BATCH_LIMITS["metrics"] or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+                self.flush()
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        while self._buffer:
-            limit = BATCH_LIMITS["metrics"]
-            chunk, self._buffer = self._buffer[:limit], self._buffer[limit:]
-            if self.run_id is None:
-                left = chunk
-            else:
-                left = self._batch("metrics", chunk, lambda c: send_batch(self.client, self.run_id, "metrics", c))
-            self.logged["metrics"] += len(chunk) - len(left)
-            self._pending["metrics"] += [list(m) for m in left]
+        with self._metrics_lock:
+            self._last_flush = time.monotonic()
+            while self._buffer:
+                limit = BATCH_LIMITS["metrics"]
+                chunk, self._buffer = self._buffer[:limit], self._buffer[limit:]
+                if self.run_id is None:
+                    left = chunk
+                else:
+                    left = self._batch("metrics", chunk, lambda c: send_batch(self.client, self.run_id, "metrics", c))
+                self.logged["metrics"] += len(chunk) - len(left)
+                self._pending["metrics"] += [list(m) for m in left]
 
     # -- artifacts
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:

@@ -1,16 +1,23 @@
 """The store and its experiments: created once, by rule `tracking_init`, and found by jobs.
 
-That single process creates the database (MLflow runs its schema migrations once;
-processes racing to create one SQLite database crash in MLflow 3) and every experiment
+That process creates the database (MLflow runs its schema migrations) and every experiment
 `<prefix>/<kind>/<name>`, and writes their ids to `results/mlflow/experiments.json`, which
-jobs read (`load_experiments`).
+jobs read (`load_experiments`). Processes racing to create one SQLite database crash in
+MLflow 3 (`duplicate column name: step`: both run the migrations), e.g. two workflows
+sharing one store: every client of a SQLite store is opened under an exclusive lock on
+`<db>.lock` beside the database (`store_lock`), so one process creates and migrates it
+and the others find it complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,11 +36,13 @@ from .uri import (
     strip_credentials,
 )
 
-__all__ = ["ENV_INVOCATION", "retry_locked", "client", "store_settings", "get_or_create_experiment", "init_store",
+__all__ = ["ENV_INVOCATION", "retry_locked", "store_lock", "client", "store_settings", "get_or_create_experiment", "init_store",
            "write_experiments", "load_experiments", "job_uri"]
 
 ENV_INVOCATION = "SCOREBRIDGE_INVOCATION"
 SQLITE_LOCK_WAIT = 120.0  # seconds to keep retrying a locked SQLite database
+STORE_LOCK_WAIT = 600.0  # seconds to wait for another process creating the same SQLite store
+_THREAD_LOCK = threading.Lock()  # POSIX locks are per process: threads of one process queue here
 
 
 def retry_locked(fn, *args, **kwargs):
@@ -51,11 +60,50 @@ def retry_locked(fn, *args, **kwargs):
             delay = min(delay * 2, 1.0)
 
 
+@contextlib.contextmanager
+def store_lock(db: str | os.PathLike, wait: float = STORE_LOCK_WAIT):
+    """Hold an exclusive lock on `<db>.lock` (created beside the database, kept there).
+
+    A POSIX record lock (`fcntl.lockf`), which also works on NFS v4 and Lustre, the file
+    systems a cluster shares results on. Raises `TrackingError` naming the lock file when
+    another process holds it for longer than `wait` seconds."""
+    path = Path(f"{db}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, open(path, "a") as f:
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"{path}: another process has held this lock for over {wait:.0f} s while "
+                                        "creating the MLflow store beside it; if none is running, delete the lock file") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield path
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
 def client(uri: str):
-    """An `MlflowClient` bound to `uri` (nothing process-global is set)."""
+    """An `MlflowClient` bound to `uri` (nothing process-global is set).
+
+    For a SQLite store, the store is opened once under `store_lock`: the first process
+    creates the database and runs MLflow's migrations while the others wait, then find
+    every table in place (MLflow caches the opened store per process)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri if not is_remote(uri) else None)
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri if not is_remote(uri) else None)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(db):
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opens (creates, migrates) the store
+        retry_locked(c.search_registered_models, max_results=1)  # and the model registry's
+    return c
 
 
 def store_settings(tracking: TrackingOptions, results: str | os.PathLike) -> tuple[str, str, str, str | None]:
@@ -100,9 +148,6 @@ def init_store(tracking: TrackingOptions | Mapping[str, Any] | None, sr: list[st
     tracking = TrackingOptions.of(tracking)
     http_defaults()
     uri, source, prefix, artifact_root = store_settings(tracking, results)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow_client = retry_locked(client, uri)
     ids: dict[str, dict[str, str | None]] = {"sr": {}, "bridge": {}}
     for kind, names in (("sr", sr), ("bridge", bridge)):
@@ -121,6 +166,8 @@ def _info(tracking: TrackingOptions, uri: str, source: str, prefix: str, artifac
         "experiment_prefix": prefix,
         "artifact_root": strip_credentials(artifact_root) if artifact_root else None,
         "on_error": tracking.on_error,
+        "system_metrics": dataclasses.asdict(tracking.system_metrics),
+        "register": tracking.register,
         "experiments": ids,
         "offline": offline,
         "invocation": os.environ.get(ENV_INVOCATION),

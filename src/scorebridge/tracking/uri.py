@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .options import TrackingOptions
 
-__all__ = ["strip_credentials", "default_uri", "resolve_uri", "experiment_name", "is_sqlite", "sqlite_path", "is_remote",
+__all__ = ["strip_credentials", "default_uri", "resolve_uri", "store_identity", "experiment_name", "is_sqlite", "sqlite_path", "is_remote",
            "http_defaults", "default_artifact_root", "CRED_RE"]
 
 # Network timeouts: a refused connection costs seconds (4 attempts, ~7 s of backoff), a
@@ -64,6 +64,18 @@ def resolve_uri(tracking: TrackingOptions | Mapping[str, Any] | None = None,
     if uri.startswith("file:") or uri.rstrip("/").endswith("mlruns"):
         raise ConfigError("tracking.uri", f"'{uri}': the MLflow file store is refused by MLflow >= 3.13; use sqlite:///path/mlflow.db")
     return uri, source
+
+
+def store_identity(tracking: TrackingOptions | Mapping[str, Any] | None = None) -> dict[str, str | None]:
+    """Where the runs go, as rule `tracking_init` records it (its params): the configured
+    URI, else env `MLFLOW_TRACKING_URI`, else None (the SQLite store under results/),
+    credentials stripped; the artifact root and the experiment prefix. A change of any of
+    them reruns the rule and every job that logs, so that the new store holds their runs."""
+    t = TrackingOptions.of(tracking)
+    uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return {"uri": strip_credentials(str(uri)) if uri else None,
+            "artifact_root": strip_credentials(str(t.artifact_root)) if t.artifact_root else None,
+            "experiment_prefix": t.experiment_prefix}
 
 
 def is_sqlite(uri: str) -> bool:
