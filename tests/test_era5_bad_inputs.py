@@ -100,7 +100,7 @@ def test_grib_missing_whole_messages_is_an_error(tmp_path, caplog):
         ingest(spec(**GRIB_SPEC), tmp_path / "o.zarr", [path])
     text = str(err.value)
     assert text.startswith(f"{path}: variable 't'") and "2017-01-01T12" in text and "NaN" in text
-    assert f"75 GRIB messages for 80 fields" in caplog.text
+    assert "75 GRIB messages for 80 fields" in caplog.text
     # a file cut at a time boundary is complete as far as anything inside it can tell
     ds = read(ingest(spec(**GRIB_SPEC), tmp_path / "120.zarr", [_cut(src, tmp_path / "120.grib", msgs[120][0])]))
     assert ds.sizes["time"] == 3
@@ -203,6 +203,21 @@ def test_units_that_cannot_be_converted_fail_naming_file_variable_and_units(tmp_
     assert ds.u.attrs["units"] == "m s**-1"
 
 
+def test_units_table_and_spellings():
+    from scorebridge.data.era5.layout import LONG_NAMES
+    from scorebridge.data.era5.units import ERA5_UNITS, conversion, parse_units
+
+    assert set(ERA5_UNITS) == set(LONG_NAMES), "every ERA5 short name has its units"
+    assert all(parse_units(u) is not None for u in ERA5_UNITS.values())
+    for a, b in [("m s**-1", "m s-1"), ("m s**-1", "m/s"), ("m**2 s**-2", "m2 s-2"), ("K", "kelvin"), ("(0 - 1)", "1"), ("Pa s**-1", "Pa/s")]:
+        assert parse_units(a) == parse_units(b), (a, b)
+    assert conversion("hPa s**-1", "Pa s**-1")[:2] == (100.0, 0.0)
+    assert conversion("Pa", "hPa")[:2] == (0.01, 0.0)
+    assert conversion("K", "degC")[:2] == (1.0, -273.15)
+    assert conversion("gpm", "m**2 s**-2")[:2] == (G, 0.0)
+    assert conversion("m", "K") is None and conversion("furlongs", "m") is None
+
+
 def test_missing_units_are_taken_as_era5_units_with_a_warning(tmp_path, caplog):
     src = new_cds(ntime=4, variables=("t",))
     bare = src.copy()
@@ -242,7 +257,8 @@ def test_overlapping_times_with_different_values(tmp_path):
     first = read(ingest(spec(on_conflict="first"), tmp_path / "first.zarr", [a, b]))
     last = read(ingest(spec(on_conflict="last"), tmp_path / "last.zarr", [a, b]))
     exp = expected(src)
-    np.testing.assert_array_equal(first.t.values, exp.t.values)  # a's values at 4..7
+    np.testing.assert_array_equal(first.t.values[:8], exp.t.values[:8])  # a's values at the overlap 4..7
+    np.testing.assert_array_equal(first.t.values[8:], exp.t.values[8:] + 0.5)  # b alone holds 8..11
     np.testing.assert_array_equal(last.t.values[8:], exp.t.values[8:] + 0.5)
     np.testing.assert_array_equal(last.t.values[6:8], exp.t.values[6:8] + 0.5)  # b's values at the overlap
     np.testing.assert_array_equal(last.t.values[:6], exp.t.values[:6])
@@ -262,7 +278,7 @@ def test_nan_and_inf_fail_at_ingest_naming_file_variable_time_and_count(tmp_path
     late = src.isel(valid_time=slice(4, 8))
     t = late.t.values.copy()
     t[1, 1, 2, 3:6] = np.nan  # 3 NaN at 2020-01-02T06, 850 hPa
-    t[2, 0, 0, 0] = np.inf
+    t[2, 2, 0, 0] = np.inf  # 2020-01-02T12, 500 hPa
     b = write_new(_with_units(late, "t", t, "K"), tmp_path / "b.nc")
     out = tmp_path / "o.zarr"
     proc = run_cli("era5-ingest", "--spec", json.dumps(spec()), "--out", out, a, b, check=False)

@@ -30,6 +30,7 @@ from ..core.device import select_device
 from ..core.distributed import init_distributed, shutdown
 from ..core.seed import derive_seed, seed_everything, step_generator
 from ..core.train import fit
+from ..data.era5.finite import check_finite
 from ..errors import ConfigError
 from ..provenance import package_versions
 from .data import FieldBatcher, channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
@@ -124,6 +125,8 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
         channels = resolve_channels(ds, train.variables, train.levels)
         norm = normalisation_of(ds, channels)
         train_idx, test_idx = split_times(ds, train.split)
+        for what, idx in (("training", train_idx), ("held-out", test_idx)):  # NaN/inf fail here, not after the last step
+            check_finite(ds, idx, what, channels)
         model = dataclasses.replace(train.model, periodic=resolve_periodic(ds, train.model, train.crop))
         if train.random_shift and not model.periodic:
             raise ConfigError("sr.train.random_shift", "random circular shifts need a periodic axis (sr.train.model.periodic)")

@@ -29,10 +29,12 @@ from ...io import atomic_path, remove
 from ...provenance import git_state, package_versions, redact, sha256_file
 from . import layout
 from .fetch import SOURCE_ATTR
-from .inputs import engine_of, fmt_date, open_arco, open_inputs
+from .finite import NonFinite, nonfinite_error, summarise
+from .inputs import engine_of, fmt_date, join_inputs, open_arco
 from .layout import Selection
 from .options import Era5Options, StreamOptions, era5_options
 from .stream import stream_to_zarr
+from .units import harmonise_units
 
 __all__ = ["ingest", "bounded_readers", "READER_CHUNK_CACHE_BYTES", "READER_OPEN_FILES"]
 
@@ -136,14 +138,17 @@ def _ingest(opts: Era5Options, out: str | os.PathLike, files: Iterable[str | os.
         sub = layout.select(ds, sel, url, need_all=True)
         if sub is None:
             raise InputError(f"no times selected by dates {fmt_date(sel.start)}..{fmt_date(sel.end, -1)} and hours (keys 'dates', 'hours')", url)
-        data = layout.finish(sub, chunk_time).chunk({"time": chunk_time})
+        ((_, data),) = harmonise_units([(url, layout.finish(sub, chunk_time))])
+        data = data.chunk({"time": chunk_time})
+        sources: dict = {str(v): url for v in data.data_vars}
         provenance["store"] = url
     elif source in ("local", "cds", "synthetic"):
         if not files:
             if source != "local":
                 raise InputError(f"source {source!r}: pass the fetched netCDF file (results/raw/era5/<dataset>.nc)")
             files = _expand(opts.files)
-        data = open_inputs(files, sel, chunk_time)
+        joined = join_inputs(files, sel, chunk_time, opts.on_conflict)
+        data, sources = joined.data, joined.sources
         provenance["inputs"] = _input_record(files)
         hashing = _Digests(files)
     else:
@@ -152,9 +157,18 @@ def _ingest(opts: Era5Options, out: str | os.PathLike, files: Iterable[str | os.
     provenance["git"] = git_state(Path(__file__).parent)
     provenance["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
+    times = data["time"].values
+
+    def after_block(counts: NonFinite, stop: int) -> None:
+        """`nan: error`: stop at the first block holding NaN or inf."""
+        err = nonfinite_error(counts, times, sources, stop) if opts.nan == "error" else None
+        if err is not None:
+            raise err
+
     _remove_stale_partials(out)
     with atomic_path(out) as tmp, _dask_scheduler(opts.stream):
-        stats = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(opts.stream.block_mb))
+        stats, counts = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(opts.stream.block_mb), after_block=after_block)
+        provenance["nonfinite"] = summarise(counts, times)
         if hashing is not None:
             for item, digest in zip(provenance["inputs"], hashing.result()):
                 item["sha256"] = digest

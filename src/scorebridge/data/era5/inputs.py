@@ -8,6 +8,7 @@ after checking that their grids, levels and members agree.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -18,13 +19,15 @@ import xarray as xr
 
 from ...errors import InputError
 from ...io import open_store
-from ...options import defaults
+from ...options import defaults, schema_node
 from . import layout
 from .grib import field_count, scan_grib
 from .layout import Selection
 from .options import Era5Options
+from .overlap import join_in_time
+from .units import harmonise_units
 
-__all__ = ["open_file", "open_arco", "open_inputs", "engine_of", "fmt_date"]
+__all__ = ["open_file", "open_arco", "open_inputs", "join_inputs", "Joined", "engine_of", "fmt_date"]
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +122,32 @@ def _same_axis(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.allclose(a, b, atol=1e-6)
 
 
-def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None) -> xr.Dataset:
+def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None) -> xr.Dataset:
+    """Normalise and subset each input lazily and join them along time, chunked by
+    `chunk_time` steps (None: the schema's `chunks.time`); see `join_inputs`."""
+    return join_inputs(files, sel, chunk_time, on_conflict).data
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """The joined inputs (lazy) and, per variable, the file each time comes from."""
+
+    data: xr.Dataset
+    sources: dict[str, np.ndarray]
+
+
+def join_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None) -> Joined:
     """Normalise and subset each input lazily and join them along time, chunked by
     `chunk_time` steps (None: the schema's `chunks.time`).
 
     Files may split the data by time, by variable, or both; grids must agree, and a
     requested variable must be in some file (else the error names the files and what
-    they hold)."""
+    they hold). Units are checked and converted (`units`); times held by several files
+    are kept once (`overlap`, `on_conflict`; None: the schema's default)."""
     if chunk_time is None:
         chunk_time = defaults((*Era5Options.SCHEMA_PATH, "chunks"))["time"]
+    if on_conflict is None:
+        on_conflict = schema_node((*Era5Options.SCHEMA_PATH, "on_conflict"))["default"]
     files = [Path(f) for f in files]
     if not files:
         raise InputError("no input files")
@@ -164,6 +184,8 @@ def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
             f"{list(sel.hours) if sel.hours is not None else 'all'} (keys 'dates', 'hours'); inputs cover {'; '.join(covered)}",
         )
 
+    parts = harmonise_units(parts)
+
     # grids (and levels) must agree
     ref_path, ref = parts[0]
     for path, ds in parts[1:]:
@@ -174,7 +196,7 @@ def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
         if ("number" in ds.dims) != ("number" in ref.dims) or ("number" in ds.dims and not _same_axis(ds["number"].values, ref["number"].values)):
             raise InputError(f"ensemble members differ across files (this file: {ds['number'].values.tolist() if 'number' in ds.dims else 'none'})", path)
 
-    # group by the variables each file holds; concatenate each group along time
+    # group by the variables each file holds (input order kept); join each group along time
     groups: dict[tuple[str, ...], list[tuple[Path, xr.Dataset]]] = {}
     for path, ds in parts:
         groups.setdefault(tuple(sorted(ds.data_vars)), []).append((path, ds))
@@ -187,17 +209,11 @@ def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
                 lacking = sorted(set(a) ^ set(b))
                 raise InputError(f"files hold different variables: {pa} has {list(a)}, {pb} has {list(b)} (both have {common}; {lacking} missing in one)", pb)
     joined = []
+    sources: dict[str, np.ndarray] = {}
     for key, members in groups.items():
-        members.sort(key=lambda item: item[1]["time"].values[0])
-        datasets = [ds for _, ds in members]
-        ds = datasets[0] if len(datasets) == 1 else xr.concat(datasets, dim="time", data_vars="minimal", coords="minimal", compat="override", join="override")
-        times = ds["time"].values
-        if times.size > 1 and np.any(np.diff(times) <= np.timedelta64(0, "ns")):
-            order = np.argsort(times, kind="stable")
-            unique = order[np.concatenate([[True], np.diff(times[order]) > np.timedelta64(0, "ns")])]
-            log.warning("overlapping times across files %s: %d duplicates dropped", [str(p) for p, _ in members], times.size - unique.size)
-            ds = ds.isel(time=unique)
+        ds, origin = join_in_time(members, on_conflict)
         joined.append((key, [p for p, _ in members], ds))
+        sources.update({name: origin for name in key})
     if len(joined) > 1:
         base_key, base_files, base = joined[0]
         for key, files_, ds in joined[1:]:
@@ -211,7 +227,7 @@ def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
     else:
         out = joined[0][2]
     out = out[[v for v in sel.variables]]
-    return out.chunk({"time": chunk_time})
+    return Joined(out.chunk({"time": chunk_time}), {v: sources[v] for v in sel.variables})
 
 
 def _same_times(a: np.ndarray, b: np.ndarray) -> bool:

@@ -78,6 +78,8 @@ class Era5Options:
     product_type: str
     arco_url: str
     member: int | None
+    on_conflict: str
+    nan: str
     chunks: dict
     stream: StreamOptions
     synthetic: SyntheticOptions

@@ -20,12 +20,14 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import dask
 import numpy as np
 import xarray as xr
 
 from ...progress import progress
+from .finite import NonFinite
 
 __all__ = ["stream_to_zarr", "time_block"]
 
@@ -39,23 +41,30 @@ def time_block(ds: xr.Dataset, chunk_time: int, block_mb: float) -> int:
     return max(chunk_time, steps // chunk_time * chunk_time)
 
 
-def _chunk_sums(x: np.ndarray, level_axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _chunk_sums(x: np.ndarray, level_axis: int | None, time_axis: int) -> tuple[np.ndarray, ...]:
     """(count, sum, sum of squares) of a chunk over every axis but `level_axis`, in float64
-    (float32 squares are exact in float64), NaN-aware; no temporary copy without NaNs."""
+    (float32 squares are exact in float64), over the finite values; and the number of
+    NaN and of +-inf per time step (along `time_axis`). No temporary copy without NaN/inf."""
     x = np.asarray(x)
     letters = "abcdefgh"[: x.ndim]
     out = letters[level_axis] if level_axis is not None else ""
     axes = tuple(i for i in range(x.ndim) if i != level_axis)
+    not_time = tuple(i for i in range(x.ndim) if i != time_axis)
     s1 = x.sum(axis=axes, dtype=np.float64)
-    if not np.all(np.isfinite(s1)):
-        valid = ~np.isnan(x)
+    if np.all(np.isfinite(s1)):  # any NaN or inf makes the float64 sum non-finite
+        n = np.full(s1.shape, float(np.prod([x.shape[a] for a in axes])))
+        nan = inf = np.zeros(x.shape[time_axis], np.int64)
+    else:
+        nan_mask, inf_mask = np.isnan(x), np.isinf(x)
+        nan = nan_mask.sum(axis=not_time, dtype=np.int64)
+        inf = inf_mask.sum(axis=not_time, dtype=np.int64)
+        valid = ~(nan_mask | inf_mask)
+        del nan_mask, inf_mask
         x = np.where(valid, x, np.zeros((), x.dtype))
         n = valid.sum(axis=axes).astype(np.float64)
         s1 = x.sum(axis=axes, dtype=np.float64)
-    else:
-        n = np.full(s1.shape, float(np.prod([x.shape[a] for a in axes])))
     s2 = np.einsum(f"{letters},{letters}->{out}", x, x, dtype=np.float64)
-    return n, s1, s2
+    return n, s1, s2, nan, inf
 
 
 _OPEN: dict[tuple[str, str], object] = {}
@@ -78,12 +87,12 @@ def _zarr_array(store: str, name: str):
         return arr
 
 
-def _write_chunk(x: np.ndarray, store: str, name: str, region: tuple[slice, ...], level_axis: int | None):
-    """Write one chunk into its region of the store and return its statistics sums, so
-    that the chunk is read once and dropped as soon as this task ends."""
+def _write_chunk(x: np.ndarray, store: str, name: str, region: tuple[slice, ...], level_axis: int | None, time_axis: int):
+    """Write one chunk into its region of the store and return its statistics sums and
+    non-finite counts, so that the chunk is read once and dropped when this task ends."""
     x = np.ascontiguousarray(x)
     _zarr_array(store, name)[region] = x
-    return _chunk_sums(x, level_axis)
+    return (region[time_axis].start, *_chunk_sums(x, level_axis, time_axis))
 
 
 def _chunk_tasks(x, store: str, name: str, dims: tuple[str, ...], time_offset: int) -> list:
@@ -100,7 +109,7 @@ def _chunk_tasks(x, store: str, name: str, dims: tuple[str, ...], time_offset: i
             if axis == time_axis:
                 lo, hi = lo + time_offset, hi + time_offset
             region.append(slice(lo, hi))
-        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, name, tuple(region), level_axis))
+        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, name, tuple(region), level_axis, time_axis))
     return tasks
 
 
@@ -110,12 +119,15 @@ def stream_to_zarr(
     *,
     chunk_time: int,
     block_mb: float,
-) -> dict[str, dict]:
+    after_block: Callable[[NonFinite, int], None] | None = None,
+) -> tuple[dict[str, dict], NonFinite]:
     """Write `ds` (dask-backed, dim `time`) to a new zarr store at `path` in time blocks.
 
     Returns the normalisation statistics `{var: {"mean": [...per level] or x, "std": ...}}`
-    over every dim but `level` (NaN-aware, population std). A progress bar counts the
-    time steps written (`scorebridge.progress`)."""
+    over every dim but `level` (over the finite values, population std) and the counts
+    of NaN and inf per variable and time step. `after_block(counts, stop)` runs after
+    each block (the first `stop` time steps written and counted): it may raise to stop
+    the write early. A progress bar counts the time steps written (`scorebridge.progress`)."""
     path = Path(path)
     nt = ds.sizes["time"]
     encoding = {}
@@ -127,21 +139,28 @@ def stream_to_zarr(
     ds.to_zarr(path, mode="w-", compute=False, encoding=encoding, consolidated=False)
 
     sums = {name: [0, 0.0, 0.0] for name in ds.data_vars}  # N, S1, S2
+    counts = NonFinite.zeros([str(n) for n in ds.data_vars], nt)
     block = time_block(ds, chunk_time, block_mb)
     bar = progress(total=nt, unit="step", desc=f"write {path.name}", leave=True)
-    for start in range(0, nt, block):
-        stop = min(nt, start + block)
-        sub = ds.isel(time=slice(start, stop))
-        tasks = {name: _chunk_tasks(var.data, str(path), name, var.dims, start) for name, var in sub.data_vars.items()}
-        (values,) = dask.compute(tasks)
-        for name, parts in values.items():
-            acc = sums[name]
-            for n, s1, s2 in parts:
-                acc[0] = acc[0] + n
-                acc[1] = acc[1] + s1
-                acc[2] = acc[2] + s2
-        bar.update(stop - start)
-    bar.close()
+    try:
+        for start in range(0, nt, block):
+            stop = min(nt, start + block)
+            sub = ds.isel(time=slice(start, stop))
+            tasks = {name: _chunk_tasks(var.data, str(path), name, var.dims, start) for name, var in sub.data_vars.items()}
+            (values,) = dask.compute(tasks)
+            for name, parts in values.items():
+                acc = sums[name]
+                for t0, n, s1, s2, nan, inf in parts:
+                    acc[0] = acc[0] + n
+                    acc[1] = acc[1] + s1
+                    acc[2] = acc[2] + s2
+                    counts.nan[name][t0 : t0 + nan.size] += nan
+                    counts.inf[name][t0 : t0 + inf.size] += inf
+            bar.update(stop - start)
+            if after_block is not None:
+                after_block(counts, stop)
+    finally:
+        bar.close()
 
     stats = {}
     for name, (n, s1, s2) in sums.items():
@@ -153,4 +172,4 @@ def stream_to_zarr(
             stats[name] = {"mean": [float(x) for x in np.atleast_1d(mean)], "std": [float(x) for x in np.atleast_1d(std)]}
         else:
             stats[name] = {"mean": float(mean), "std": float(std)}
-    return stats
+    return stats, counts
