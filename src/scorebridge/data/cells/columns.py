@@ -189,6 +189,6 @@ def check_features(df, features: list[str], path: Path, lines: list[int]) -> Non
         where = []
         for i in bad_rows[:5]:
             cols = [c for j, c in enumerate(features) if not np.isfinite(X[i, j])]
-            where.append(f"line {lines[i]} (column {', '.join(repr(c) for c in cols)}: {df[cols[0]].iloc[i]!r})")
+            where.append(f"line {lines[i]} (column {', '.join(repr(c) for c in cols)}: {df[cols[0]].iloc[i]})")
         more = f" (and {bad_rows.size - 5} more)" if bad_rows.size > 5 else ""
         raise InputError(f"NaN or infinite feature values in {bad_rows.size} row(s): {', '.join(where)}{more}", path)

@@ -16,6 +16,10 @@ Output (collocated-obs contract), dim ``obs`` sorted by (time_index, station,
 decreasing pressure): ``station``, ``time`` (ERA5 time), ``time_index``, ``latitude``,
 ``longitude`` (grid convention), ``pressure`` (Pa), ``t`` (K), ``u``, ``v`` (m/s), ``z``
 (geopotential m² s⁻² = g0 · geopotential height), ``launch_time``; NaN where missing.
+
+A store of IGRA derived parameters (`derived`) collocates the same way: its reported
+pressure, temperature and u, v, and as height the reported geopotential height, else
+the calculated one (``calc_gph``: the product's hydrostatic estimate).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ def collocate(obs, grid: dict, tolerance_hours: float):
         raise InputError(f"the IGRA table lacks variable(s) {absent}")
     df = pd.DataFrame({c: obs[c].to_numpy() for c in cols})
     df["station"] = df["station"].astype(str)
+    if "calc_gph" in obs.variables:  # derived parameters: the reported height, else the calculated one
+        df["gph"] = df["gph"].fillna(pd.Series(obs["calc_gph"].to_numpy(), index=df.index))
     n_read = len(df)
 
     # 1. inside the grid box, in the grid's longitude convention

@@ -1,7 +1,8 @@
 """IGRA v2 station files into the IGRA zarr contract.
 
-`ingest(spec, inputs, out)` parses the station files (`parse`), filters them by
-station, dates, area and pressure (`filters`) and writes, in batches that bound memory:
+`ingest(spec, inputs, out)` parses the station files (`parse`, or `derived`), filters
+them by station, dates, area and pressure (`filters`), drops repeated soundings and
+writes, in batches that bound memory:
 
 - root group, dim ``obs`` (one row per level): ``station``, ``time`` (nominal launch
   time), ``latitude``, ``longitude``, ``pressure`` (Pa), ``gph`` (m), ``temperature``
@@ -11,9 +12,13 @@ station, dates, area and pressure (`filters`) and writes, in batches that bound 
 - group ``soundings``, dim ``sounding``: ``station``, ``time``, ``latitude``,
   ``longitude``, ``first`` (index of its first row in ``obs``), ``nlevels``, ``hour``,
   ``reltime``, ``p_src``, ``np_src``;
-- root attrs ``provenance`` (JSON: source, input sha256s, filters, versions, created).
+- root attrs ``provenance`` (JSON: source, product, input sha256s, filters, dropped
+  repeats, versions, created) and ``product``.
 
-Read it back with :func:`open_igra`.
+Derived-parameter files (`product: derived`, `derived`) give the same layout with their
+own variables (`derived.LEVEL_VARIABLES` per level, `derived.SOUNDING_VARIABLES` per
+sounding, each with its units) and positions from the station list. A sounding read
+twice is kept once (`dedup`). Read the store back with :func:`open_igra`.
 """
 
 from __future__ import annotations
@@ -21,19 +26,23 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ...io import atomic_path, open_store, strings_as_object
 from ...progress import progress
 from ...provenance import package_versions, sha256_file
+from .dedup import Deduplicator
+from .derived import DATA_HINT, DERIVED_ATTRS, DERIVED_HINT, detect_product, parse_derived, place_stations
 from .filters import filter_igra
-from .format import IgraData
+from .format import STATION_LIST_NAME, IgraData
 from .options import IgraOptions, igra_options
-from .parse import parse_igra, read_bytes
+from .parse import parse_igra, read_bytes, read_station_list
 
 __all__ = ["station_files", "write_igra_zarr", "open_igra", "ingest"]
 
@@ -43,16 +52,20 @@ OBS_CHUNK = 1 << 18  # rows per zarr chunk of the obs table
 APPEND_ROWS = 1 << 21  # buffered rows per append (bounds memory with many files)
 
 
-def station_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """IGRA station files among `inputs`: files as given; in directories, the
-    `*-data*.txt` and `*-data*.zip` files (the station list and manifest are skipped)."""
+def station_files(inputs: Iterable[str | Path], product: str | None = None) -> list[Path]:
+    """IGRA station files among `inputs`: files as given (a file given twice is read
+    once, with a warning); in directories, the `*-data*` (product `data`) or `*-drvd*`
+    (product `derived`; either when None) `.txt` and `.zip` files (the station list and
+    manifest are skipped)."""
+    marks = {"data": ("-data",), "derived": ("-drvd",), None: ("-data", "-drvd")}[product]
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and "-data" in q.name and q.name.endswith((".txt", ".zip")))
+            found = sorted(q for q in p.iterdir() if q.is_file() and any(m in q.name for m in marks) and q.name.endswith((".txt", ".zip")))
             if not found:
-                raise InputError("no IGRA station files (*-data*.txt or *-data*.txt.zip) in this directory", p)
+                names = " or ".join(f"*{m}*.txt, *{m}*.txt.zip" for m in marks)
+                raise InputError(f"no IGRA station files ({names}) in this directory", p)
             files += found
         elif p.is_file():
             files.append(p)
@@ -60,7 +73,34 @@ def station_files(inputs: Iterable[str | Path]) -> list[Path]:
             raise InputError("file not found", p)
     if not files:
         raise InputError("no IGRA station files given")
-    return files
+    unique: dict[Path, Path] = {}
+    for f in files:
+        if f.resolve() in unique:
+            log.warning("%s: given twice (as %s and %s); read once", f.resolve(), unique[f.resolve()], f)
+            continue
+        unique[f.resolve()] = f
+    return list(unique.values())
+
+
+def _station_table(opts: IgraOptions, inputs: Sequence[str | Path]) -> tuple[pd.DataFrame, str]:
+    """The station list that places derived-parameter soundings: `station_list` when it
+    is a file, else the igra2-station-list.txt of an input directory (the fetch puts one
+    there)."""
+    given = opts.station_list
+    if given and not given.startswith(("http://", "https://")):
+        path = Path(os.path.expanduser(given))
+        if not path.is_file():
+            raise ConfigError("station_list", f"file '{given}' not found")
+        return read_station_list(path), str(path)
+    for item in inputs:
+        q = Path(item) / STATION_LIST_NAME
+        if Path(item).is_dir() and q.is_file():
+            return read_station_list(q), str(q)
+    raise ConfigError(
+        "station_list",
+        "IGRA derived-parameter files carry no station position (no LAT/LON in the header): set `station_list` to the "
+        f"path of {STATION_LIST_NAME} (the http source fetches it beside the files)",
+    )
 
 
 def _datasets(data: IgraData, offset: int):
@@ -99,13 +139,18 @@ ATTRS = {
     "lvltyp1": {"long_name": "major level type (1 standard, 2 other pressure, 3 non-pressure)"},
     "lvltyp2": {"long_name": "minor level type (1 surface, 2 tropopause, 0 other)"},
 }
+# variable attributes of each product's store
+VARIABLE_ATTRS = {"data": ATTRS, "derived": {"latitude": ATTRS["latitude"], "longitude": ATTRS["longitude"], **DERIVED_ATTRS}}
+FORMATS = {"data": "IGRA v2.2 (igra2-data-format.txt, 2023-01-19)", "derived": "IGRA v2.2 derived parameters (igra2-derived-format.txt, 2023-01-19)"}
+TITLES = {"data": "IGRA v2 soundings (scorebridge)", "derived": "IGRA v2 derived sounding parameters (scorebridge)"}
 
 
 class _ZarrAppender:
     """Append IgraData batches to a zarr store: obs table at the root, index in `soundings`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, attrs: dict | None = None):
         self.path = path
+        self.attrs = ATTRS if attrs is None else attrs  # variable name -> attributes (units, long_name)
         self.rows = 0
         self.soundings = 0
 
@@ -113,9 +158,11 @@ class _ZarrAppender:
         if data.n_obs == 0:
             return
         obs, snd = _datasets(data, self.rows)
-        for name, attrs in ATTRS.items():
+        for name, attrs in self.attrs.items():
             if name in obs:
                 obs[name].attrs.update(attrs)
+            if name in snd and name not in ("latitude", "longitude"):
+                snd[name].attrs.update(attrs)
         if self.rows == 0:
             enc = {k: {"chunks": (OBS_CHUNK,)} for k in obs.data_vars}
             enc["time"].update({"units": "seconds since 1900-01-01", "dtype": "int64"})
@@ -164,26 +211,57 @@ def _filters(opts: IgraOptions) -> dict:
     }
 
 
+def _product(opts: IgraOptions, found: str, first: tuple[str, Path] | None, f: Path) -> None:
+    """Refuse a file of the other IGRA product than `product` (or than the first file)."""
+    hint = {"data": DATA_HINT, "derived": DERIVED_HINT}[found]
+    what = {"data": "a sounding data file", "derived": "an IGRA derived-parameter file"}[found]
+    if opts.product is not None and found != opts.product:
+        raise InputError(f"this is {what} ({hint}) but product is '{opts.product}'; set product: {found} (or leave it unset to detect it)", f)
+    if first is not None and found != first[0]:
+        raise InputError(
+            f"this is {what} but {first[1]} is {'a sounding data file' if first[0] == 'data' else 'a derived-parameter file'}: "
+            "one IGRA dataset holds one product; give them as two igra entries",
+            f,
+        )
+
+
 def ingest(spec: IgraOptions | Mapping, inputs: Sequence[str | Path], out: str | Path) -> dict:
     """Parse station files, filter them by the entry `spec` (options, or a dict the
-    schema fills), write the IGRA zarr at `out`; return a summary."""
+    schema fills), drop repeated soundings, write the IGRA zarr at `out`; return a summary."""
     opts = igra_options(spec)
-    files = station_files(inputs)
+    if opts.source == "synthetic" and opts.product == "derived":
+        raise ConfigError("product", "the synthetic source writes sounding data files; product must be data or null")
+    files = station_files(inputs, opts.product)
     filters = _filters(opts)
     seen_stations: set[str] = set()
     digests = {}
     totals = {"soundings_read": 0, "obs_read": 0}
+    first: tuple[str, Path] | None = None
+    stations, station_list = None, None
+    dedup = Deduplicator()
     with atomic_path(out) as tmp:
         app = _ZarrAppender(tmp)
         buffer: list[IgraData] = []
         buffered = 0
         for f in progress(files, desc="IGRA files", unit="file"):
             digests[str(f)] = sha256_file(f)
-            data = parse_igra(read_bytes(f), f)
+            raw = read_bytes(f)
+            found = detect_product(raw)
+            _product(opts, found, first, f)
+            if first is None:
+                first = (found, f)
+                app.attrs = VARIABLE_ATTRS[found]
+            if found == "derived":
+                if stations is None:
+                    stations, station_list = _station_table(opts, inputs)
+                data = place_stations(parse_derived(raw, f), stations, station_list)
+            else:
+                data = parse_igra(raw, f)
             totals["soundings_read"] += data.n_soundings
             totals["obs_read"] += data.n_obs
             seen_stations.update(np.unique(data.soundings["station"].astype(str)).tolist())
-            data = filter_igra(data, **filters)
+            data = filter_igra(data, stations=filters["stations"], dates=filters["dates"], area=filters["area"])
+            data = filter_igra(dedup(data, str(f)), pressure_range=filters["pressure_range"])
             if data.n_obs:
                 buffer.append(data)
                 buffered += data.n_obs
@@ -205,16 +283,21 @@ def ingest(spec: IgraOptions | Mapping, inputs: Sequence[str | Path], out: str |
                 f"area {filters['area']}, pressure_range {filters['pressure_range']} Pa): "
                 f"{totals['soundings_read']} soundings / {totals['obs_read']} levels were read from {len(files)} file(s)"
             )
-        summary = {"soundings": app.soundings, "obs": app.rows, **totals, "stations": len(seen_stations)}
+        product = first[0] if first else "data"
+        summary = {"soundings": app.soundings, "obs": app.rows, **totals, "duplicates_dropped": dedup.n_dropped, "stations": len(seen_stations), "product": product}
         provenance = {
             "source": opts.source,
+            "product": product,
             "inputs": digests,
             "filters": filters,
             "summary": summary,
-            "format": "IGRA v2.2 (igra2-data-format.txt, 2023-01-19)",
+            "duplicates": dedup.report(),
+            "format": FORMATS[product],
             "package_versions": package_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        app.finish({"provenance": json.dumps(provenance), "title": "IGRA v2 soundings (scorebridge)"})
-    log.info("IGRA: %d soundings, %d levels -> %s", app.soundings, app.rows, out)
+        if station_list is not None:
+            provenance["station_list"] = {"path": station_list, "sha256": sha256_file(station_list)}
+        app.finish({"provenance": json.dumps(provenance), "product": product, "title": TITLES[product]})
+    log.info("IGRA %s: %d soundings, %d levels -> %s", product, app.soundings, app.rows, out)
     return summary

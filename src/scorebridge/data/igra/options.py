@@ -67,6 +67,7 @@ class IgraOptions:
     SCHEMA_PATH = ("igra", "*")
 
     source: str
+    product: str | None
     stations: list[str]
     area: list[float] | None
     years: list[int] | None

@@ -5,7 +5,8 @@ the station list (`igra2-station-list.txt`) and a `manifest.json` (what was fetc
 made, with sha256 digests); `scorebridge igra-ingest` then reads that directory with
 the real parser.
 
-- `http`: `{base_url}/data/data-por/{ID}-data.txt.zip` for stations chosen by id or by
+- `http`: `{base_url}/data/data-por/{ID}-data.txt.zip` (product `derived`:
+  `{base_url}/derived/derived-por/{ID}-drvd.txt.zip`) for stations chosen by id or by
   area and years through the station list; retries with back-off on connection errors
   and 5xx answers; an id that is not in the list or a file the server does not have is
   an error naming it.
@@ -152,7 +153,11 @@ def select_stations(stations: pd.DataFrame, spec: IgraOptions | Mapping, source:
     return chosen
 
 
-def data_url(base_url: str, station: str) -> str:
+def data_url(base_url: str, station: str, product: str | None = "data") -> str:
+    """The station's full-period file: sounding data, or derived parameters when
+    `product` is 'derived'."""
+    if product == "derived":
+        return f"{base_url.rstrip('/')}/derived/derived-por/{station}-drvd.txt.zip"
     return f"{base_url.rstrip('/')}/data/data-por/{station}-data.txt.zip"
 
 
@@ -167,8 +172,8 @@ def fetch_http(opts: IgraOptions, out: Path) -> dict:
     log.info("downloading %d IGRA station file(s) from %s", len(ids), opts.base_url)
     files = {}
     for sid in progress(ids, desc="IGRA stations", unit="station"):
-        url = data_url(opts.base_url, sid)
-        dest = out / f"{sid}-data.txt.zip"
+        url = data_url(opts.base_url, sid, opts.product)
+        dest = out / url.rsplit("/", 1)[1]
         http_download(url, dest, opts.http, session=session, desc=sid)
         if not zipfile.is_zipfile(dest):
             raise InputError("the server's answer is not a zip archive (an error page?)", url)
@@ -219,6 +224,8 @@ def fetch(spec: IgraOptions | Mapping, inputs: list[str], out: str | os.PathLike
     `inputs`: the ERA5 zarr to sample (synthetic), the user's files (local), none (http).
     """
     opts = igra_options(spec)
+    if opts.source == "synthetic" and opts.product == "derived":
+        raise ConfigError("product", "the synthetic source writes sounding data files; product must be data or null")
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
