@@ -87,7 +87,9 @@ def _integers(values: np.ndarray) -> bool:
 def _index_like(values: np.ndarray) -> str | None:
     """'0..n-1' or '1..n' when `values` are those integers, each once; else None."""
     n = values.size
-    if n < 2 or not _integers(values):
+    if n < 2 or not np.all(np.isfinite(values)) or values.min() not in (0, 1) or values.max() != values.min() + n - 1:
+        return None
+    if not _integers(values):
         return None
     s = np.sort(values)
     for start in (0, 1):
@@ -108,7 +110,26 @@ def _bad_cell(df, column: str, lines: list[int]) -> tuple[int, str] | None:
     return lines[i], str(raw.iloc[i])
 
 
-def _doubt(df, column: str, time_key: str) -> str | None:
+def _per_time(df, columns: list, time_key: str) -> set:
+    """The columns among `columns` that hold one value per time point (and more than one
+    value in all), when some time point has two cells or more."""
+    import pandas as pd
+
+    if not columns:
+        return set()
+    codes = pd.factorize(df[time_key])[0]
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    if not (np.diff(np.r_[starts, len(codes)]) > 1).any():
+        return set()
+    X = df[columns].to_numpy(dtype=np.float64)
+    lo, hi = np.fmin.reduceat(X[order], starts, axis=0), np.fmax.reduceat(X[order], starts, axis=0)
+    constant = np.all((lo == hi) | (np.isnan(lo) & np.isnan(hi)), axis=0)
+    varied = np.fmin.reduce(X, axis=0) != np.fmax.reduce(X, axis=0)
+    return {c for c, yes in zip(columns, constant & varied) if yes}
+
+
+def _doubt(df, column: str, time_key: str, per_time: set) -> str | None:
     """Why a numeric column should not silently become a feature, or None."""
     import pandas as pd
 
@@ -127,9 +148,7 @@ def _doubt(df, column: str, time_key: str) -> str | None:
         return f"is named like a time besides the time column '{time_key}'"
     if words & ANNOTATION_WORDS and _integers(values):
         return "holds integers and is named like a cell annotation (batch, sample, cluster, ...)"
-    groups = pd.Series(values).groupby(df[time_key].to_numpy(), sort=False)
-    sizes = groups.size()
-    if (sizes > 1).any() and np.unique(values[np.isfinite(values)]).size > 1 and bool((groups.nunique(dropna=False) <= 1).all()):
+    if column in per_time:
         return "holds one value per time point (a copy of the time or a per-sample label)"
     return None
 
@@ -139,12 +158,14 @@ def pick_features(df, time_key: str, path: Path, lines: list[int]) -> list[str]:
     import pandas as pd
 
     features, text, refused = [], [], []
+    numeric = [c for c in df.columns if c != time_key and pd.api.types.is_numeric_dtype(df[c])]
+    per_time = _per_time(df, numeric, time_key)
     for column in df.columns:
         if column == time_key:
             continue
         col = df[column]
-        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            why = _doubt(df, column, time_key)
+        if column in numeric:
+            why = _doubt(df, column, time_key, per_time)
             if why:
                 refused.append(f"column '{column}' {why}")
             else:

@@ -31,6 +31,7 @@ _STEP = np.uint64(0x9E3779B97F4A7C15)
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: every input bit reaches every output bit (uint64, wraps)."""
+    x = np.asarray(x, np.uint64)
     x = x ^ (x >> np.uint64(30))
     x = x * _MIX1
     x = x ^ (x >> np.uint64(27))
@@ -38,11 +39,33 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _bits(x: np.ndarray) -> np.ndarray:
+    """The values of a column as uint64 codes: float bits (with -0.0 as 0.0), integers,
+    one-character flags as code points; other columns by pandas' hash."""
+    if x.dtype.kind == "f":
+        return (x.astype(np.float64) + 0.0).view(np.uint64)
+    if x.dtype.kind in "iub":
+        return x.astype(np.int64).view(np.uint64)
+    if x.dtype.kind in "Mm":
+        return x.astype(f"{x.dtype.kind}8[ns]").view(np.uint64)
+    if x.dtype.kind == "U" and x.dtype.itemsize == 4:
+        return x.view(np.uint32).astype(np.uint64)
+    return pd.util.hash_array(np.asarray(x, dtype=object))
+
+
+def _rows(columns: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """One uint64 per row from every column, in name order."""
+    out = np.zeros(n, np.uint64)
+    for j, k in enumerate(sorted(columns)):
+        out = _mix(out ^ _bits(columns[k]) ^ (np.uint64(j + 1) * _STEP))
+    return out
+
+
 def sounding_digests(data: IgraData) -> np.ndarray:
     """One uint64 per sounding from its header values (all but the file line) and its
     levels in order; equal soundings give equal digests."""
     with np.errstate(over="ignore"):
-        rows = pd.util.hash_pandas_object(pd.DataFrame({k: data.obs[k] for k in sorted(data.obs)}), index=False).to_numpy(np.uint64)
+        rows = _rows(data.obs, data.n_obs)
         first = data.first
         nlev = data.soundings["nlevels"].astype(np.int64)
         pos = (np.arange(data.n_obs, dtype=np.int64) - np.repeat(first, nlev)).astype(np.uint64)
@@ -51,9 +74,7 @@ def sounding_digests(data: IgraData) -> np.ndarray:
         has = nlev > 0
         if data.n_obs:
             per[has] = np.add.reduceat(levels, first[has])
-        head = pd.DataFrame({k: v for k, v in sorted(data.soundings.items()) if k != "line"})
-        head["station"] = head["station"].astype(str)
-        heads = pd.util.hash_pandas_object(head, index=False).to_numpy(np.uint64)
+        heads = _rows({k: v for k, v in data.soundings.items() if k != "line"}, data.n_soundings)
         return _mix(heads ^ _mix(per))
 
 
