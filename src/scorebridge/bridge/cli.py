@@ -86,7 +86,7 @@ def fit_cli(argv: list[str]) -> int:
     snaps, times, attrs, feats = read_cells(a.cells)
     snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
     with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_fit",
-                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}) as run:
+                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}, system_metrics=True) as run:
 
         def on_iteration(it: int, rec: dict) -> None:
             m = {"fit/objective": rec["objective"], "fit/seconds": rec["seconds"], "fit/sinkhorn_iterations": rec["sinkhorn_iterations"]}
@@ -112,6 +112,9 @@ def fit_cli(argv: list[str]) -> int:
             final.update(parameter_recovery(result, attrs["true_parameters"]))
         run.log_metrics(final)
         run.log_artifact(a.out)
+        from ..tracking.models import log_bridge_model
+
+        log_bridge_model(run, a.out)  # the bridge as an MLflow model that samples
     log.info("fitted in %.1f s (%d iterations, converged: %s): %s", result.seconds, len(result.history), result.converged, result.reference.describe())
     return 0
 
@@ -139,7 +142,8 @@ def evaluate_cli(argv: list[str]) -> int:
     result, _ = load_model(a.model)
     ev_opts = opts.evaluate
     with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_evaluate",
-                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells, "model": a.model}) as run:
+                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells, "model": a.model},
+                 system_metrics=True) as run:
         start = time.perf_counter()
         # refit per split with the options the model was fitted with (recorded in model.pt)
         ev = leave_one_out(snaps, times, result.options, opts.baselines, opts.vanilla_sb, ev_opts.holdout, seed, ev_opts.n_particles)

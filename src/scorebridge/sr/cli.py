@@ -30,15 +30,15 @@ def _experiment(args):
     return resolve_spec(parse_spec(args.spec), where=f"sr.{args.experiment}")
 
 
-def _job(args, rule: str, exp, datasets: dict, *, active: bool = True):
+def _job(args, rule: str, exp, datasets: dict, *, active: bool = True, system_metrics: bool = False):
     """The job's run: MLflow with `--experiments`, else untracked; None where not `active`
-    (the other DDP ranks)."""
+    (the other DDP ranks). `system_metrics`: sample the machine into the run."""
     from ..tracking import job_run
 
     if not active:
         return contextlib.nullcontext(None)
     return job_run(args.experiments, kind="sr", experiment=args.experiment, rule=rule, wildcards={"experiment": args.experiment},
-                   spec=dataclasses.asdict(exp), datasets=datasets)
+                   spec=dataclasses.asdict(exp), datasets=datasets, system_metrics=system_metrics)
 
 
 def train_cli(argv: list[str]) -> int:
@@ -53,10 +53,13 @@ def train_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     exp = _experiment(args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with _job(args, "sr_train", exp, {"era5": args.era5}, active=rank0) as run:  # only rank 0 logs
+    with _job(args, "sr_train", exp, {"era5": args.era5}, active=rank0, system_metrics=True) as run:  # only rank 0 logs
         summary = train_prior(exp, args.era5, args.checkpoint_dir, args.out, run=run, experiment=args.experiment)
         if rank0 and run is not None:
             report_training(summary, args.out, run)
+            from ..tracking.models import log_prior_model
+
+            log_prior_model(run, args.out)  # the prior as an MLflow model that samples
         if rank0:
             print(json.dumps({k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1))
     return 0
@@ -84,7 +87,7 @@ def sample_cli(argv: list[str]) -> int:
         torch.set_num_threads(int(exp.sample.threads))
     ds = open_era5(a.era5)
     prior = load_prior(a.checkpoint, device=a.device or exp.sample.device)
-    with _job(a, "sr_sample", exp, {"era5": a.era5, **({"obs": a.obs} if a.obs else {})}) as run:
+    with _job(a, "sr_sample", exp, {"era5": a.era5, **({"obs": a.obs} if a.obs else {})}, system_metrics=True) as run:
         run_sampling(prior, ds, exp, a.obs, device=prior.device, out=a.out, checkpoint=a.checkpoint, run=run)
     return 0
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,12 +186,14 @@ def _log(run, *, name: str, python_model, artifact: Path, config: dict, signatur
                                  model_type=name, tags={"scorebridge.rule": run.meta["rule"],
                                                         "scorebridge.experiment": run.meta["experiment"]})
             local = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                str(local), python_model=python_model, artifacts={CHECKPOINT: str(artifact), CONFIG: str(cfg)},
-                signature=signature, pip_requirements=_requirements(), metadata=metadata,
-                mlflow_model=Model(artifact_path=model.artifact_location, run_id=run.run_id, model_id=model.model_id,
-                                   model_uuid=model.model_id),
-            )
+            with warnings.catch_warnings():  # the signature is explicit: no type hints or input example needed
+                warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
+                mlflow.pyfunc.save_model(
+                    str(local), python_model=python_model, artifacts={CHECKPOINT: str(artifact), CONFIG: str(cfg)},
+                    signature=signature, pip_requirements=_requirements(), metadata=metadata,
+                    mlflow_model=Model(artifact_path=model.artifact_location, run_id=run.run_id, model_id=model.model_id,
+                                       model_uuid=model.model_id),
+                )
             retry_locked(client.log_model_artifacts, model.model_id, str(local))
         retry_locked(client.finalize_logged_model, model.model_id, LoggedModelStatus.READY)
         retry_locked(client.log_outputs, run.run_id, [LoggedModelOutput(model.model_id, step=0)])
