@@ -101,6 +101,10 @@ def test_grib_missing_whole_messages_is_an_error(tmp_path, caplog):
     text = str(err.value)
     assert text.startswith(f"{path}: variable 't'") and "2017-01-01T12" in text and "NaN" in text
     assert "75 GRIB messages for 80 fields" in caplog.text
+    # the write stopped midway; another store written at the same path in this process
+    # (other dims) gets arrays of its own, not those of the stopped write
+    other = read(ingest(spec(), tmp_path / "o.zarr", [write_new(new_cds(ntime=4), tmp_path / "after.nc")]))
+    assert other.t.dims == ("time", "level", "latitude", "longitude")
     # a file cut at a time boundary is complete as far as anything inside it can tell
     ds = read(ingest(spec(**GRIB_SPEC), tmp_path / "120.zarr", [_cut(src, tmp_path / "120.grib", msgs[120][0])]))
     assert ds.sizes["time"] == 3

@@ -58,7 +58,7 @@ def nonfinite_error(counts: NonFinite, times: np.ndarray, sources: dict[str, obj
     where = src[t] if isinstance(src, np.ndarray) else src
     return InputError(
         f"variable '{name}' has {int(bad[t])} non-finite values ({int(counts.nan[name][t])} NaN, {int(counts.inf[name][t])} inf) "
-        f"at {_time(times[t])}, the first such time ({int(bad.sum())} at {int(np.count_nonzero(bad))} of the first {stop} times); "
+        f"at {_time(times[t])}, the first such time ({int(bad.sum())} at {int(np.count_nonzero(bad))} of the {stop} times read so far); "
         "fix or leave out the file, or set the entry's key 'nan' to keep to ingest them (counted in the store's provenance)",
         where,
     )

@@ -70,7 +70,7 @@ def _report(members, times, owner, local, order, first, on_conflict: str) -> Non
         if on_conflict == "error":
             log.info("%d times %s with equal values: duplicates dropped", n, both)
         else:
-            log.warning("%d times %s: the values of %s kept (on_conflict: %s)", n, both, pa, on_conflict)
+            log.info("%d times %s: the values of %s kept (on_conflict: %s)", n, both, pa, on_conflict)
 
 
 def _compare(members, a: int, ia: int, b: int, ib: int, time) -> None:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -67,14 +68,14 @@ def _chunk_sums(x: np.ndarray, level_axis: int | None, time_axis: int) -> tuple[
     return n, s1, s2, nan, inf
 
 
-_OPEN: dict[tuple[str, str], object] = {}
+_OPEN: dict[tuple[str, str, str], object] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def _zarr_array(store: str, name: str):
+def _zarr_array(store: str, name: str, run: str):
     """The zarr array `name` of `store`, opened once per process (tasks run in threads or
     on dask.distributed workers)."""
-    key = (store, name)
+    key = (store, name, run)  # `run`: one write, so a store rewritten at the same path is reopened
     with _OPEN_LOCK:
         arr = _OPEN.get(key)
         if arr is None:
@@ -87,15 +88,15 @@ def _zarr_array(store: str, name: str):
         return arr
 
 
-def _write_chunk(x: np.ndarray, store: str, name: str, region: tuple[slice, ...], level_axis: int | None, time_axis: int):
+def _write_chunk(x: np.ndarray, store: str, run: str, name: str, region: tuple[slice, ...], level_axis: int | None, time_axis: int):
     """Write one chunk into its region of the store and return its statistics sums and
     non-finite counts, so that the chunk is read once and dropped when this task ends."""
     x = np.ascontiguousarray(x)
-    _zarr_array(store, name)[region] = x
+    _zarr_array(store, name, run)[region] = x
     return (region[time_axis].start, *_chunk_sums(x, level_axis, time_axis))
 
 
-def _chunk_tasks(x, store: str, name: str, dims: tuple[str, ...], time_offset: int) -> list:
+def _chunk_tasks(x, store: str, run: str, name: str, dims: tuple[str, ...], time_offset: int) -> list:
     """One delayed `_write_chunk` per dask chunk of `x`; chunks align with zarr chunks."""
     bounds = [np.concatenate([[0], np.cumsum(c)]) for c in x.chunks]
     time_axis = dims.index("time")
@@ -109,7 +110,7 @@ def _chunk_tasks(x, store: str, name: str, dims: tuple[str, ...], time_offset: i
             if axis == time_axis:
                 lo, hi = lo + time_offset, hi + time_offset
             region.append(slice(lo, hi))
-        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, name, tuple(region), level_axis, time_axis))
+        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, run, name, tuple(region), level_axis, time_axis))
     return tasks
 
 
@@ -140,13 +141,14 @@ def stream_to_zarr(
 
     sums = {name: [0, 0.0, 0.0] for name in ds.data_vars}  # N, S1, S2
     counts = NonFinite.zeros([str(n) for n in ds.data_vars], nt)
+    run = uuid.uuid4().hex
     block = time_block(ds, chunk_time, block_mb)
     bar = progress(total=nt, unit="step", desc=f"write {path.name}", leave=True)
     try:
         for start in range(0, nt, block):
             stop = min(nt, start + block)
             sub = ds.isel(time=slice(start, stop))
-            tasks = {name: _chunk_tasks(var.data, str(path), name, var.dims, start) for name, var in sub.data_vars.items()}
+            tasks = {name: _chunk_tasks(var.data, str(path), run, name, var.dims, start) for name, var in sub.data_vars.items()}
             (values,) = dask.compute(tasks)
             for name, parts in values.items():
                 acc = sums[name]
@@ -161,6 +163,9 @@ def stream_to_zarr(
                 after_block(counts, stop)
     finally:
         bar.close()
+        with _OPEN_LOCK:
+            for key in [k for k in _OPEN if k[2] == run]:
+                del _OPEN[key]
 
     stats = {}
     for name, (n, s1, s2) in sums.items():
