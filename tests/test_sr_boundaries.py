@@ -9,7 +9,8 @@ import xarray as xr
 
 from scorebridge import options
 from scorebridge.errors import ConfigError
-from scorebridge.sr.data import FieldBatcher, normalisation_of, open_era5, resolve_channels, write_toy_era5
+from scorebridge.sr.data import normalisation_of, open_era5, resolve_channels, write_toy_era5
+from scorebridge.sr.loader import FieldBatcher
 from scorebridge.sr.options import ModelOptions, resolve_spec
 from scorebridge.sr.prior import build_denoiser
 from scorebridge.sr.train import resolve_periodic

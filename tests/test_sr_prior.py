@@ -14,7 +14,6 @@ from scorebridge.core.seed import step_generator
 from scorebridge.core.train import TrainOptions, fit
 from scorebridge.errors import ConfigError, InputError
 from scorebridge.sr.data import (
-    FieldBatcher,
     Normalisation,
     load_fields,
     normalisation_of,
@@ -24,6 +23,7 @@ from scorebridge.sr.data import (
     write_toy_era5,
 )
 from scorebridge.sr.edm import EDMPrecond, edm_coefficients, edm_loss, edm_sigmas, loss_weight, sample_sigma
+from scorebridge.sr.loader import FieldBatcher
 from scorebridge.sr.options import SplitOptions, resolve_spec
 from scorebridge.sr.prior import load_prior
 from scorebridge.sr.train import train_prior

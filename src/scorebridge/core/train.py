@@ -45,7 +45,7 @@ from .distributed import DistInfo, all_mean, barrier, shard
 from .ema import EMA
 from .seed import rng_state, set_rng_state
 
-__all__ = ["EMAOptions", "TrainOptions", "TrainResult", "fit", "lr_factor", "LR_MIN_FACTOR"]
+__all__ = ["EMAOptions", "TrainOptions", "TrainResult", "fit", "compiled", "lr_factor", "LR_MIN_FACTOR"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,10 @@ class TrainOptions:
 
     `batch_size` is the global batch (over all ranks); `lr_decay` "cosine" (to
     `LR_MIN_FACTOR` x lr at `steps`) or "constant"; `grad_clip` the max global gradient
-    norm (<= 0: off); `precision` "auto" (bf16 autocast on CUDA), "bf16" or "fp32".
+    norm (<= 0: off); `precision` "auto" (bf16 autocast on CUDA), "bf16" or "fp32";
+    `channels_last`: the model's weights (and the inputs the loss function makes) in the
+    NHWC memory format (faster convolutions on GPUs with tensor cores); `compile`: the
+    training forward through `torch.compile` (the unwrapped model is what is saved).
     """
 
     SCHEMA_PATH = ("sr", "*", "train")
@@ -92,6 +95,8 @@ class TrainOptions:
     keep_checkpoints: int
     log_every: int
     precision: str
+    channels_last: bool
+    compile: bool
 
     @classmethod
     def from_section(cls, section: dict) -> "TrainOptions":
@@ -108,6 +113,14 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int | None = None
     checkpoint: Path | None = None
+
+
+def compiled(model: nn.Module, enabled: bool, backend: str = "inductor") -> nn.Module:
+    """`torch.compile(model, backend=backend)` when `enabled`, else `model` itself. The
+    compiled wrapper shares the parameters; save and average the unwrapped `model`."""
+    if not enabled:
+        return model
+    return torch.compile(model, backend=backend)
 
 
 def lr_factor(step: int, opts: TrainOptions) -> float:
@@ -141,6 +154,8 @@ def fit(
     """
     info = dist_info or DistInfo()
     ckdir = Path(checkpoint_dir) if checkpoint_dir else None
+    if opts.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, opts))
     ema = EMA(model, opts.ema.decay, opts.ema.start, opts.ema.warmup)
@@ -168,6 +183,7 @@ def fit(
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+    train_model = compiled(train_model, opts.compile)
     part = shard(opts.batch_size, info.rank, info.world_size)
 
     def save(step: int) -> Path | None:

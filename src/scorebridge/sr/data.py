@@ -18,6 +18,8 @@ Public helpers (also used by posterior sampling and evaluation):
   `split_times(ds, split, validation=True) -> (train_idx, validation_idx, test_idx)`.
 - `load_fields(ds, channels, time_idx, norm=None, member=None) -> np.ndarray`
   (T, C, H, W) float32 (or (T, M, C, H, W) with all members), NaN -> InputError.
+
+Training batches (in memory or streamed, prefetched): `scorebridge.sr.loader`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ __all__ = [
     "split_times",
     "load_fields",
     "channel_names",
-    "FieldBatcher",
     "write_toy_era5",
 ]
 
@@ -226,6 +227,13 @@ def split_times(ds, split: SplitOptions, validation: bool = False) -> tuple[np.n
     else:
         dist = np.abs(idx[:, None] - train[None, :]).min(axis=1)
         test = idx[dist > gap]
+    if len(test) == 0:  # nothing to sample or evaluate: refused before training or sampling starts
+        if s.test_start or s.test_end:
+            why = f"test_start/test_end select none of the {n} times ({times.min()}..{times.max()})"
+        else:
+            used = f"train_fraction {s.train_fraction}" if not (s.train_start or s.train_end) else "train_start/train_end"
+            why = f"{used} trains on {len(train)} of the {n} times" + (f" and gap {gap} leaves out the rest" if len(train) < n else "")
+        raise ConfigError("sr.train.split", f"no held-out times to sample and evaluate: {why}")
     nval = int(s.validation or 0)
     val = np.zeros(0, dtype=np.int64)
     if nval:
@@ -277,59 +285,6 @@ def load_fields(ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: 
     if norm is not None:
         arr = norm.normalise(arr).astype(np.float32)
     return np.ascontiguousarray(arr)
-
-
-class FieldBatcher:
-    """Random (time, member, crop) batches of normalised training fields.
-
-    In memory when the training fields fit in `max_memory_mb`, else read from the
-    store per batch. `batch(generator, n)` draws n samples: a (n, C, h, w) tensor.
-    The draw depends only on the generator, so equal generators give equal batches.
-    `shift`: axes ("latitude", "longitude") along which each sample is also rolled by a
-    random whole number of cells (translation augmentation on periodic axes).
-    """
-
-    def __init__(self, ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: Normalisation, crop: int | Sequence[int] | None = None, max_memory_mb: float = 2048, shift: Sequence[str] = ()):
-        self.ds = ds
-        self.channels = list(channels)
-        self.time_idx = np.asarray(time_idx, dtype=np.int64)
-        self.norm = norm
-        self.members = int(ds.sizes["number"]) if "number" in ds.dims else 0
-        self.H, self.W = int(ds.sizes["latitude"]), int(ds.sizes["longitude"])
-        if crop is None:
-            self.crop = (self.H, self.W)
-        else:
-            ch, cw = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
-            if ch > self.H or cw > self.W or ch < 1 or cw < 1:
-                raise ConfigError("sr.train.crop", f"crop {ch}x{cw} does not fit the {self.H}x{self.W} grid")
-            self.crop = (ch, cw)
-        nbytes = len(self.time_idx) * max(1, self.members) * len(self.channels) * self.H * self.W * 4
-        self.in_memory = nbytes <= max_memory_mb * 2**20
-        self.data = load_fields(ds, self.channels, self.time_idx, norm) if self.in_memory else None
-        self.shift = tuple(shift)
-
-    def batch(self, generator: torch.Generator, n: int) -> Tensor:
-        g = generator
-        ti = torch.randint(len(self.time_idx), (n,), generator=g).numpy()
-        mi = torch.randint(max(1, self.members), (n,), generator=g).numpy()
-        ch, cw = self.crop
-        i0 = torch.randint(self.H - ch + 1, (n,), generator=g).numpy()
-        j0 = torch.randint(self.W - cw + 1, (n,), generator=g).numpy()
-        out = np.empty((n, len(self.channels), ch, cw), np.float32)
-        for k in range(n):
-            if self.in_memory:
-                x = self.data[ti[k], mi[k]] if self.members else self.data[ti[k]]
-                out[k] = x[:, i0[k] : i0[k] + ch, j0[k] : j0[k] + cw]
-            else:
-                sub = self.ds.isel(latitude=slice(i0[k], i0[k] + ch), longitude=slice(j0[k], j0[k] + cw))
-                out[k] = load_fields(sub, self.channels, [self.time_idx[ti[k]]], self.norm, member=int(mi[k]) if self.members else None)[0]
-        if self.shift:  # drawn after the crops, so batches without shift are unchanged
-            for axis, size in (("latitude", ch), ("longitude", cw)):
-                if axis in self.shift:
-                    r = torch.randint(size, (n,), generator=g).numpy()
-                    for k in range(n):
-                        out[k] = np.roll(out[k], int(r[k]), axis=-2 if axis == "latitude" else -1)
-        return torch.from_numpy(out)
 
 
 def write_toy_era5(path: str | Path, ntime: int = 24, nlat: int = 16, nlon: int = 16, variables: Sequence[str] = ("t", "u"), levels: Sequence[float] = (850.0, 500.0), single: Sequence[str] = (), members: int = 0, seed: int = 0, slope: float = 3.0) -> Path:

@@ -116,6 +116,7 @@ class SRTrainOptions(TrainOptions):
     threads: int | None
     nproc: int
     max_memory_mb: float
+    prefetch: int
 
     @classmethod
     def from_section(cls, section: dict) -> "SRTrainOptions":

@@ -27,14 +27,15 @@ import torch
 
 from ..core.checkpoint import identity_hash, save_checkpoint
 from ..core.device import select_device
-from ..core.distributed import init_distributed, shutdown
+from ..core.distributed import init_distributed, shard, shutdown
 from ..core.seed import derive_seed, seed_everything, step_generator
 from ..core.train import fit
 from ..data.era5.finite import check_finite
 from ..errors import ConfigError
 from ..provenance import package_versions
-from .data import FieldBatcher, channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
+from .data import channel_names, load_fields, normalisation_of, open_era5, resolve_channels, split_times
 from .edm import edm_loss, sample_sigma
+from .loader import FieldBatcher, Prefetcher
 from .options import Experiment, ModelOptions
 from .prior import FORMAT, build_denoiser
 from .unet import count_parameters
@@ -48,7 +49,8 @@ VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 # keys of `train` that do not change what is learned (excluded from the checkpoint identity)
-_NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb")
+_NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb",
+                 "prefetch", "channels_last", "compile")
 
 
 def resolve_periodic(ds, model: ModelOptions, crop) -> list[str]:
@@ -95,6 +97,18 @@ def _mean_field(batcher: FieldBatcher) -> np.ndarray:
         x = x.reshape(-1, *x.shape[-3:]).mean(0)
         total = x if total is None else total + x
     return (total / len(batcher.time_idx)).astype(np.float32)
+
+
+def _step_inputs(batcher: FieldBatcher, seed: int, step: int, n: int, edm, part: slice, pin: bool = False) -> tuple[torch.Tensor, ...]:
+    """(fields, sigma, noise) of this rank's `part` of step `step`'s global batch of `n`: the
+    same draws on every rank and in every run (a generator seeded by the step); only the
+    part's fields are read."""
+    g = step_generator(seed, step, "sr_batch")
+    y = batcher.batch(g, n, part)
+    sigma = sample_sigma(n, edm.p_mean, edm.p_std, generator=g)
+    noise = torch.randn((n, *y.shape[1:]), generator=g)
+    out = (y, sigma[part], noise[part])
+    return tuple(t.pin_memory() for t in out) if pin else out
 
 
 def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed: int, device) -> dict[float, float]:
@@ -162,20 +176,23 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
             log.info("channels %s; %d training / %d held-out times; crop %s; periodic %s; %d parameters; device %s; %d process(es)",
                      channel_names(channels), len(train_idx), len(test_idx), batcher.crop, model.periodic or "none", n_params, device, info.world_size)
 
+        part = shard(opts.batch_size, info.rank, info.world_size)
+        feed = Prefetcher(lambda step: _step_inputs(batcher, seed, step, opts.batch_size, edm, part, pin=device.type == "cuda"),
+                          opts.steps, 0 if batcher.in_memory else int(train.prefetch))
+        fmt = torch.channels_last if train.channels_last else torch.contiguous_format
+
         def loss_fn(net, step: int, part: slice) -> torch.Tensor:
-            g = step_generator(seed, step, "sr_batch")
-            y = batcher.batch(g, opts.batch_size)
-            sigma = sample_sigma(opts.batch_size, edm.p_mean, edm.p_std, generator=g)
-            noise = torch.randn(y.shape, generator=g)
-            y, sigma, noise = (t[part].to(device, non_blocking=True) for t in (y, sigma, noise))
-            return edm_loss(net, y, sigma, noise, edm.sigma_data)
+            y, sigma, noise = feed.get(step)  # this rank's shard of the step's global batch
+            y, noise = (t.to(device, non_blocking=True, memory_format=fmt) for t in (y, noise))
+            return edm_loss(net, y, sigma.to(device, non_blocking=True), noise, edm.sigma_data)
 
         def log_fn(step: int, metrics: dict) -> None:
             if run is not None:
                 run.log_metrics(metrics, step=step + 1)
 
-        denoiser, ema, result = fit(denoiser, loss_fn, opts, device=device, identity=identity, checkpoint_dir=ckdir,
-                                    dist_info=info, log_fn=log_fn, desc=f"sr-train {experiment}")
+        with feed:
+            denoiser, ema, result = fit(denoiser, loss_fn, opts, device=device, identity=identity, checkpoint_dir=ckdir,
+                                        dist_info=info, log_fn=log_fn, desc=f"sr-train {experiment}")
         summary: dict = {}
         if info.is_main:
             losses = [v for _, v in result.losses]
@@ -188,13 +205,20 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
                 "world_size": info.world_size,
                 "device": str(device),
                 "final_loss": float(np.mean(tail)) if tail else None,
+                "data": {"streamed": not batcher.in_memory, "fields_mb": batcher.nbytes / 2**20, "prefetch": feed.depth,
+                         "wait_s": feed.wait_s, "wait_share": feed.wait_s / result.seconds if result.seconds > 0 else 0.0},
                 "train_times": [str(t) for t in ds["time"].values[train_idx]],
                 "test_times": [str(t) for t in ds["time"].values[test_idx]],
                 "identity_hash": ihash,
                 "losses": result.losses,
             }
-            if len(test_idx):
-                val_idx = test_idx[np.linspace(0, len(test_idx) - 1, min(16, len(test_idx))).astype(int)]
+            # the held-out loss that choices are made on: validation times (never the test times
+            # that are scored) when the split has a validation block
+            block = split_times(ds, train.split, validation=True)[1]
+            summary["val_loss_on"] = "validation" if len(block) else "test"
+            block = block if len(block) else test_idx
+            if len(block):
+                val_idx = block[np.linspace(0, len(block) - 1, min(16, len(block))).astype(int)]
                 vfields = load_fields(ds, channels, val_idx, norm)
                 if vfields.ndim == 5:
                     vfields = vfields[:, 0]
@@ -253,6 +277,7 @@ def report_training(summary: dict, out: str | Path, run) -> None:
     """Log the summary's numbers, the loss figure (beside `out`) and the prior `out` to `run`."""
     flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
+    flat.update({f"train/data_{k}": float(v) for k, v in summary.get("data", {}).items()})
     run.log_metrics(flat)
     try:
         _loss_figure(summary["losses"], Path(out).with_name("train_loss.png"), run)

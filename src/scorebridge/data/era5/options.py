@@ -44,6 +44,7 @@ class SyntheticOptions:
     seed: int
     eddy_wind: float
     turnover_hours: float
+    dynamics: str
 
     @property
     def latitude(self) -> np.ndarray:
