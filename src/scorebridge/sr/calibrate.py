@@ -85,10 +85,13 @@ def _sampler_settings(opts: SampleOptions) -> dict:
 
 
 def sample_times(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, conditioning: Sequence[str], members: int, *, seed: int, device) -> tuple[np.ndarray, Cost, dict]:
-    """Ensembles ``[T, N, C, H, W]`` (physical) for ERA5 times ``idx``, in chunks of ``batch_size`` fields."""
+    """Ensembles ``[T, N, C, H, W]`` (physical) for ERA5 times ``idx``, in chunks of ``batch_size``
+    fields (whole ensembles of several times, or parts of one time's ensemble when
+    ``batch_size`` is below ``members``: memory grows with ``batch_size``)."""
     opts = cond.options
     C, H, W = truth.shape[1:]
     per = max(1, int(opts.batch_size) // members)
+    chunk = min(members, max(1, int(opts.batch_size)))  # members per sampler call
     out = np.empty((len(idx), members, C, H, W), np.float32)
     total = Cost()
     info_all: dict = {}
@@ -98,13 +101,14 @@ def sample_times(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, c
         obs, info = cond.observations(idx[sl], truth[sl], conditioning)
         for k, v in info.items():
             info_all[k] = info_all.get(k, 0) + v
-        x, cost = posterior_sample(
-            prior, obs, members, int(opts.steps), shape=(C, H, W), mean=torch.as_tensor(cond.mean), std=torch.as_tensor(cond.std),
-            n_cases=len(idx[sl]), generator=gen, device=device, **_sampler_settings(opts),
-        )
-        out[sl] = x.cpu().numpy()
-        total.forward, total.backward = cost.forward, cost.backward
-        total.seconds += cost.seconds * x.shape[0] * x.shape[1]
+        for m0 in range(0, members, chunk):
+            x, cost = posterior_sample(
+                prior, obs, min(chunk, members - m0), int(opts.steps), shape=(C, H, W), mean=torch.as_tensor(cond.mean), std=torch.as_tensor(cond.std),
+                n_cases=len(idx[sl]), generator=gen, device=device, **_sampler_settings(opts),
+            )
+            out[sl, m0 : m0 + x.shape[1]] = x.cpu().numpy()
+            total.forward, total.backward = cost.forward, cost.backward
+            total.seconds += cost.seconds * x.shape[0] * x.shape[1]
     total.seconds /= max(1, len(idx) * members)
     return out, total, info_all
 

@@ -86,7 +86,7 @@ def sample_cli(argv: list[str]) -> int:
     if exp.sample.threads:
         torch.set_num_threads(int(exp.sample.threads))
     ds = open_era5(a.era5)
-    prior = load_prior(a.checkpoint, device=a.device or exp.sample.device)
+    prior = load_prior(a.checkpoint, device=a.device or exp.sample.device, precision=exp.sample.precision, channels_last=exp.sample.channels_last)
     with _job(a, "sr_sample", exp, {"era5": a.era5, **({"obs": a.obs} if a.obs else {})}, system_metrics=True) as run:
         run_sampling(prior, ds, exp, a.obs, device=prior.device, out=a.out, checkpoint=a.checkpoint, run=run)
     return 0

@@ -85,9 +85,11 @@ class EDMPrecond(nn.Module):
         else:
             self.offset = None
 
-    def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, offset: Tensor | None = None) -> Tensor:
         """With an ``offset`` m the network models the anomalies y - m of the data:
-        D(x; σ) = m + D_a(x - m; σ), exact because E[m + a | m + a + σn = x] = m + E[a | a + σn = x - m]."""
+        D(x; σ) = m + D_a(x - m; σ), exact because E[m + a | m + a + σn = x] = m + E[a | a + σn = x - m].
+        `offset` (B, C, h, w): the mean field of fields that are windows of the grid (patch
+        sampling), in place of the whole-grid buffer."""
         x = x.float()
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
@@ -95,13 +97,14 @@ class EDMPrecond(nn.Module):
         sigma = sigma.reshape(-1).float()
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         b = (-1,) + (1,) * (x.ndim - 1)
-        if self.offset is not None:
-            if tuple(x.shape[-2:]) != tuple(self.offset.shape[-2:]):
-                raise ValueError(f"this prior models anomalies from a {tuple(self.offset.shape[-2:])} mean field; got fields of {tuple(x.shape[-2:])}")
-            x = x - self.offset
+        m = self.offset if offset is None else offset.float()
+        if m is not None:
+            if tuple(x.shape[-2:]) != tuple(m.shape[-2:]):
+                raise ValueError(f"this prior models anomalies from a {tuple(m.shape[-2:])} mean field; got fields of {tuple(x.shape[-2:])}")
+            x = x - m
         f = self.net(c_in.view(b) * x, c_noise)
         out = c_skip.view(b) * x + c_out.view(b) * f.float()
-        return out + self.offset if self.offset is not None else out
+        return out + m if m is not None else out
 
 
 def edm_loss(denoiser: nn.Module, y: Tensor, sigma: Tensor, noise: Tensor, sigma_data: float = 1.0) -> Tensor:

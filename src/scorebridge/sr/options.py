@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import options
 from ..core.train import EMAOptions, TrainOptions
+from .patches import PatchOptions
 
 __all__ = [
     "SplitOptions",
@@ -176,7 +177,7 @@ class SampleOptions:
     """`sr.<name>.sample`: the sampler, the modalities and the calibration."""
 
     SCHEMA_PATH = ("sr", "*", "sample")
-    NESTED = {"coarse": CoarseOptions, "radiosondes": RadiosondeOptions, "calibrate": CalibrateOptions}
+    NESTED = {"coarse": CoarseOptions, "radiosondes": RadiosondeOptions, "calibrate": CalibrateOptions, "patch": PatchOptions}
     conditioning: list[str]
     compare: list[list[str]] | None
     compare_members: int
@@ -192,6 +193,9 @@ class SampleOptions:
     batch_size: int
     device: str
     threads: int | None
+    precision: str
+    channels_last: bool
+    patch: PatchOptions | None
     coarse: CoarseOptions
     radiosondes: RadiosondeOptions
     calibrate: CalibrateOptions

@@ -94,6 +94,7 @@ class Prior:
     precision: str = "fp32"
     info: dict = field(default_factory=dict)
     nfe: int = 0
+    channels_last: bool = False
 
     @property
     def channel_names(self) -> list[str]:
@@ -103,16 +104,19 @@ class Prior:
     def n_channels(self) -> int:
         return len(self.channels)
 
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """D(x; σ) on normalised fields (B, C, H, W); sigma (B,) or a scalar."""
+    def denoise(self, x: Tensor, sigma: Tensor | float, offset: Tensor | None = None) -> Tensor:
+        """D(x; σ) on normalised fields (B, C, H, W); sigma (B,) or a scalar. `offset`: the
+        mean field of windows of the grid (patch sampling of a prior of anomalies)."""
         if x.ndim != 4 or x.shape[1] != self.n_channels:
             raise ValueError(f"prior.denoise expects (B, {self.n_channels}, H, W) for channels {self.channel_names}, got {tuple(x.shape)}")
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         self.nfe += 1
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            return self.denoiser(x, sigma)
+            return self.denoiser(x, sigma, offset)
 
     __call__ = denoise
 
@@ -139,8 +143,11 @@ def _check_channels(have, want, path, what="config") -> None:
         )
 
 
-def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = "auto", channels: Sequence[Channel] | None = None, precision: str = "fp32") -> Prior:
-    """Load the prior written by `scorebridge sr-train --out`; see the module docstring."""
+def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = "auto", channels: Sequence[Channel] | None = None, precision: str = "fp32",
+               channels_last: bool = False) -> Prior:
+    """Load the prior written by `scorebridge sr-train --out`; see the module docstring.
+    `precision` "auto" or "bf16": the network in bf16 autocast on CUDA; `channels_last`:
+    weights and inputs in the NHWC memory format."""
     dev = device if isinstance(device, torch.device) else select_device(device)
     state = load_checkpoint(checkpoint_path, map_location="cpu")
     if state.get("format") != FORMAT:
@@ -157,6 +164,8 @@ def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = 
     except RuntimeError as err:
         raise InputError(f"weights do not fit the recorded architecture ({err})", checkpoint_path) from None
     den.to(dev).eval()
+    if channels_last:
+        den.to(memory_format=torch.channels_last)
     for p in den.parameters():
         p.requires_grad_(False)
     info: dict[str, Any] = dict(state.get("info", {}))
@@ -172,6 +181,7 @@ def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = 
         device=dev,
         precision=precision,
         info=info,
+        channels_last=channels_last,
     )
 
 

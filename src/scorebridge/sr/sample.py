@@ -22,6 +22,7 @@ from .calibrate import Conditioner, calibrate, inflate, sample_times
 from .observations import MODALITIES, choose_withheld, read_obs, sigma_for
 from .operators import CoarseGrain, coarse_grain
 from .options import Experiment, SampleOptions
+from .patches import patched
 from .store import channel_layout, samples_dataset, write_samples
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def run_sampling(prior, ds, exp: Experiment, obs_path: str | None, *, device, ou
     channels = _channels(prior, ds, checkpoint)
     mean = np.asarray(prior.normalisation.mean, np.float32)
     std = np.asarray(prior.normalisation.std, np.float32)
+    # sample.patch: the prior on overlapping windows, blended at every step (else itself)
+    prior = patched(prior, opts.patch, (ds.sizes["latitude"], ds.sizes["longitude"]), int(opts.batch_size))
     k = int(opts.coarse.factor)
     if "coarse" in opts.conditioning or (opts.compare and any("coarse" in c for c in opts.compare)):
         CoarseGrain(k, (ds.sizes["latitude"], ds.sizes["longitude"]), pad=opts.coarse.pad)  # warns (pad) or raises (error)
