@@ -2,12 +2,14 @@
 
 How the pieces fit (see config/README.md, section `tracking`):
 
-- `options`: the `tracking:` config section (`TrackingOptions`) and `TrackingError`.
+- `options`: the `tracking:` config section (`TrackingOptions`) and `TrackingError`; how a
+  job logs (`job_settings`: env `SCOREBRIDGE_TRACKING`, else experiments.json).
 - `uri`: which store: config `tracking.uri` > env `MLFLOW_TRACKING_URI` >
   `sqlite:///<abs>/results/mlflow/mlflow.db` (artifacts in `results/mlflow/artifacts/<kind>/<name>`).
 - `store`: rule `tracking_init` (`scorebridge tracking-init`) creates the store and every
   experiment `<prefix>/<kind>/<name>` once and writes their ids to
-  `results/mlflow/experiments.json`, which jobs read.
+  `results/mlflow/experiments.json`, which jobs read. A SQLite store is opened under a
+  lock on `<db>.lock` (`store_lock`): concurrent creators wait, one migrates.
 - `job`: a job opens its run with `job_run(...)` (tracked with `--experiments`, else
   untracked); `run`: the `TrackedRun`, created with `MlflowClient.create_run` in the
   experiment by id, tagged with MLflow's context (user, source) and the job's provenance.
@@ -15,6 +17,11 @@ How the pieces fit (see config/README.md, section `tracking`):
   job still writes its outputs and, at the end, a pending file
   (`results/mlflow/pending/...json`); `replay` (`scorebridge tracking-sync`) logs it
   later. With `tracking.on_error: fail` the job fails instead, with a clear message.
+- `sysmetrics`: `job_run(..., system_metrics=True)` samples CPU, memory, disk, network and
+  GPU utilisation into the run (`system/*`, MLflow's monitors).
+- `models`: the trained SR prior and the fitted bridge logged as pyfunc models that sample
+  (optionally registered), their checkpoints read with the safe loaders.
+- `links`: the dashboard links of a workflow run's runs, printed at its end.
 - `batch`: the batches and dataset inputs sent by live runs and replay alike.
 - `secrets`: no secret is logged: secret-named config keys are redacted, any value equal
   to a secret from the environment (e.g. `CDSAPI_KEY`) or `~/.cdsapirc` is masked, and

@@ -90,7 +90,7 @@ class PriorSampler(mlflow.pyfunc.PythonModel):
 
         self.prior = load_prior(context.artifacts[CHECKPOINT], device="auto")
 
-    def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         import torch
 
         from ..sr.sampler import posterior_sample
@@ -122,7 +122,7 @@ class BridgeSampler(mlflow.pyfunc.PythonModel):
 
         self.result, _ = load_model(context.artifacts[CHECKPOINT])
 
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         rows = _rows(model_input, ("t", "n"))
         mode = self.result.options.predict
         frames = []
