@@ -6,16 +6,15 @@ streamed from the zarr store, and a background reader that prepares them ahead.
   variable and sample). The draw depends only on the generator, so equal generators give
   equal batches in memory and streamed; `part` reads only a slice of the drawn batch (a
   DDP rank's shard) after drawing all of it.
-- :class:`Prefetcher`: computes `make(step)` for the next steps in a background thread,
-  `depth` steps ahead, so the training loop waits only when reading is slower than a
+- :class:`Prefetcher`: computes `make(step)` for the next `depth` steps in `depth`
+  background threads, so the training loop waits only when reading is slower than a
   step; it records the time the loop waited (`wait_s`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -141,47 +140,26 @@ class FieldBatcher:
 
 
 class Prefetcher:
-    """`make(step)` for consecutive steps, computed `depth` steps ahead in a background thread.
+    """`make(step)` for consecutive steps, computed ahead by `depth` background threads.
 
-    `get(step)` returns `make(step)`; the thread starts at the first step asked for (a
-    resumed run starts mid-way) and restarts if the steps asked for jump. An exception in
-    `make` is raised by the `get` of its step. `wait_s` sums the time `get` waited;
-    `close()` stops the thread. `depth` 0 computes in the caller (no thread).
+    `get(step)` returns `make(step)`; up to `depth` later steps are being made meanwhile,
+    each by its own thread (reading releases the GIL: zarr decompression, numpy), so a
+    slow store is read `depth` ways in parallel. The threads start at the first step
+    asked for (a resumed run starts mid-way) and restart if the steps asked for jump. An
+    exception in `make` is raised by the `get` of its step. `wait_s` sums the time `get`
+    waited; `close()` stops the threads. `depth` 0 computes in the caller (no thread).
     """
 
     def __init__(self, make: Callable[[int], Any], stop: int, depth: int):
         self.make, self.stop, self.depth = make, int(stop), int(depth)
         self.wait_s = 0.0
         self.calls = 0
-        self._thread: threading.Thread | None = None
-        self._queue: queue.Queue | None = None
-        self._halt = threading.Event()
-        self._next = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[int, Future] = {}
 
-    def _run(self, start: int, q: queue.Queue, halt: threading.Event) -> None:
-        for step in range(start, self.stop):
-            if halt.is_set():
-                return
-            try:
-                item = (step, self.make(step), None)
-            except BaseException as err:  # handed to the caller of get(step)
-                item = (step, None, err)
-            while not halt.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if item[2] is not None:
-                return
-
-    def _start(self, step: int) -> None:
-        self.close()
-        self._halt = threading.Event()
-        self._queue = queue.Queue(maxsize=self.depth)
-        self._thread = threading.Thread(target=self._run, args=(step, self._queue, self._halt), name="sr-prefetch", daemon=True)
-        self._thread.start()
-        self._next = step
+    def _submit(self, step: int) -> None:
+        if step < self.stop and step not in self._futures:
+            self._futures[step] = self._pool.submit(self.make, step)
 
     def get(self, step: int) -> Any:
         t0 = time.perf_counter()
@@ -189,24 +167,25 @@ class Prefetcher:
         try:
             if self.depth <= 0:
                 return self.make(step)
-            if self._thread is None or self._next != step:
-                self._start(step)
-            got, value, err = self._queue.get()
-            self._next = step + 1
-            if got != step:  # cannot happen: the thread produces consecutive steps
-                raise RuntimeError(f"prefetcher produced step {got} for step {step}")
-            if err is not None:
-                self._thread = None
-                raise err
-            return value
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="sr-prefetch")
+            if step not in self._futures:  # the first step, or a jump: drop what was made ahead
+                for f in self._futures.values():
+                    f.cancel()
+                self._futures.clear()
+            for s in range(step, step + self.depth + 1):
+                self._submit(s)
+            return self._futures.pop(step).result()
         finally:
             self.wait_s += time.perf_counter() - t0
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._halt.set()
-            self._thread.join()
-            self._thread = None
+        for f in self._futures.values():
+            f.cancel()
+        self._futures.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> "Prefetcher":
         return self
