@@ -4,9 +4,11 @@
                                         [--steps N] [--base N] [--samples 16]
 
 Measures wall and CPU time of `scorebridge.sr.train.train_prior` (no MLflow), the loss
-curve, the held-out denoising loss per σ, and how realistic unconditional samples are:
+curve, the denoising loss per σ on the VALIDATION times (`sr.train.split.validation`: the
+end of the training period, not trained on; never the test times that the SR scores use,
+so choices made on it do not peek at the scorecard), and how realistic unconditional samples are:
 radially averaged power spectra of EDM-Heun samples (32 levels, 63 network evaluations)
-against held-out truth, per channel, and the ratio of their power at the scales a 4x
+against the validation fields, per channel, and the ratio of their power at the scales a 4x
 coarse field does not resolve. Writes benchmarks/out/sr_prior_train.{json,png}.
 Make the data first: `snakemake --cores 2 results/data/era5/default.zarr`.
 """
@@ -32,7 +34,7 @@ from scorebridge.sr.data import load_fields, open_era5, split_times  # noqa: E40
 from scorebridge.sr.edm import edm_sigmas  # noqa: E402
 from scorebridge.sr.options import resolve_spec  # noqa: E402
 from scorebridge.sr.prior import load_prior  # noqa: E402
-from scorebridge.sr.train import train_prior  # noqa: E402
+from scorebridge.sr.train import VAL_SIGMAS, held_out_loss, train_prior  # noqa: E402
 
 
 def radial_spectrum(x: np.ndarray) -> np.ndarray:
@@ -96,8 +98,13 @@ def main() -> int:
 
     prior = load_prior(ckpt, "cpu")
     ds = open_era5(args.era5)
-    _, test_idx = split_times(ds, exp.train.split)
-    truth = load_fields(ds, prior.channels, test_idx, prior.normalisation)
+    _, val_idx, _ = split_times(ds, exp.train.split, validation=True)
+    if not len(val_idx):
+        print("sr.train.split.validation is 0: no validation times to choose on", file=sys.stderr)
+        return 1
+    vfields = load_fields(ds, prior.channels, val_idx, prior.normalisation)
+    val = held_out_loss(prior.denoiser, vfields, VAL_SIGMAS, prior.sigma_data, exp.run_seed, "cpu")
+    truth = vfields  # spectra against the validation fields too
     t1 = time.perf_counter()
     samples = heun_samples(prior, args.samples, truth.shape[-2:], seed=1)
     t_sample = time.perf_counter() - t1
@@ -120,8 +127,9 @@ def main() -> int:
         "train_loop_s": summary["seconds"],
         "loss_first_50": float(np.mean(losses[:50])),
         "loss_last_10pct": summary["final_loss"],
-        "val_loss": summary["val_loss"],
-        "val_loss_mean": summary["val_loss_mean"],
+        "validation_times": int(len(val_idx)),
+        "val_loss": {f"{k:g}": v for k, v in val.items()},
+        "val_loss_mean": float(np.mean(list(val.values()))),
         "sample_seconds": t_sample,
         "sample_nfe_per_sample": 2 * 32 - 1,
         "power_ratio_fine_scales": fine_ratio,
@@ -152,7 +160,7 @@ def main() -> int:
     c = 0
     both = np.concatenate([truth[:1, c], samples[:1, c]], axis=-1)[0]
     axes[2].imshow(both, origin="lower", cmap="RdBu_r")
-    axes[2].set_title(f"{names[c]}: held-out truth | prior sample")
+    axes[2].set_title(f"{names[c]}: validation truth | prior sample")
     fig.tight_layout()
     fig.savefig(out / "sr_prior_train.png", dpi=110)
     return 0

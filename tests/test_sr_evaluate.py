@@ -75,7 +75,7 @@ def tiny(tmp_path_factory):
     spec = {"era5": "tiny", "seed": 0, "train": {"steps": 20, "batch_size": 4, "log_every": 10, "checkpoint_every": 0, "threads": 1, "model": {"base": 8, "mults": [1, 2]}, "split": {"train_fraction": 0.75, "validation": 2}}}
     os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
     train_prior(resolve_spec(spec), d / "era5.zarr", None, d / "checkpoint.pt")
-    spec["sample"] = {"members": 3, "steps": 4, "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0]}}
+    spec["sample"] = {"members": 3, "steps": 4, "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0], "gap_hours": 6}}
     return d, spec
 
 
@@ -95,7 +95,8 @@ def test_cli_sample_and_evaluate(tiny):
     assert set(s["conditioning"].values) == {"coarse", "radiosondes"}
     sampling = json.loads(s.attrs["sampling"])
     assert sampling["cost"]["forward_per_sample"] == 7 and sampling["cost"]["backward_per_sample"] == 7
-    assert sampling["calibration"]["gamma"] in (0.25, 1.0) and np.all(np.asarray(sampling["inflation"]) > 0) and len(sampling["inflation"]) == 4
+    assert set(sampling["calibration"]["gamma"]) == {"coarse", "radiosondes"} and set(sampling["calibration"]["gamma"].values()) <= {0.25, 1.0}
+    assert np.all(np.asarray(sampling["inflation"]) > 0) and len(sampling["inflation"]) == 4
     assert len(sampling["withheld_stations"]) == 2  # round(0.25 * 6)
     # the spread is calibrated on the validation block: the last 2 times of the training period, not trained on
     from scorebridge.sr.data import open_era5, split_times

@@ -55,10 +55,10 @@ def _obs(problem, gamma):
     return [Observation("coarse", cg, yc, torch.tensor(0.2), gamma, zeta=0.3), Observation("radiosondes", point, yp, torch.tensor(0.2), gamma, zeta=0.3)]
 
 
-def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0):
+def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0, cg_iterations=1):
     prior = problem[0]
     return posterior_sample(prior, _obs(problem, gamma), members, steps, shape=(1, H, W), mean=torch.tensor([MEAN]), std=torch.tensor([STD]),
-                            guidance=guidance, churn=churn, generator=torch.Generator().manual_seed(seed))
+                            guidance=guidance, churn=churn, cg_iterations=cg_iterations, generator=torch.Generator().manual_seed(seed))
 
 
 def test_sda_matches_closed_form_posterior(problem):
@@ -75,6 +75,22 @@ def test_sda_matches_closed_form_posterior(problem):
         assert (sd < 0.6 * psd).all()  # the data are informative: the check is not vacuous
     # per-case observations: the two cases get different posteriors
     assert (x[0].mean(0) - x[1].mean(0)).abs().max() > 0.5
+
+
+def test_mmps_matches_closed_form_posterior(problem):
+    """MMPS (covariance through the denoiser's Jacobian, gamma 0): exact for a Gaussian prior
+    up to the conjugate-gradient solve and the sampler's discretisation."""
+    refs, psd = problem[5], problem[6]
+    x, cost = _sample(problem, guidance="mmps", gamma=0.0, cg_iterations=3)
+    assert cost.forward == 49 and cost.backward == 49 * 4  # 3 CG steps + the final product per evaluation
+    for b, (m, sd) in enumerate(refs):
+        e = x[b].reshape(256, -1).double()
+        err = (e.mean(0) - m) / sd
+        assert err.pow(2).mean().sqrt() < 0.4, f"case {b}: posterior mean off by {err.pow(2).mean().sqrt():.2f} posterior sd (rms)"
+        ratio = (e.std(0) / sd).mean()
+        assert 0.85 < ratio < 1.2, f"case {b}: ensemble sd / posterior sd = {ratio:.2f}"
+    _, cost = _sample(problem, guidance="mmps", gamma=0.0, members=4, steps=13)
+    assert cost.forward == 25 and cost.backward == 50
 
 
 def test_cost_accounting(problem):

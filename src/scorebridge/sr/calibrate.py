@@ -1,5 +1,5 @@
 """Conditioning and calibration: observation sets of ERA5 times, their ensembles, and the
-choice of the SDA ``gamma`` and the spread inflation on calibration times.
+choice of each modality's guidance ``gamma`` and the spread inflation on calibration times.
 
 A :class:`Conditioner` builds the truth and the observations of given time indices from
 its `sr.<name>.sample` options; each observation owns the ``gamma`` of its modality, so
@@ -27,7 +27,7 @@ from .sampler import Cost, posterior_sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Conditioner", "sample_times", "inflate", "calibrate"]
+__all__ = ["Conditioner", "sample_times", "inflate", "calibrate", "calibration_times"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class Conditioner:
     def lon(self) -> np.ndarray:
         return np.asarray(self.ds["longitude"].values, dtype=np.float64)
 
-    def with_gamma(self, gamma: float | None) -> "Conditioner":
-        """This conditioner with every modality's SDA ``gamma`` replaced (None: unchanged)."""
+    def with_gamma(self, gamma: float | dict | None) -> "Conditioner":
+        """This conditioner with the modalities' ``gamma`` replaced: one number for every
+        modality, ``{modality: gamma}`` for some, None: unchanged."""
         return dataclasses.replace(self, options=self.options.with_gamma(gamma))
 
     def truth(self, idx: np.ndarray) -> np.ndarray:
@@ -76,6 +77,7 @@ class Conditioner:
 def _sampler_settings(opts: SampleOptions) -> dict:
     return {
         "guidance": opts.guidance,
+        "cg_iterations": int(opts.cg_iterations),
         "churn": float(opts.churn),
         "s_tmin": float(opts.s_tmin),
         "s_tmax": float(opts.s_tmax) if opts.s_tmax is not None else float("inf"),
@@ -124,63 +126,92 @@ def inflate(ens: np.ndarray, factor) -> np.ndarray:
 
 
 def _pooled_scores(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray) -> dict:
-    s = std.reshape(1, 1, -1, 1, 1)
-    e, t = ens / s, truth / s[0]
-    n = ens.shape[1]
-    sp2 = float(np.mean(metrics.spread(e, lat) ** 2))
-    mse = float(np.mean(metrics.rmse(e.mean(1), t, lat) ** 2))
-    return {"ssr": float(np.sqrt((n + 1) / n * sp2 / mse)) if mse > 0 else float("nan"), "rmse": float(np.sqrt(mse)), "crps": float(np.mean(metrics.fair_crps(e, t, lat)))}
+    """Pooled (normalised units) and per-channel spread-skill, RMSE and fair CRPS."""
+    with np.errstate(all="ignore"):
+        ssr_c = metrics.spread_skill(ens, truth, lat)
+        rmse_c = metrics.rmse(ens.mean(1), truth, lat)
+        crps_c = metrics.fair_crps(ens, truth, lat)
+        return {"ssr": metrics.pooled_spread_skill(ens, truth, std, lat), "rmse": metrics.pooled(rmse_c, std), "crps": float(np.mean(crps_c / std)),
+                "ssr_channels": [float(r) for r in ssr_c]}
 
 
-def _inflation(ens: np.ndarray, truth: np.ndarray, lat: np.ndarray, ssr: float, opts) -> float | list[float]:
+def _inflation(scores: dict, opts) -> float | list[float]:
     """``alpha = 1 / ssr`` clipped to ``inflation_range`` (one per channel with ``per_channel``);
     1 when inflation is off or the ratio is not usable."""
     lo, hi = opts.inflation_range
-    ok = np.isfinite(ssr) and ssr > 0
-    if not (opts.inflation and ok):
+    ssr = scores["ssr"]
+    if not (opts.inflation and np.isfinite(ssr) and ssr > 0):
         return 1.0
     if not opts.per_channel:
         return float(np.clip(1.0 / ssr, lo, hi))
-    with np.errstate(all="ignore"):
-        ssr_c = metrics.spread_skill(ens, truth, lat)
-    return [float(np.clip(1.0 / r, lo, hi)) if np.isfinite(r) and r > 0 else 1.0 for r in ssr_c]
+    return [float(np.clip(1.0 / r, lo, hi)) if np.isfinite(r) and r > 0 else 1.0 for r in scores["ssr_channels"]]
+
+
+def calibration_times(idx: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` evenly spaced entries of ``idx`` (the calibration times)."""
+    n = min(int(n), len(idx))
+    return idx[np.unique(np.linspace(0, len(idx) - 1, n).round().astype(int))]
+
+
+def _steps(conditioning: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The calibration steps: ``(modality, conditioning set)``, one per modality in turn
+    (the coarse field alone first, then the radiosondes with the coarse field's gamma fixed)."""
+    order = [m for m in ("coarse", "radiosondes") if m in conditioning]
+    return [(m, order[: i + 1]) for i, m in enumerate(order)]
 
 
 def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Sequence[str], *, seed: int, device) -> dict:
-    """Pick the SDA ``gamma`` and an anomaly-inflation factor on calibration times ``train_idx``
-    (the validation block of the training period, or training times when there is none).
+    """Pick each modality's SDA/MMPS ``gamma`` and the anomaly-inflation factors on calibration
+    times drawn from ``train_idx`` (the validation block of the training period, or training
+    times when there is none).
 
-    For each candidate ``gamma`` (shared by the conditioning modalities) sample the
-    calibration times, compute the pooled spread-skill ratio ``ssr`` (normalised units,
-    latitude-weighted, finite-ensemble corrected), set the inflation ``alpha = 1 / ssr``
-    (clipped to ``inflation_range``; 1 when inflation is off), and score the fair CRPS of
-    the inflated ensemble; the candidate with the lowest CRPS wins. Returns the choice and
-    the whole table (recorded in the samples' attributes and in MLflow).
+    The modalities are calibrated in turn: first the coarse field alone, over the candidate
+    ``gammas``; then the radiosondes with the coarse field (its gamma fixed at the choice),
+    over the same candidates. For each candidate the calibration times are sampled and
+    scored in normalised units (latitude-weighted, pooled over channels): the spread-skill
+    ratio ``ssr`` of the RAW ensemble and its fair CRPS. The candidate with the lowest raw
+    CRPS wins (the guidance strength is the calibration lever, not a post-hoc stretch); the
+    inflation ``alpha = 1 / ssr`` (per channel, clipped to ``inflation_range``; 1 when
+    inflation is off) is then the last, reported correction of that step's ensemble.
+
+    Returns the chosen ``gamma`` per modality, the inflation of the full conditioning set
+    (``inflation``) and of the coarse field alone (``inflation_coarse``, when the coarse
+    field is conditioned on), and the whole table (recorded in the samples' attributes
+    and in MLflow).
     """
     copts = cond.options.calibrate
-    n = min(int(copts.times), len(train_idx))
-    pick = train_idx[np.unique(np.linspace(0, len(train_idx) - 1, n).round().astype(int))]
+    pick = calibration_times(train_idx, copts.times)
     truth = cond.truth(pick)
     members = int(copts.members or cond.options.members)
-    gammas = copts.gammas or [None]
+    chosen: dict[str, float] = {}
+    inflation: dict[str, float | list[float]] = {}
     table = []
-    for g in gammas:
-        ens, _, _ = sample_times(prior, cond.with_gamma(g), pick, truth, conditioning, members, seed=seed + 7919, device=device)
-        with np.errstate(all="ignore"):
+    for modality, cset in _steps(conditioning):
+        rows = []
+        for g in copts.gammas:
+            trial = cond.with_gamma({**chosen, modality: g})
+            ens, _, _ = sample_times(prior, trial, pick, truth, cset, members, seed=seed + 7919, device=device)
             raw = _pooled_scores(ens, truth, cond.std, cond.lat)
-        alpha = _inflation(ens, truth, cond.lat, raw["ssr"], copts)
-        with np.errstate(all="ignore"):
+            alpha = _inflation(raw, copts)
             cal = _pooled_scores(inflate(ens, alpha), truth, cond.std, cond.lat)
-        row = {"gamma": g, "inflation": alpha, "ssr_raw": raw["ssr"], "ssr": cal["ssr"], "rmse": raw["rmse"], "crps_raw": raw["crps"], "crps": cal["crps"]}
-        log.info("calibration: %s", row)
-        table.append(row)
+            row = {"modality": modality, "conditioning": "+".join(cset), "gamma": float(g), "ssr_raw": raw["ssr"], "ssr_raw_channels": raw["ssr_channels"],
+                   "rmse": raw["rmse"], "crps_raw": raw["crps"], "inflation": alpha, "ssr": cal["ssr"], "ssr_channels": cal["ssr_channels"], "crps": cal["crps"]}
+            log.info("calibration: %s", row)
+            rows.append(row)
 
-    def score(r):  # a diverged candidate (non-finite scores) never wins
-        ok = np.isfinite(r["crps"]) and np.isfinite(r["ssr"]) and r["ssr"] > 0
-        return (r["crps"], abs(np.log(r["ssr"]))) if ok else (np.inf, np.inf)
+        def score(r):  # a diverged candidate (non-finite scores) never wins
+            ok = np.isfinite(r["crps_raw"]) and np.isfinite(r["ssr_raw"]) and r["ssr_raw"] > 0
+            return (r["crps_raw"], abs(np.log(r["ssr_raw"]))) if ok else (np.inf, np.inf)
 
-    best = min(table, key=score)
-    if not np.isfinite(score(best)[0]):
-        raise InputError(f"posterior sampling diverged for every calibration gamma {gammas}; raise sr.sample.calibrate.gammas or sigma_y")
+        best = min(rows, key=score)
+        if not np.isfinite(score(best)[0]):
+            raise InputError(f"posterior sampling diverged for every calibration gamma {list(copts.gammas)} of the {modality} modality; "
+                             "raise sr.sample.calibrate.gammas or sigma_y")
+        best["chosen"] = True
+        chosen[modality] = best["gamma"]
+        inflation["+".join(cset)] = best["inflation"]
+        table.extend(rows)
     times = np.asarray(cond.ds["time"].values)[pick].astype("datetime64[s]")
-    return {"times": [str(t) for t in times], "members": members, "gamma": best["gamma"], "inflation": best["inflation"], "table": table}
+    full = "+".join(_steps(conditioning)[-1][1]) if conditioning else ""
+    return {"times": [str(t) for t in times], "time_index": [int(i) for i in pick], "members": members, "gamma": chosen,
+            "inflation": inflation.get(full, 1.0), "inflation_coarse": inflation.get("coarse"), "table": table}

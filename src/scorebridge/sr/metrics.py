@@ -12,7 +12,14 @@ Conventions (WeatherBench-style):
 - fair CRPS (Ferro 2014): ``mean_i |x_i - o| - sum_{i,j} |x_i - x_j| / (2 N (N - 1))``;
 - rank histogram: rank of the truth among the N members (ties broken at random), N + 1 bins;
 - radially averaged power spectrum: ``|FFT2(f)|^2 / (H W)^2`` summed over rings of integer
-  wavenumber ``|k| = round(sqrt(kx^2 + ky^2))`` (cycles per domain), averaged over fields.
+  wavenumber ``|k| = round(sqrt(kx^2 + ky^2))`` (cycles per domain), averaged over fields;
+  along a NON-periodic axis the field is first detrended (least-squares line) and
+  Hann-windowed (power divided by the window's mean square), so the jump between the two
+  edges does not leak power into every wavenumber;
+- pooled scores over channels in normalised units (each channel divided by its
+  climatological std): ``pooled_rmse = sqrt(mean_c rmse_c^2 / std_c^2)``, the pooled
+  spread likewise, the pooled spread-skill ratio from those two, and the pooled RMSE ratio
+  of two predictions as the ratio of their pooled RMSEs (not a mean of per-channel ratios).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ __all__ = [
     "rank_histogram",
     "power_spectrum",
     "point_rmse",
+    "pooled",
+    "pooled_spread_skill",
 ]
 
 
@@ -134,20 +143,46 @@ def rank_histogram(ens: np.ndarray, truth: np.ndarray, member_axis: int = 1, cha
     return np.stack([np.bincount(rank[c][ok[c]].ravel(), minlength=n + 1) for c in range(rank.shape[0])])
 
 
-def power_spectrum(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _taper(f: np.ndarray, axis: int) -> tuple[np.ndarray, float]:
+    """``f`` detrended along ``axis`` (the least-squares slope of each line along that axis removed;
+    a pattern constant along it is kept) and multiplied by a Hann window there; and the
+    window's mean square (the power it removes)."""
+    n = f.shape[axis]
+    if n < 3:
+        return f, 1.0
+    s = np.linspace(-1.0, 1.0, n)
+    shape = [1] * f.ndim
+    shape[axis] = n
+    s = s.reshape(shape)
+    slope = (f * s).sum(axis=axis, keepdims=True) / (s**2).sum()  # s has mean 0
+    f = f - slope * s
+    f = f - f.mean(axis=(-2, -1), keepdims=True)
+    w = np.hanning(n)
+    return f * w.reshape(shape), float(np.mean(w**2))
+
+
+def power_spectrum(fields: np.ndarray, periodic: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray, np.ndarray]:
     """Radially averaged power spectrum of ``fields[..., H, W]`` (averaged over leading axes).
 
     Returns ``(k, P)`` for integer wavenumbers ``k = 1 .. min(H, W) // 2`` (cycles per
     domain): ``P(k) = mean over fields of sum_{|kvec| rounds to k} |FFT2(f)|^2 / (H W)^2``.
     The field mean (k = 0) is left out. A sine of ``k0`` cycles across the domain
     peaks at ``k0``; ``sum_k P(k)`` ~ the field variance (Parseval, up to the corners).
+    ``periodic`` = (latitude, longitude): along an axis that is not periodic the fields are
+    detrended and Hann-windowed first (the power then divided by the window's mean square,
+    so a stationary field keeps its variance).
     """
     f = np.asarray(fields, np.float64)
     H, W = f.shape[-2:]
     f = f.reshape(-1, H, W)
     f = f - f.mean(axis=(-2, -1), keepdims=True)
+    norm = 1.0
+    for axis, wraps in ((-2, periodic[0]), (-1, periodic[1])):
+        if not wraps:
+            f, ms = _taper(f, axis)
+            norm *= ms
     F = np.fft.fft2(f)
-    p = (np.abs(F) ** 2).mean(0) / (H * W) ** 2
+    p = (np.abs(F) ** 2).mean(0) / (H * W) ** 2 / norm
     ky = np.fft.fftfreq(H) * H
     kx = np.fft.fftfreq(W) * W
     kr = np.rint(np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).astype(np.int64)
@@ -162,3 +197,20 @@ def point_rmse(pred: np.ndarray, obs: np.ndarray) -> float:
     pred, obs = np.asarray(pred, np.float64), np.asarray(obs, np.float64)
     ok = np.isfinite(pred) & np.isfinite(obs)
     return float(np.sqrt(np.mean((pred[ok] - obs[ok]) ** 2))) if ok.any() else float("nan")
+
+
+def pooled(per_channel: np.ndarray, std: np.ndarray) -> float:
+    """``sqrt(mean_c (x_c / std_c)^2)``: RMSE-like scores ``x[C]`` (rmse, spread) pooled over
+    channels in normalised units (``std[C]``: each channel's climatological std)."""
+    x = np.asarray(per_channel, np.float64) / np.asarray(std, np.float64)
+    return float(np.sqrt(np.mean(x**2)))
+
+
+def pooled_spread_skill(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1) -> float:
+    """Spread-skill ratio of all channels together in normalised units:
+    ``sqrt((N+1)/N) * pooled(spread) / pooled(rmse of the ensemble mean)``."""
+    ens = np.asarray(ens, np.float64)
+    n = ens.shape[member_axis]
+    sk = pooled(rmse(ens.mean(axis=member_axis), truth, lat), std)
+    sp = pooled(spread(ens, lat, member_axis), std)
+    return float(np.sqrt((n + 1) / n) * sp / sk) if sk > 0 else float("nan")

@@ -24,9 +24,12 @@ from .point_obs import build_point_obs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODALITIES", "sigma_for", "coarse_observation", "ObsTable", "read_obs", "choose_withheld", "radiosonde_observation"]
+__all__ = ["MODALITIES", "SURFACE_VARIABLES", "sigma_for", "coarse_observation", "ObsTable", "read_obs", "choose_withheld", "radiosonde_observation"]
 
 MODALITIES = ("coarse", "radiosondes")
+
+# what a sounding's surface record observes: its t, u, v are the single-level ERA5 fields
+SURFACE_VARIABLES = {"t": "t2m", "u": "u10", "v": "v10"}
 
 _TABLE_FIELDS = ("station", "time", "latitude", "longitude", "pressure", "variable", "value")
 
@@ -71,7 +74,13 @@ class ObsTable:
 
 
 def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
-    """Read the collocated obs zarr (data contract) into long form for the prior's ``variables``."""
+    """Read the collocated obs zarr (data contract) into long form for the prior's ``variables``.
+
+    Upper-air levels give the pressure-level variables (t, u, v, z); a sounding's surface
+    record (``surface``, IGRA ``LVLTYP2 = 1``) gives the single-level ones instead
+    (:data:`SURFACE_VARIABLES`: t -> t2m, u -> u10, v -> v10, pressure NaN) when the prior
+    models them, and nothing otherwise.
+    """
     from ..io import open_store
 
     path = Path(path)
@@ -82,15 +91,20 @@ def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
         raise InputError(f"missing {missing} (collocated observations data contract)", path)
     base = {n: np.asarray(ds[n].values) for n in need}
     base["station"] = np.array([str(x) for x in base["station"]], dtype=object)
-    present = [v for v in variables if v in ds.variables and ds[v].dims == ds["station"].dims]
+    surface = np.asarray(ds["surface"].values, bool) if "surface" in ds.variables else np.zeros(len(base["pressure"]), bool)
+    wanted = set(variables)
     cols = {f: [] for f in _TABLE_FIELDS}
-    for v in present:
-        vals = np.asarray(ds[v].values, dtype=np.float64)
-        for n in need:
-            cols[n].append(base[n])
-        cols["variable"].append(np.full(len(vals), v))
-        cols["value"].append(vals)
-    if not present:
+    for column in [c for c in ("t", "u", "v", "z") if c in ds.variables and ds[c].dims == ds["station"].dims] + \
+                  [v for v in variables if v not in ("t", "u", "v", "z") and v in ds.variables and ds[v].dims == ds["station"].dims]:
+        vals = np.asarray(ds[column].values, dtype=np.float64)
+        for name, rows in ((column, ~surface), (SURFACE_VARIABLES.get(column), surface)):
+            if name is None or name not in wanted or not rows.any():
+                continue
+            for n in need:
+                cols[n].append(base[n][rows] if n != "pressure" or name == column else np.full(int(rows.sum()), np.nan))
+            cols["variable"].append(np.full(int(rows.sum()), name))
+            cols["value"].append(vals[rows])
+    if not cols["value"]:
         empty = {f: np.zeros(0) for f in cols}
         empty["time"] = np.zeros(0, dtype="datetime64[ns]")
         empty["station"] = empty["variable"] = np.zeros(0, dtype=str)

@@ -159,11 +159,12 @@ class RadiosondeOptions:
 @options.register
 @dataclass(frozen=True)
 class CalibrateOptions:
-    """Choice of the SDA gamma and the spread inflation (`sample.calibrate`)."""
+    """Choice of each modality's guidance gamma and the spread inflation (`sample.calibrate`)."""
 
     SCHEMA_PATH = ("sr", "*", "sample", "calibrate")
     enabled: bool
     times: int
+    gap_hours: float
     members: int | None
     gammas: list[float]
     inflation: bool
@@ -184,6 +185,7 @@ class SampleOptions:
     members: int
     steps: int
     guidance: str
+    cg_iterations: int
     churn: float
     s_tmin: float
     s_tmax: float | None
@@ -204,15 +206,17 @@ class SampleOptions:
     def from_section(cls, section: dict) -> "SampleOptions":
         return _from_section(cls, section, cls.NESTED)
 
-    def with_gamma(self, gamma: float | None) -> "SampleOptions":
-        """These options with every modality's SDA `gamma` replaced (None: unchanged)."""
+    def with_gamma(self, gamma: float | dict | None) -> "SampleOptions":
+        """These options with the modalities' guidance `gamma` replaced: one number for
+        every modality, ``{modality: gamma}`` for some, None: unchanged."""
         if gamma is None:
             return self
-        return dataclasses.replace(
-            self,
-            coarse=dataclasses.replace(self.coarse, gamma=gamma),
-            radiosondes=dataclasses.replace(self.radiosondes, gamma=gamma),
-        )
+        per = gamma if isinstance(gamma, dict) else {"coarse": gamma, "radiosondes": gamma}
+        unknown = sorted(set(per) - {"coarse", "radiosondes"})
+        if unknown:
+            raise ValueError(f"gamma for unknown modalities {unknown}; expected coarse, radiosondes")
+        changes = {m: dataclasses.replace(getattr(self, m), gamma=float(g)) for m, g in per.items()}
+        return dataclasses.replace(self, **changes)
 
 
 # --- sr.<name>.evaluate --------------------------------------------------------------------

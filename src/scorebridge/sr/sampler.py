@@ -6,8 +6,9 @@ Heun's 2nd-order method (optional stochastic churn) over the noise levels of
 denoiser evaluations per sample (the last step is an Euler step to ``s = 0``).
 
 :func:`posterior_sample` runs it on the guided denoiser of :mod:`scorebridge.sr.guidance`:
-SDA guidance is a denoiser (one backward pass per evaluation), DPS a correction applied
-inside each step (one backward pass per step).
+SDA guidance is a denoiser (one backward pass per evaluation), MMPS too (``cg_iterations + 1``
+backward passes per evaluation), DPS a correction applied inside each step (one backward
+pass per step).
 """
 
 from __future__ import annotations
@@ -37,18 +38,24 @@ class Cost:
 
 class Metered:
     """The prior, counting its passes per batch element in ``cost``: every call is a forward
-    pass, one under autograd (an input that requires grad) also a backward pass."""
+    pass; every gradient that flows back through a call's output (a hook on it) is a
+    backward pass (SDA and DPS: one per evaluation; MMPS: one per conjugate-gradient step
+    plus one)."""
 
     def __init__(self, prior: Denoiser):
         self.prior = prior
         self.sigma_min, self.sigma_max = prior.sigma_min, prior.sigma_max
         self.cost = Cost()
 
+    def _backward(self, grad: torch.Tensor) -> None:
+        self.cost.backward += 1
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.cost.forward += 1
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.cost.backward += 1
-        return self.prior.denoise(x, sigma)
+        out = self.prior.denoise(x, sigma)
+        if out.requires_grad:
+            out.register_hook(self._backward)
+        return out
 
 
 def heun(
@@ -110,6 +117,7 @@ def posterior_sample(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
     rho: float = 7.0,
+    cg_iterations: int = 1,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, Cost]:
@@ -122,7 +130,8 @@ def posterior_sample(
     observations : modalities whose ``y`` has batch ``n_cases`` (or 1 = shared); each
         carries its own SDA ``gamma`` and DPS ``zeta``.
     shape : ``(C, H, W)`` of one field; ``mean``/``std``: per-channel ``[C]`` normalisation.
-    guidance : ``"sda"``, ``"dps"`` or ``"none"`` (unconditional prior samples).
+    guidance : ``"sda"``, ``"dps"``, ``"mmps"`` or ``"none"`` (unconditional prior samples);
+        ``cg_iterations``: MMPS's conjugate-gradient steps per evaluation.
     churn, s_tmin, s_tmax, s_noise, rho : Karras' sampler settings (the keyword defaults
         are the deterministic sampler; the workflow passes `sr.<name>.sample`'s).
 
@@ -136,7 +145,7 @@ def posterior_sample(
     obs = [ob.to(device).repeat_interleave(n_members) for ob in observations]
     units = Units.of(mean, std, device)
     net = Metered(prior)
-    denoiser, correction = guide(net, obs, units, guidance)
+    denoiser, correction = guide(net, obs, units, guidance, cg_iterations)
     sig = edm_sigmas(steps, float(prior.sigma_min), float(prior.sigma_max), rho).tolist()
     B = n_cases * n_members
     C, H, W = shape

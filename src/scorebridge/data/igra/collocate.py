@@ -10,12 +10,15 @@ levels that the super-resolution stages can use as point observations:
    assigned the nearest one (``time``, ``time_index``). Where several soundings of one
    station fall to the same ERA5 time, the nearest in time is kept (the earlier on a tie);
 3. the level's pressure lies within the ERA5 level range (levels without a pressure,
-   and levels where t, u, v and z are all missing, are dropped).
+   and levels where t, u, v and z are all missing, are dropped); the surface record of a
+   sounding (IGRA ``LVLTYP2 = 1``) is kept whatever its pressure and flagged ``surface``:
+   its t, u, v observe the single-level fields t2m, u10, v10 when a prior models them.
 
 Output (collocated-obs contract), dim ``obs`` sorted by (time_index, station,
 decreasing pressure): ``station``, ``time`` (ERA5 time), ``time_index``, ``latitude``,
 ``longitude`` (grid convention), ``pressure`` (Pa), ``t`` (K), ``u``, ``v`` (m/s), ``z``
-(geopotential m² s⁻² = g0 · geopotential height), ``launch_time``; NaN where missing.
+(geopotential m² s⁻² = g0 · geopotential height), ``launch_time``, ``surface`` (bool);
+NaN where missing.
 
 A store of IGRA derived parameters (`derived`) collocates the same way: its reported
 pressure, temperature and u, v, and as height the reported geopotential height, else
@@ -104,6 +107,8 @@ def collocate(obs, grid: dict, tolerance_hours: float):
     df["station"] = df["station"].astype(str)
     if "calc_gph" in obs.variables:  # derived parameters: the reported height, else the calculated one
         df["gph"] = df["gph"].fillna(pd.Series(obs["calc_gph"].to_numpy(), index=df.index))
+    # IGRA LVLTYP2 = 1: the surface record (observes the single-level fields t2m, u10, v10)
+    df["surface"] = (np.asarray(obs["lvltyp2"].to_numpy()) == 1) if "lvltyp2" in obs.variables else False
     n_read = len(df)
 
     # 1. inside the grid box, in the grid's longitude convention
@@ -138,7 +143,7 @@ def collocate(obs, grid: dict, tolerance_hours: float):
     lo, hi = grid["levels_hpa"].min() * 100.0, grid["levels_hpa"].max() * 100.0
     p = df["pressure"].to_numpy(np.float64)
     has_value = df[["temperature", "u", "v", "gph"]].notna().any(axis=1).to_numpy()
-    df = df[(p >= lo - 1e-6) & (p <= hi + 1e-6) & has_value]
+    df = df[(((p >= lo - 1e-6) & (p <= hi + 1e-6)) | df["surface"].to_numpy(bool)) & has_value]
     if df.empty:
         raise InputError(
             f"no level of the {len(snd)} matched soundings lies within the ERA5 levels "
@@ -160,6 +165,7 @@ def collocate(obs, grid: dict, tolerance_hours: float):
             "v": ("obs", df["v"].to_numpy(f32), {"units": "m s-1", "long_name": "northward wind"}),
             "z": ("obs", (df["gph"].to_numpy(np.float64) * G0).astype(f32), {"units": "m2 s-2", "long_name": "geopotential"}),
             "launch_time": ("obs", df["time"].to_numpy().astype("datetime64[ns]")),
+            "surface": ("obs", df["surface"].to_numpy(bool), {"long_name": "surface record (IGRA LVLTYP2 = 1); t, u, v observe t2m, u10, v10"}),
         }
     )
     out.attrs["summary"] = json.dumps(

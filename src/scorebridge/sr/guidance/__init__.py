@@ -5,6 +5,9 @@ one method per module.
   itself a denoiser, so the sampler runs it as it runs the prior.
 - :mod:`.dps`: :class:`DPSCorrection`, the DPS step ``x <- x - zeta grad ||r||`` that the
   sampler applies inside each step.
+- :mod:`.mmps`: :class:`MMPSDenoiser`, moment matching posterior sampling: the SDA
+  likelihood with the observation covariance taken through the denoiser's Jacobian
+  (a few conjugate-gradient steps, one backward pass each); a denoiser like SDA.
 
 :func:`guide` picks the pair ``(denoiser, correction)`` the sampler runs for a method name.
 """
@@ -16,21 +19,25 @@ from typing import Sequence
 from ..operators import Observation
 from .base import Denoiser, Units
 from .dps import DPSCorrection
+from .mmps import MMPSDenoiser
 from .sda import SDADenoiser
 
-__all__ = ["Denoiser", "Units", "SDADenoiser", "DPSCorrection", "guide", "METHODS"]
+__all__ = ["Denoiser", "Units", "SDADenoiser", "DPSCorrection", "MMPSDenoiser", "guide", "METHODS"]
 
-METHODS = ("sda", "dps", "none")
+METHODS = ("sda", "dps", "mmps", "none")
 
 
-def guide(prior: Denoiser, observations: Sequence[Observation], units: Units, method: str) -> tuple[Denoiser, DPSCorrection | None]:
+def guide(prior: Denoiser, observations: Sequence[Observation], units: Units, method: str, cg_iterations: int = 1) -> tuple[Denoiser, DPSCorrection | None]:
     """The denoiser and the in-step correction (or None) of guidance ``method``:
-    ``"sda"``, ``"dps"`` or ``"none"`` (the prior: unconditional samples, also when there
-    are no observations)."""
+    ``"sda"``, ``"dps"``, ``"mmps"`` (``cg_iterations`` conjugate-gradient steps per
+    evaluation) or ``"none"`` (the prior: unconditional samples, also when there are no
+    observations)."""
     if method not in METHODS:
-        raise ValueError(f"guidance must be 'sda', 'dps' or 'none', got {method!r}")
+        raise ValueError(f"guidance must be one of {list(METHODS)}, got {method!r}")
     if method == "none" or not observations:
         return prior, None
     if method == "sda":
         return SDADenoiser(prior, observations, units), None
+    if method == "mmps":
+        return MMPSDenoiser(prior, observations, units, cg_iterations), None
     return prior, DPSCorrection(prior, observations, units)

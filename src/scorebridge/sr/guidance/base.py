@@ -13,7 +13,7 @@ import torch
 
 from ..operators import Observation
 
-__all__ = ["Denoiser", "Units", "residuals"]
+__all__ = ["Denoiser", "Units", "residuals", "noise_scales"]
 
 
 class Denoiser(Protocol):
@@ -52,3 +52,12 @@ def residuals(observations: Sequence[Observation], xp: torch.Tensor) -> Iterator
         if y.shape[0] == 1 and pred.shape[0] != 1:
             y, mask = y.expand_as(pred), mask.expand_as(pred)
         yield ob, y, pred, mask
+
+
+def noise_scales(observations: Sequence[Observation], units: Units, shape: Sequence[int]) -> list[torch.Tensor]:
+    """``a_k = sqrt((A_k o A_k) std^2)`` per modality, ``[1, ...]``: the std of ``A_k`` applied
+    to white noise of unit normalised variance on fields of ``shape`` (``[..., H, W]``), so
+    ``(a_k s)^2`` is the variance the diffusion noise ``s`` puts on observation ``k``."""
+    var_field = (units.std**2).expand(1, -1, *shape[-2:])
+    with torch.no_grad():
+        return [ob.operator.forward_squared(var_field).clamp_min(0).sqrt().detach() for ob in observations]

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from ..operators import Observation
-from .base import Denoiser, Units, residuals
+from .base import Denoiser, Units, noise_scales, residuals
 
 __all__ = ["SDADenoiser"]
 
@@ -50,9 +50,7 @@ class SDADenoiser:
 
     def _scales(self, shape: Sequence[int]) -> list[torch.Tensor]:
         if self._scale is None or self._shape != tuple(shape[-2:]):
-            var_field = (self.units.std**2).expand(1, -1, *shape[-2:])
-            with torch.no_grad():  # a_k = sqrt((A o A) std^2): std of A_k applied to white normalised noise
-                self._scale = [ob.operator.forward_squared(var_field).clamp_min(0).sqrt().detach() for ob in self.observations]
+            self._scale = noise_scales(self.observations, self.units, shape)
             self._shape = tuple(shape[-2:])
         return self._scale
 
