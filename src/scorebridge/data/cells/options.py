@@ -27,6 +27,8 @@ class PreprocessOptions:
     n_pcs: int | None
     standardize: bool
     seed: int
+    pca_solver: str
+    block_mb: float
 
 
 @register

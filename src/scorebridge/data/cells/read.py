@@ -2,11 +2,12 @@
 
 Inputs (config entry of ``cells:``, see config/README.md "## cells"):
 
-- AnnData ``.h5ad``: time from the ``obs`` column ``time_key``; features from the
-  ``obsm`` embedding ``obsm_key`` (e.g. ``X_pca``), or made from the expression matrix
-  (``X`` or ``layer``) by the configured preprocessing (`preprocess`): normalise total
-  counts, log1p, highly variable genes (dispersion z-score within mean bins, Satija et
-  al. 2015), PCA.
+- AnnData ``.h5ad``, read lazily (`h5ad`): time from the ``obs`` column ``time_key``;
+  features from the ``obsm`` embedding ``obsm_key`` (e.g. ``X_pca``), or made from the
+  expression matrix (``X`` or ``layer``, read in row blocks, never whole) by the configured
+  preprocessing (`preprocess`, scanpy's steps): normalise total counts, log1p, highly
+  variable genes (flavor 'seurat': dispersion z-score within mean bins, Satija et al.
+  2015), PCA.
 - ``.npy``: one array (time, cells, features).
 - ``.npz``: ragged snapshots ``t0 .. t{K-1}`` (each (n_k, features)), or one 3-D array,
   or a flat ``X`` (cells, features) with ``time`` (cells); optional ``times`` (K,),
@@ -35,6 +36,7 @@ import numpy as np
 from ...errors import ConfigError, InputError
 from .columns import check_features, csv_lines, pick_features
 from .columns import show as _show
+from .h5ad import open_h5ad
 from .options import CellsOptions, cells_options
 from .preprocess import preprocess_expression
 
@@ -276,64 +278,56 @@ def read_csv(path, spec: CellsOptions) -> Snapshots:
 
 
 def read_h5ad(path, spec: CellsOptions) -> Snapshots:
-    """AnnData: time from obs[`time_key`]; features from obsm[`obsm_key`] or the preprocessed expression."""
-    import anndata
-
+    """AnnData: time from obs[`time_key`]; features from obsm[`obsm_key`] or the preprocessed
+    expression, read lazily (`h5ad`: the matrix in row blocks, never whole)."""
     path = Path(path)
-    try:
-        adata = anndata.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(f"cannot read as AnnData .h5ad: {err}", path) from None
-    key = spec.time_key
-    if key not in adata.obs.columns:
-        raise ConfigError("time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(adata.obs.columns), 30)}")
-    cells = [str(c) for c in adata.obs_names]
-    obsm_key = spec.obsm_key
-    extra_vars: dict = {}
-    if obsm_key:
-        if obsm_key not in adata.obsm:
-            raise ConfigError("obsm_key", f"'{obsm_key}' not in the obsm of {path}; obsm keys: {_show(list(adata.obsm.keys()), 30)}")
-        X = np.asarray(adata.obsm[obsm_key], dtype=np.float64)
-        if X.ndim != 2:
-            raise InputError(f"obsm['{obsm_key}'] has shape {X.shape}; expected (cells, features)", path)
-        n = spec.n_components
-        if n is not None:
-            if n > X.shape[1]:
-                raise ConfigError("n_components", f"{n} components but obsm['{obsm_key}'] has {X.shape[1]}")
-            X = X[:, :n]
-        names = [f"{obsm_key}_{i + 1}" for i in range(X.shape[1])]
-        record = {"features": f"obsm['{obsm_key}']", "n_components": X.shape[1]}
-        _check_finite(X, cells, path)
-    else:
-        import scipy.sparse as sp
-
-        layer = spec.layer
-        if layer is not None and layer not in adata.layers:
-            raise ConfigError("layer", f"'{layer}' not in the layers of {path}; layers: {_show(list(adata.layers.keys()), 30)}")
-        M = adata.layers[layer] if layer is not None else adata.X
-        genes = [str(g) for g in adata.var_names]
-        if spec.features is not None:
-            pos = {g: i for i, g in enumerate(genes)}
-            unknown = [g for g in spec.features if g not in pos]
-            if unknown:
-                raise ConfigError("features", f"gene(s) {_show(unknown)} not in the var names of {path}")
-            idx = [pos[g] for g in spec.features]
-            M, genes = M[:, idx], [genes[i] for i in idx]
-        M = sp.csr_matrix(M) if sp.issparse(M) else np.asarray(M)
-        if sp.issparse(M):  # find the cells holding non-finite stored values without densifying
-            bad = np.unique(M.tocoo().row[~np.isfinite(M.tocoo().data)])
-            if bad.size:
-                raise InputError(f"NaN or infinite expression values in {bad.size} cell(s): {_show([cells[i] for i in bad])}", path)
+    with open_h5ad(path) as h:
+        key = spec.time_key
+        obs = h.obs
+        if key not in obs.columns:
+            raise ConfigError("time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(obs.columns), 30)}")
+        cells = [str(c) for c in obs.index]
+        obsm_key = spec.obsm_key
+        extra_vars: dict = {}
+        if obsm_key:
+            if obsm_key not in h.obsm_keys():
+                raise ConfigError("obsm_key", f"'{obsm_key}' not in the obsm of {path}; obsm keys: {_show(h.obsm_keys(), 30)}")
+            X = h.obsm(obsm_key)
+            if X.ndim != 2:
+                raise InputError(f"obsm['{obsm_key}'] has shape {X.shape}; expected (cells, features)", path)
+            n = spec.n_components
+            if n is not None:
+                if n > X.shape[1]:
+                    raise ConfigError("n_components", f"{n} components but obsm['{obsm_key}'] has {X.shape[1]}")
+                X = X[:, :n]
+            names = [f"{obsm_key}_{i + 1}" for i in range(X.shape[1])]
+            record = {"features": f"obsm['{obsm_key}']", "n_components": X.shape[1]}
+            _check_finite(X, cells, path)
         else:
-            _check_finite(M, cells, path)
-        X, names, record, extra_vars = preprocess_expression(M, genes, spec.preprocess, path)
-        record = {"features": f"layers['{layer}']" if layer else "X", **record}
-    out = _from_labels(X, adata.obs[key], cells, path, "cell", f"obs column '{key}'", spec.time_map)
+            layer = spec.layer
+            if layer is not None and layer not in h.layer_keys():
+                raise ConfigError("layer", f"'{layer}' not in the layers of {path}; layers: {_show(h.layer_keys(), 30)}")
+            M = h.matrix(layer)
+            genes = h.var_names
+            if M.shape[0] != len(cells) or M.shape[1] != len(genes):
+                raise InputError(f"{M.name} has shape {M.shape} but obs has {len(cells)} cells and var {len(genes)} genes", path)
+            if spec.features is not None:
+                pos = {g: i for i, g in enumerate(genes)}
+                unknown = [g for g in spec.features if g not in pos]
+                if unknown:
+                    raise ConfigError("features", f"gene(s) {_show(unknown)} not in the var names of {path}")
+                idx = [pos[g] for g in spec.features]
+                M, genes = M.select(idx), [genes[i] for i in idx]
+            log.info("%s: %s, %d cells x %d genes (%s), read in blocks of %g MB", path, M.name, M.shape[0], M.shape[1], "sparse" if M.sparse else "dense", spec.preprocess.block_mb)
+            X, names, record, extra_vars = preprocess_expression(M, genes, spec.preprocess, path, cells)
+            record = {"features": f"layers['{layer}']" if layer else "X", **record}
+        true_parameters = h.uns_text("true_parameters")
+        out = _from_labels(X, obs[key], cells, path, "cell", f"obs column '{key}'", spec.time_map)
     out.features = names
     out.preprocessing = record
     out.extra_vars = extra_vars
-    if "true_parameters" in adata.uns:
-        out.extra_attrs["true_parameters"] = str(adata.uns["true_parameters"])
+    if true_parameters is not None:
+        out.extra_attrs["true_parameters"] = true_parameters
     return out
 
 
