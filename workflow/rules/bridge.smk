@@ -33,13 +33,7 @@ rule bridge_evaluate:
     output:
         metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
         predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),
-        figures=report(
-            directory(f"{RESULTS}/bridge/{{experiment}}/figures"),
-            patterns=["{name}.png"],
-            caption="../report/bridge_figures.rst",
-            category="Schrödinger bridges",
-            subcategory="{experiment}",
-        ),
+        **report_figures("bridge", BRIDGE_EVALUATE_FIGURES),
     log:
         f"{RESULTS}/logs/bridge_evaluate/{{experiment}}.log",
     benchmark:
@@ -52,8 +46,9 @@ rule bridge_evaluate:
     params:
         cli=SCOREBRIDGE,
         spec=lambda w: spec_json("bridge", w.experiment),
+        figures=lambda w, output: os.path.dirname(output.trajectories),
     shell:
         "{params.cli} bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--cells {input.cells:q} --model {input.model:q} --experiments {input.experiments:q} "
-        "--predictions {output.predictions:q} --figures {output.figures:q} "
+        "--predictions {output.predictions:q} --figures {params.figures:q} "
         "--out {output.metrics:q} > {log:q} 2>&1"

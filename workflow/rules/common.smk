@@ -151,6 +151,36 @@ def local_files(section, name, patterns):
     return files
 
 
+# The figures each rule writes, every one a declared output with its own caption
+# (workflow/report/<section>/<name>.rst): sr_train the loss curve, sr_evaluate
+# scorebridge.sr.figures.EVALUATE_FIGURES, bridge_evaluate those of scorebridge.bridge.figures
+# (tests/test_report.py checks these lists against the code and the captions).
+SR_TRAIN_FIGURES = ["training_loss"]
+SR_EVALUATE_FIGURES = ["maps", "spectra", "rank_histogram", "spread_skill", "rmse_by_level", "withheld_radiosondes"]
+BRIDGE_EVALUATE_FIGURES = ["trajectories", "marginals", "w1", "parameters"]
+FIGURES = {"sr": SR_TRAIN_FIGURES + SR_EVALUATE_FIGURES, "bridge": BRIDGE_EVALUATE_FIGURES}
+REPORT_CATEGORY = {"sr": "Super-resolution", "bridge": "Schrödinger bridges"}
+# Captions, beside the rules (workflow/report/), whichever Snakefile includes this file.
+REPORT_DIR = os.path.abspath(os.path.join(str(workflow.current_basedir), "..", "report"))
+
+
+def report_figure(section, name):
+    """A figure's declared output, results/<section>/{experiment}/figures/<name>.png, in
+    the report under its section and experiment with its own caption."""
+    return report(
+        f"{RESULTS}/{section}/{{experiment}}/figures/{name}.png",
+        caption=os.path.join(REPORT_DIR, section, f"{name}.rst"),
+        category=REPORT_CATEGORY[section],
+        subcategory="{experiment}",
+        labels={"experiment": "{experiment}", "figure": name},
+    )
+
+
+def report_figures(section, figures):
+    """`report_figure` for each name, as named outputs (`output.<name>`)."""
+    return {name: report_figure(section, name) for name in figures}
+
+
 def names(section):
     return sorted(config.get(section, {}))
 

@@ -6,7 +6,8 @@ rule sr_train:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         experiments=EXPERIMENTS,
     output:
-        f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
+        checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
+        **report_figures("sr", SR_TRAIN_FIGURES),
     log:
         f"{RESULTS}/logs/sr_train/{{experiment}}.log",
     benchmark:
@@ -31,7 +32,7 @@ rule sr_train:
         "{params.srun}{params.python} {params.torchrun}-m scorebridge sr-train --spec {params.spec:q} "
         "--experiment {wildcards.experiment:q} --era5 {input.era5:q} "
         "--experiments {input.experiments:q} --checkpoint-dir {params.ckpt_dir:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--figure {output.training_loss:q} --out {output.checkpoint:q} > {log:q} 2>&1"
 
 
 rule sr_sample:
@@ -75,13 +76,7 @@ rule sr_evaluate:
         experiments=EXPERIMENTS,
     output:
         metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
-        figures=report(
-            directory(f"{RESULTS}/sr/{{experiment}}/figures"),
-            patterns=["{name}.png"],
-            caption="../report/sr_figures.rst",
-            category="Super-resolution",
-            subcategory="{experiment}",
-        ),
+        **report_figures("sr", SR_EVALUATE_FIGURES),
     log:
         f"{RESULTS}/logs/sr_evaluate/{{experiment}}.log",
     benchmark:
@@ -94,8 +89,9 @@ rule sr_evaluate:
         cli=SCOREBRIDGE,
         spec=lambda w: spec_json("sr", w.experiment),
         obs=lambda w, input: obs_argument(input),
+        figures=lambda w, output: os.path.dirname(output.maps),
     shell:
         "{params.cli} sr-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--era5 {input.era5:q} {params.obs} --samples {input.samples:q} "
-        "--experiments {input.experiments:q} --figures {output.figures:q} "
+        "--experiments {input.experiments:q} --figures {params.figures:q} "
         "--out {output.metrics:q} > {log:q} 2>&1"

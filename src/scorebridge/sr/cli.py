@@ -49,6 +49,7 @@ def train_cli(argv: list[str]) -> int:
     p = job_parser("sr-train", "Training of the score-based prior: `scorebridge sr-train` (rule sr_train).")
     p.add_argument("--era5", required=True, help="ERA5 zarr store")
     p.add_argument("--checkpoint-dir", default=None, help="folder of step checkpoints (resume from the newest)")
+    p.add_argument("--figure", default=None, help="the training loss curve to write (PNG)")
     p.add_argument("--out", required=True, help="the trained prior (checkpoint.pt)")
     args = p.parse_args(argv)
     exp = _experiment(args)
@@ -60,6 +61,10 @@ def train_cli(argv: list[str]) -> int:
             from ..tracking.models import log_prior_model
 
             log_prior_model(run, args.out)  # the prior as an MLflow model that samples
+        if rank0 and args.figure:
+            from .figures import training_loss
+
+            training_loss(summary["losses"], args.figure, run=run)
         if rank0:
             print(json.dumps({k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1))
     return 0
@@ -97,7 +102,7 @@ def evaluate_cli(argv: list[str]) -> int:
     import numpy as np
 
     from ..cli import job_parser
-    from ..io import atomic_path, write_json
+    from ..io import write_json
     from .evaluate import evaluate, log_summary
 
     p = job_parser("sr-evaluate", evaluate_cli.__doc__, experiment_default="default")
@@ -109,8 +114,8 @@ def evaluate_cli(argv: list[str]) -> int:
     a = p.parse_args(argv)
     exp = _experiment(a)
     with _job(a, "sr_evaluate", exp, {"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})}) as run:
-        with atomic_path(a.figures) as tmp:
-            result = evaluate(a.samples, a.era5, a.obs, options=exp.evaluate, figures=tmp, run=run)
+        # each figure written atomically into the folder (sr_train's loss curve lives there too)
+        result = evaluate(a.samples, a.era5, a.obs, options=exp.evaluate, figures=a.figures, run=run)
         scalars = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float)) and v is not None and np.isfinite(v)}
         run.log_metrics(scalars)
         write_json(a.out, result)

@@ -23,7 +23,6 @@ reduction at withheld radiosondes from adding radiosondes to the coarse field).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -189,64 +188,12 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
         "members": int(ens.shape[1]),
     }
     if figures is not None:
-        _figures(Path(figures), truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, int(options.map_time), int(options.map_channels))
+        from .figures import write_figures
+
+        write_figures(figures, truth=truth, coarse=coarse, mean=mean, ens=ens, base=base, names=names, lat=lat, lon=lon, factor=k, hist=hist,
+                      spectra=spectra, metrics=out, sampling=sampling, times=np.asarray(sds["time"].values), obs_path=obs_path, run=run,
+                      map_time=int(options.map_time), map_channels=int(options.map_channels))
     return result
-
-
-def _figures(fig_dir: Path, truth, coarse, mean, ens, base, names, lat, lon, k, hist, spectra, out, sampling, run, map_time: int, map_channels: int) -> None:
-    from ..plots import new_figure, save_figure
-
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    t = min(map_time, truth.shape[0] - 1)
-    show = list(range(min(len(names), map_channels)))
-    cols = ["truth", "coarse", "bicubic", "posterior mean", "member 0", "ensemble spread"]
-    fig, axes = new_figure(len(show), len(cols), width=2.6, height=2.3, squeeze=False)
-    ext = [lon[0], lon[-1], lat[0], lat[-1]]
-    for r, i in enumerate(show):
-        vmin, vmax = np.nanpercentile(truth[t, i], [1, 99])
-        panels = [truth[t, i], np.repeat(np.repeat(coarse[t, i], k, 0), k, 1)[: len(lat), : len(lon)], base["bicubic"][t, i], mean[t, i], ens[t, 0, i]]
-        for cidx, p in enumerate(panels):
-            im = axes[r, cidx].imshow(p, origin="lower", extent=ext, vmin=vmin, vmax=vmax, cmap="RdBu_r", aspect="auto")
-        fig.colorbar(im, ax=axes[r, 4], shrink=0.8)
-        im2 = axes[r, 5].imshow(ens[t, :, i].std(0, ddof=1), origin="lower", extent=ext, cmap="viridis", aspect="auto")
-        fig.colorbar(im2, ax=axes[r, 5], shrink=0.8)
-        axes[r, 0].set_ylabel(names[i])
-        for cidx in range(len(cols)):
-            if r == 0:
-                axes[r, cidx].set_title(cols[cidx], fontsize=9)
-            axes[r, cidx].tick_params(labelsize=6)
-    save_figure(fig, fig_dir / "maps.png", run=run)
-
-    fig, axes = new_figure(1, len(names), width=3.2, height=2.8, squeeze=False)
-    for i, c in enumerate(names):
-        s = spectra[c]
-        ax = axes[0, i]
-        for key, style in [("truth", "k-"), ("members", "C3-"), ("posterior_mean", "C3--"), ("bicubic", "C0-"), ("bilinear", "C0:"), ("nearest_radiosonde", "C2:")]:
-            if key in s:
-                ax.loglog(s["k"], s[key], style, label=key.replace("_", " "))
-        ax.set_title(c, fontsize=9)
-        ax.set_xlabel("wavenumber (cycles per domain)")
-    axes[0, 0].set_ylabel("power")
-    axes[0, 0].legend(fontsize=6)
-    save_figure(fig, fig_dir / "spectra.png", run=run)
-
-    fig, axes = new_figure(1, len(names), width=2.6, height=2.4, squeeze=False)
-    for i, c in enumerate(names):
-        h = np.asarray(hist[i], float)
-        axes[0, i].bar(np.arange(len(h)), h / h.sum(), color="C1")
-        axes[0, i].axhline(1 / len(h), color="k", lw=0.8)
-        axes[0, i].set_title(f"{c} (ssr {out[f'spread_skill/{c}']:.2f})", fontsize=9)
-        axes[0, i].set_xlabel("rank of truth")
-    save_figure(fig, fig_dir / "rank_histogram.png", run=run)
-
-    keys = sorted({kk.split("/")[-1] for kk in out if kk.startswith("withheld_rmse/all_normalised/")})
-    if keys:
-        fig, ax = new_figure(width=5.0, height=3.0)
-        vals = [out[f"withheld_rmse/all_normalised/{kk}"] for kk in keys]
-        ax.bar(range(len(keys)), vals, color="C2")
-        ax.set_xticks(range(len(keys)), keys, rotation=20, fontsize=7)
-        ax.set_ylabel("RMSE at withheld radiosondes\n(units of each variable's std)")
-        save_figure(fig, fig_dir / "withheld_radiosondes.png", run=run)
 
 
 def log_summary(result: dict) -> None:

@@ -5,8 +5,15 @@ ensemble, ``{v}_mean`` and ``{v}_spread`` over members, ``{v}_coarse`` on the co
 (``latitude_coarse``, ``longitude_coarse``) and, when comparison conditioning sets were
 sampled, ``{v}_mean_compare`` (leading dim ``conditioning``). Coordinates ``time``,
 ``member``, ``latitude``, ``longitude``, ``level`` (multi-level variables share one set),
-``time_index`` (into the ERA5 store). Attributes (JSON strings): ``sampling`` (what was
-done, calibration, cost, withheld stations), ``channels``, ``provenance``.
+``time_index`` (into the ERA5 store), the coarse cells' edges ``latitude_coarse_bounds``,
+``longitude_coarse_bounds``. Attributes (JSON strings): ``sampling`` (what was done,
+calibration, cost, withheld stations), ``channels``, ``provenance``.
+
+CF-1.10 (:func:`cf_attributes`): every variable has ``units``, ``long_name`` and the
+field's ``standard_name``; ``{v}_mean`` / ``{v}_spread`` have ``cell_methods``
+``realization: mean`` / ``realization: standard_deviation``, ``{v}_coarse``
+``latitude_coarse: longitude_coarse: mean`` (over the bounded coarse cells); ``member`` is
+CF's ``realization`` axis; global ``Conventions``, ``title``, ``source``, ``history``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,16 @@ import numpy as np
 from ..errors import InputError
 from .operators import coarse_coords
 
-__all__ = ["channel_layout", "fields_to_vars", "vars_to_fields", "samples_dataset", "write_samples", "open_samples"]
+__all__ = ["GLOBAL_ATTRS", "channel_layout", "fields_to_vars", "vars_to_fields", "samples_dataset", "cf_attributes", "write_samples", "open_samples"]
+
+GLOBAL_ATTRS = {
+    "Conventions": "CF-1.10",
+    "title": "Posterior ensembles of super-resolved ERA5 fields (scorebridge)",
+    "source": "scorebridge sr-sample: score-based (EDM) prior conditioned zero-shot on coarse fields and radiosondes",
+    "comment": "per variable v: v (members), v_mean, v_spread (over members, after the calibration's inflation), v_coarse (the "
+               "coarse input), v_coarse_only and v_mean_compare when sampled; attributes sampling, channels, provenance are JSON",
+}
+
 
 
 def channel_layout(channels) -> tuple[list[str], list[float]]:
@@ -90,17 +106,86 @@ def samples_dataset(ens: np.ndarray, coarse: np.ndarray, channels, *, times: np.
         coords["conditioning"] = np.array(["+".join(c) if c else "prior" for c in compare])
         data.update(fields_to_vars(np.stack(compare_means), channels, ("conditioning", "time"), "_mean_compare"))
     out = xr.Dataset({n: (d, np.asarray(a, np.float32)) for n, (d, a) in data.items()}, coords=coords)
-    if attrs_from is not None:
-        for v in variables:
-            if v in attrs_from.data_vars:
-                out[v].attrs.update({k: a for k, a in attrs_from[v].attrs.items() if k in ("units", "long_name", "standard_name")})
-    return out
+    return cf_attributes(out, variables, factor, attrs_from)
+
+
+def _block_bounds(coord: np.ndarray, k: int) -> np.ndarray:
+    """``(n_coarse, 2)`` edges of the coarse cells: from the first fine cell's outer edge to
+    the last's (edge padding: the last block ends at the grid's edge)."""
+    c = np.asarray(coord, np.float64)
+    d = (c[-1] - c[0]) / (len(c) - 1) if len(c) > 1 else 1.0
+    first = np.arange(0, len(c), k)
+    last = np.minimum(first + k, len(c)) - 1
+    return np.stack([c[first] - d / 2, c[last] + d / 2], axis=1)
+
+
+def _field_attrs(v: str, attrs_from) -> dict:
+    """units, long_name, standard_name of field ``v``: the ERA5 store's, else ERA5's own names."""
+    from ..data.era5.synthetic import PRESSURE_VARIABLES, SINGLE_VARIABLES
+
+    std, long, units = {**PRESSURE_VARIABLES, **SINGLE_VARIABLES}.get(v, (None, v, None))
+    known = {"units": units, "long_name": long, "standard_name": std}
+    if attrs_from is not None and v in attrs_from.data_vars:
+        known.update({k: a for k, a in attrs_from[v].attrs.items() if k in ("units", "long_name", "standard_name")})
+    return {k: a for k, a in known.items() if a is not None}
+
+
+# suffix -> (what the variable holds, cell_methods)
+_KINDS = {
+    "": ("posterior ensemble member", None),
+    "_mean": ("posterior ensemble mean", "realization: mean"),
+    "_spread": ("posterior ensemble spread (standard deviation over members, unbiased)", "realization: standard_deviation"),
+    "_coarse": ("coarse input: block average of the truth", "latitude_coarse: longitude_coarse: mean"),
+    "_coarse_only": ("posterior ensemble member conditioned on the coarse input only", None),
+    "_mean_compare": ("posterior ensemble mean of each comparison conditioning set", "realization: mean"),
+    "_climatology": ("the prior's training-time mean field (it models anomalies from it)", "time: mean"),
+}
+
+
+def cf_attributes(ds, variables: Sequence[str], factor: int, attrs_from=None):
+    """CF-1.10 attributes on every variable of a samples dataset: units, long_name,
+    standard_name (where one exists), cell_methods of the statistics over members
+    (``realization: mean`` / ``standard_deviation``) and of the coarse block averages
+    (with the coarse cells' bounds), the ``member`` axis as CF's ``realization``."""
+    coord_attrs = {
+        "time": {"standard_name": "time", "long_name": "valid time", "axis": "T"},
+        "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "axis": "Y"},
+        "longitude": {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", "axis": "X"},
+        "level": {"units": "hPa", "standard_name": "air_pressure", "long_name": "pressure", "positive": "down", "axis": "Z"},
+        "member": {"standard_name": "realization", "long_name": "posterior ensemble member", "units": "1"},
+        "latitude_coarse": {"units": "degrees_north", "standard_name": "latitude", "bounds": "latitude_coarse_bounds",
+                            "long_name": f"latitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)"},
+        "longitude_coarse": {"units": "degrees_east", "standard_name": "longitude", "bounds": "longitude_coarse_bounds",
+                             "long_name": f"longitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)"},
+        "time_index": {"long_name": "index of this time along the time axis of the ERA5 store", "units": "1"},
+        "conditioning": {"long_name": "observations a comparison ensemble was conditioned on"},
+    }
+    for name, attrs in coord_attrs.items():
+        if name in ds.variables:
+            ds[name].attrs.update(attrs)
+    for axis in ("latitude", "longitude"):
+        ds[f"{axis}_coarse_bounds"] = ((f"{axis}_coarse", "bounds"), _block_bounds(ds[axis].values, int(factor)),
+                                       {"units": ds[axis].attrs["units"], "long_name": f"edges of the coarse cells along {axis}"})
+    for v in variables:
+        base = _field_attrs(v, attrs_from)
+        for suffix, (what, method) in _KINDS.items():
+            if v + suffix not in ds.data_vars:
+                continue
+            attrs = dict(base)
+            attrs["long_name"] = f"{base.get('long_name', v)}: {what}"
+            if method:
+                attrs["cell_methods"] = method
+            ds[v + suffix].attrs.update(attrs)
+    return ds
 
 
 def write_samples(out: str | Path, ds, *, sampling: dict, channels, provenance: dict) -> None:
     """Write the dataset ``ds`` of :func:`samples_dataset` with its attributes, atomically."""
     from ..io import atomic_path
 
+    ds.attrs.update(GLOBAL_ATTRS)
+    if provenance.get("created"):
+        ds.attrs["history"] = f"{provenance['created']}: written by scorebridge sr-sample"
     ds.attrs["sampling"] = json.dumps(sampling)
     ds.attrs["channels"] = json.dumps([[v, lv] for v, lv in channels])
     ds.attrs["provenance"] = json.dumps(provenance)

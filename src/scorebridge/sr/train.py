@@ -247,40 +247,11 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
         shutdown(info)
 
 
-def _loss_figure(losses, path: Path, run) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from ..plots import save_figure
-    except ImportError:
-        return
-    steps = np.array([s for s, _ in losses]) + 1
-    vals = np.array([v for _, v in losses])
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(steps, vals, lw=0.6, alpha=0.4, label="per step")
-    k = max(1, len(vals) // 50)
-    if len(vals) >= k:
-        smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("EDM loss")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, str(path), run=run)
-
-
 def report_training(summary: dict, out: str | Path, run) -> None:
-    """Log the summary's numbers, the loss figure (beside `out`) and the prior `out` to `run`."""
+    """Log the summary's numbers and the prior `out` to `run` (the loss curve is
+    :func:`scorebridge.sr.figures.training_loss`, a declared output of sr_train)."""
     flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
     flat.update({f"train/data_{k}": float(v) for k, v in summary.get("data", {}).items()})
     run.log_metrics(flat)
-    try:
-        _loss_figure(summary["losses"], Path(out).with_name("train_loss.png"), run)
-    except Exception as err:  # a figure never breaks training
-        log.warning("loss figure not written: %s", err)
     run.log_artifact(out)

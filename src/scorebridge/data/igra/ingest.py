@@ -9,11 +9,17 @@ writes, in batches that bound memory:
   (K), ``rh`` (%), ``dpd`` (K), ``wdir`` (deg), ``wspd``, ``u``, ``v`` (m/s), flags
   ``pflag``, ``zflag``, ``tflag`` (one character: ' ', 'A', 'B'), ``lvltyp1``,
   ``lvltyp2``, ``etime`` (s); NaN for missing (-9999) and QC-removed (-8888);
-- group ``soundings``, dim ``sounding``: ``station``, ``time``, ``latitude``,
+- group ``soundings``, dim ``sounding``: ``sounding_id``, ``station``, ``time``, ``latitude``,
   ``longitude``, ``first`` (index of its first row in ``obs``), ``nlevels``, ``hour``,
   ``reltime``, ``p_src``, ``np_src``;
 - root attrs ``provenance`` (JSON: source, product, input sha256s, filters, dropped
   repeats, versions, created) and ``product``.
+
+CF-1.10 discrete sampling geometry (``featureType: profile``): a contiguous ragged array,
+the levels of each sounding contiguous in ``obs`` in sounding order, counted by
+``soundings/nlevels`` (``sample_dimension: obs``), each sounding named by
+``soundings/sounding_id`` (``<station>@<launch time>``, ``cf_role: profile_id``); units and
+standard names (`STANDARD_NAMES`) on the variables.
 
 Derived-parameter files (`product: derived`, `derived`) give the same layout with their
 own variables (`derived.LEVEL_VARIABLES` per level, `derived.SOUNDING_VARIABLES` per
@@ -117,7 +123,15 @@ def _datasets(data: IgraData, offset: int):
         obs[k] = ("obs", x.astype(object) if x.dtype.kind == "U" else x)
     snd = {k: ("sounding", v) for k, v in data.soundings.items() if k != "line"}
     snd["first"] = ("sounding", data.first + offset)
+    snd["sounding_id"] = ("sounding", sounding_ids(data.soundings["station"], data.soundings["time"]))
     return xr.Dataset(obs), xr.Dataset(snd)
+
+
+def sounding_ids(stations, times) -> np.ndarray:
+    """``<station>@<nominal launch time, minutes>``: unique in a store (`dedup` keeps one
+    sounding per station and launch time), the CF ``profile_id``."""
+    when = np.datetime_as_string(np.asarray(times).astype("datetime64[m]"), unit="m")
+    return np.array([f"{s}@{t}" for s, t in zip(np.asarray(stations).astype(str), when)], dtype=object)
 
 
 ATTRS = {
@@ -131,16 +145,66 @@ ATTRS = {
     "u": {"units": "m s-1", "long_name": "eastward wind"},
     "v": {"units": "m s-1", "long_name": "northward wind"},
     "etime": {"units": "s", "long_name": "elapsed time since launch"},
-    "latitude": {"units": "degrees_north"},
-    "longitude": {"units": "degrees_east"},
+    "latitude": {"units": "degrees_north", "long_name": "station latitude"},
+    "longitude": {"units": "degrees_east", "long_name": "station longitude"},
     "pflag": {"long_name": "pressure QC flag (' ' unchecked, A tier-1, B tier-1 and tier-2)"},
     "zflag": {"long_name": "geopotential height QC flag"},
     "tflag": {"long_name": "temperature QC flag"},
     "lvltyp1": {"long_name": "major level type (1 standard, 2 other pressure, 3 non-pressure)"},
     "lvltyp2": {"long_name": "minor level type (1 surface, 2 tropopause, 0 other)"},
 }
+# CF standard names of the store variables that have one (both products)
+STANDARD_NAMES = {
+    "pressure": "air_pressure",
+    "gph": "geopotential_height",
+    "calc_gph": "geopotential_height",
+    "temperature": "air_temperature",
+    "potential_temperature": "air_potential_temperature",
+    "virtual_temperature": "virtual_temperature",
+    "rh": "relative_humidity",
+    "calc_rh": "relative_humidity",
+    "dpd": "dew_point_depression",
+    "wdir": "wind_from_direction",
+    "wspd": "wind_speed",
+    "u": "eastward_wind",
+    "v": "northward_wind",
+    "vapor_pressure": "water_vapor_partial_pressure_in_air",
+    "cape": "atmosphere_convective_available_potential_energy",
+    "cin": "atmosphere_convective_inhibition",
+    "latitude": "latitude",
+    "longitude": "longitude",
+    "time": "time",
+}
+# CF discrete sampling geometry: profiles in a contiguous ragged array. The `obs` table (root
+# group) holds the levels of each sounding in sounding order; `soundings/nlevels` counts them
+# (`sample_dimension`), `soundings/sounding_id` names each profile (`cf_role`).
+GLOBAL_ATTRS = {"Conventions": "CF-1.10", "featureType": "profile"}
+SOUNDING_ATTRS = {
+    "nlevels": {"long_name": "number of levels of this sounding in obs", "sample_dimension": "obs"},
+    "sounding_id": {"long_name": "sounding (station@nominal launch time)", "cf_role": "profile_id"},
+    "first": {"long_name": "index of this sounding's first level in obs"},
+    "hour": {"long_name": "nominal launch hour UTC (-1: missing)"},
+    "reltime": {"long_name": "actual release time UTC as HHMM (-1: missing)"},
+    "p_src": {"long_name": "source of the pressure levels (IGRA P_SRC)"},
+    "np_src": {"long_name": "source of the non-pressure levels (IGRA NP_SRC)"},
+    "station": {"long_name": "IGRA station id"},
+    "time": {"long_name": "nominal launch time"},
+    "latitude": {"units": "degrees_north", "long_name": "station latitude"},
+    "longitude": {"units": "degrees_east", "long_name": "station longitude"},
+}
+OBS_ATTRS = {"station": {"long_name": "IGRA station id of the level's sounding"}, "time": {"long_name": "nominal launch time of the level's sounding"}}
+
+
+def _with_standard_names(attrs: dict) -> dict:
+    return {k: ({**a, "standard_name": STANDARD_NAMES[k]} if k in STANDARD_NAMES else dict(a)) for k, a in attrs.items()}
+
+
 # variable attributes of each product's store
-VARIABLE_ATTRS = {"data": ATTRS, "derived": {"latitude": ATTRS["latitude"], "longitude": ATTRS["longitude"], **DERIVED_ATTRS}}
+VARIABLE_ATTRS = {
+    "data": _with_standard_names({**ATTRS, **OBS_ATTRS}),
+    "derived": _with_standard_names({"latitude": ATTRS["latitude"], "longitude": ATTRS["longitude"], **OBS_ATTRS, **DERIVED_ATTRS}),
+}
+VARIABLE_ATTRS["data"]["pressure"]["positive"] = VARIABLE_ATTRS["derived"]["pressure"]["positive"] = "down"
 FORMATS = {"data": "IGRA v2.2 (igra2-data-format.txt, 2023-01-19)", "derived": "IGRA v2.2 derived parameters (igra2-derived-format.txt, 2023-01-19)"}
 TITLES = {"data": "IGRA v2 soundings (scorebridge)", "derived": "IGRA v2 derived sounding parameters (scorebridge)"}
 
@@ -161,7 +225,10 @@ class _ZarrAppender:
         for name, attrs in self.attrs.items():
             if name in obs:
                 obs[name].attrs.update(attrs)
-            if name in snd and name not in ("latitude", "longitude"):
+            if name in snd and name not in ("latitude", "longitude", "station", "time"):
+                snd[name].attrs.update(attrs)
+        for name, attrs in _with_standard_names(SOUNDING_ATTRS).items():
+            if name in snd:
                 snd[name].attrs.update(attrs)
         if self.rows == 0:
             enc = {k: {"chunks": (OBS_CHUNK,)} for k in obs.data_vars}
@@ -180,7 +247,7 @@ class _ZarrAppender:
         import zarr
 
         root = zarr.open_group(str(self.path), mode="a")
-        root.attrs.update(attrs)
+        root.attrs.update({**GLOBAL_ATTRS, **attrs})
 
 
 def write_igra_zarr(data: IgraData, path: str | Path, attrs: dict | None = None) -> None:
