@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, bin_path, run_cli
+from conftest import bin_path, run_cli
 from scorebridge.provenance import is_secret_key, redact
 from scorebridge.tracking import Scrubber, flatten, resolve_uri, strip_credentials
 
