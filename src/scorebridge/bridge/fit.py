@@ -32,16 +32,19 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..core.device import select_device
 from ..core.sde import euler_maruyama
 from ..errors import InputError
 from ..progress import progress as progress_bar
 from ..progress import progress_enabled
+from .costs import IntervalCost
+from .minibatch import MinibatchCoupling, minibatch_bridge
 from .options import ModelOptions, ReferenceOptions, as_section
 from .reference import DTYPE, Reference, make_reference
-from .refit import interval_costs, refit_reference
+from .refit import refit_reference
 from .sb import Coupling, PiecewiseBridge, static_bridge, stratified_indices
 
-__all__ = ["check_snapshots", "auto_sigma", "initial_sigma", "simulate_reference", "BridgeFitter", "fit_bridge", "FitResult"]
+__all__ = ["check_snapshots", "auto_sigma", "initial_sigma", "simulate_reference", "coupling_solver", "BridgeFitter", "fit_bridge", "FitResult"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,15 @@ def simulate_reference(reference: Reference, x0: torch.Tensor, times: list[float
     return out
 
 
+def coupling_solver(options: ModelOptions, sizes: list[int]) -> str:
+    """'dense' or 'minibatch' for snapshots of these sizes (`model.coupling_solver`; auto:
+    minibatch when a snapshot has more than `model.minibatch.auto_above` cells)."""
+    solver = options.coupling_solver
+    if solver == "auto":
+        return "minibatch" if max(sizes) > int(options.minibatch.auto_above) else "dense"
+    return solver
+
+
 class BridgeFitter:
     """The SBIRR alternation on fixed snapshots.
 
@@ -141,7 +153,7 @@ class BridgeFitter:
     per bridge step (objective, refit NLL, relative parameter change, stage, parameters).
     """
 
-    def __init__(self, X: list[torch.Tensor], times: list[float], options: ModelOptions, callback: Callable[[int, dict], None] | None = None, bar=None, t_start: float | None = None):
+    def __init__(self, X: list[torch.Tensor], times: list[float], options: ModelOptions, callback: Callable[[int, dict], None] | None = None, bar=None, t_start: float | None = None, seed: int = 0):
         self.X = X
         self.times = times
         self.options = options
@@ -149,18 +161,30 @@ class BridgeFitter:
         self.bar = bar
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.history: list[dict] = []
+        self.solver = coupling_solver(options, [x.shape[0] for x in X])
+        self.generator = torch.Generator().manual_seed(int(seed))  # the minibatch partitions
 
     @property
     def substeps(self) -> int:
         return int(self.options.substeps)
 
-    def bridge_step(self, reference: Reference, couplings: list[Coupling | None]) -> list[Coupling]:
-        """The static SB of every interval under `reference` (warm-started from `couplings`)."""
+    def bridge_step(self, reference: Reference, couplings: list) -> list:
+        """The static SB of every interval under `reference` (warm-started from `couplings`):
+        dense plans (`Coupling`) or minibatch ones (`MinibatchCoupling`), as `self.solver` says."""
         X, times = self.X, self.times
-        with torch.no_grad():
-            costs = interval_costs(reference, X, times, self.substeps)
         tol = float(self.options.sinkhorn_tol)
-        return [static_bridge(reference, X[k], X[k + 1], times[k + 1] - times[k], self.substeps, tol, warm=couplings[k], cost=costs[k]) for k in range(len(X) - 1)]
+        out = []
+        for k in range(len(X) - 1):
+            dt = times[k + 1] - times[k]
+            cost = IntervalCost(reference, X[k], X[k + 1], dt, self.substeps)
+            if self.solver == "dense":
+                out.append(static_bridge(reference, X[k], X[k + 1], dt, self.substeps, tol, warm=couplings[k], cost=cost.block()))
+            else:
+                mb = self.options.minibatch
+                warm = couplings[k] if isinstance(couplings[k], MinibatchCoupling) else None
+                device = select_device(mb.device, key="model.minibatch.device")
+                out.append(minibatch_bridge(cost, int(mb.batch_size), self.generator, tol, warm, per_row=not cost.shared, device=device))
+        return out
 
     def refit_step(self, reference: Reference, couplings: list[Coupling]) -> tuple[float, float]:
         """Refit `reference` on the bridges in place; (NLL per transition, relative parameter change)."""
@@ -228,7 +252,7 @@ class BridgeFitter:
             log.warning("sigma debias: the fitted reference's simulation diverged; keeping sigma = %s", sigma_hat.tolist())
             return couplings, bool(history and history[-1]["rel_change"] < float(self.options.tol))
         boot = copy.deepcopy(reference)
-        BridgeFitter(Y, self.times, self.options, t_start=self.t_start).alternate(boot, couplings, "bootstrap")
+        BridgeFitter(Y, self.times, self.options, t_start=self.t_start, seed=seed).alternate(boot, couplings, "bootstrap")
         sigma_b = boot.sigma.detach()
         var = (2 * sigma_hat**2 - sigma_b**2).clamp_min(sigma_hat**2 / 100)  # σ̂² − b², b² = σ̂_b² − σ̂²
         log.info("sigma debias: fitted %s, bootstrap refit %s -> %s", sigma_hat.tolist(), sigma_b.tolist(), var.sqrt().tolist())
@@ -286,7 +310,7 @@ def fit_bridge(
     sigma, sigma_record = initial_sigma(options.reference, arrays, times)
     reference = make_reference(options.reference, X[0].shape[1], key="model.reference", sigma=sigma)
     bar = progress_bar(total=int(options.max_iter), desc="bridge fit", unit="iter") if progress and progress_enabled() else None
-    fitter = BridgeFitter(X, times, options, callback, bar, t_start)
+    fitter = BridgeFitter(X, times, options, callback, bar, t_start, seed)
     couplings, converged = fitter.alternate(reference)
     if options.reference.sigma.debias == "bootstrap" and reference.log_sigma.requires_grad:
         couplings, converged = fitter.debias_sigma(reference, couplings, seed)

@@ -24,6 +24,7 @@ __all__ = [
     "ReferenceOptions",
     "RefitOptions",
     "PredictOptions",
+    "MinibatchOptions",
     "ModelOptions",
     "VanillaOptions",
     "EvaluateOptions",
@@ -104,6 +105,17 @@ class PredictOptions:
 
 @register
 @dataclass(frozen=True)
+class MinibatchOptions:
+    """`model.minibatch`: the minibatch coupling solver (`bridge.minibatch`)."""
+
+    SCHEMA_PATH = (*_MODEL, "minibatch")
+    batch_size: int
+    auto_above: int
+    device: str
+
+
+@register
+@dataclass(frozen=True)
 class ModelOptions:
     """`model`: the multi-marginal SB with iterative reference refinement."""
 
@@ -113,6 +125,8 @@ class ModelOptions:
     tol: float
     substeps: int
     sinkhorn_tol: float
+    coupling_solver: str
+    minibatch: MinibatchOptions
     refit: RefitOptions
     predict: PredictOptions
 
@@ -124,6 +138,8 @@ class ModelOptions:
             tol=s["tol"],
             substeps=s["substeps"],
             sinkhorn_tol=s["sinkhorn_tol"],
+            coupling_solver=s["coupling_solver"],
+            minibatch=MinibatchOptions(**s["minibatch"]),
             refit=RefitOptions(**s["refit"]),
             predict=PredictOptions(**s["predict"]),
         )

@@ -11,8 +11,10 @@ C = |y − x|² / (2σ²Δt): ε = 2σ²Δt on the squared distance). The dynami
 coupling mixed with the reference's own bridges. For a Markov reference the
 multi-marginal SB factorises into these pairwise ones, chained by conditional sampling.
 
-`sinkhorn` is a stabilised scaling Sinkhorn (Schmitzer 2019: kernel absorption and ε-
-scaling), warm-startable from the previous outer iteration's potentials.
+`sinkhorn` (`scorebridge.bridge.sinkhorn`) is a stabilised, over-relaxed scaling Sinkhorn,
+warm-startable from the previous outer iteration's potentials; `Coupling` holds a dense plan.
+Above a few thousand cells per snapshot the couplings are mini-batch OT plans
+(`scorebridge.bridge.minibatch`); `PiecewiseBridge` samples either kind.
 """
 
 from __future__ import annotations
@@ -24,93 +26,17 @@ import numpy as np
 import torch
 
 from ..core.sde import euler_maruyama
+from .costs import ROW_CHUNK, IntervalCost, gaussian_nll
 from .reference import DTYPE, Reference
+from .refit import RowStats, plan_statistics
+from .sinkhorn import sinkhorn
 
 __all__ = ["gaussian_nll", "transition_nll", "sinkhorn", "Coupling", "static_bridge", "bridge_sample", "stratified_indices", "PiecewiseBridge"]
 
 
-def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−log N(y_j; mean_i, cov_i) for all pairs: (n, d), (n, d, d), (m, d) -> (n, m).
-
-    Quadratic form through one GEMM: y^T P_i^{-1} y − 2 m_i^T P_i^{-1} y + m_i^T P_i^{-1} m_i.
-    """
-    n, d = mean.shape
-    L = torch.linalg.cholesky(cov + 1e-10 * torch.eye(d, dtype=cov.dtype))
-    prec = torch.cholesky_inverse(L)  # (n, d, d)
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(-1)
-    yy = (y[:, :, None] * y[:, None, :]).reshape(y.shape[0], d * d)  # (m, d²)
-    quad = prec.reshape(n, d * d) @ yy.T  # (n, m)
-    pm = (prec @ mean[:, :, None])[:, :, 0]  # (n, d)
-    cross = pm @ y.T
-    mpm = (pm * mean).sum(-1)
-    maha = quad - 2 * cross + mpm[:, None]
-    return 0.5 * maha + 0.5 * logdet[:, None] + 0.5 * d * math.log(2 * math.pi)
-
-
 def transition_nll(reference: Reference, x: torch.Tensor, y: torch.Tensor, dt: float, substeps: int = 10) -> torch.Tensor:
     """−log p_ref(y_j | x_i, dt) for all pairs: (n, d), (m, d) -> (n, m) (Gaussian moments)."""
-    mean, cov = reference.transition(x, dt, substeps)
-    return gaussian_nll(mean, cov, y)
-
-
-def sinkhorn(
-    cost: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    eps: float = 1.0,
-    tol: float = 1e-5,
-    max_iter: int = 20000,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
-    inner: int = 20,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int]:
-    """Entropic OT: the plan P_ij = exp((f_i + g_j − C_ij)/ε) with marginals a, b.
-
-    Scaling iterations on the absorbed kernel exp((f + g − C)/ε) (matrix-vector products, not
-    log-sum-exp), absorbing the scalings into (f, g) every `inner` steps; ε decreases
-    geometrically from the cost's spread to `eps` unless warm-started. Stops when the
-    L1 marginal error is below `tol`. Returns (plan, (f, g), iterations).
-    """
-    C = cost.detach()
-    n, m = C.shape
-    if init is not None:
-        f, g = init[0].clone(), init[1].clone()
-        levels = [eps]
-    else:
-        f = torch.zeros(n, dtype=C.dtype)
-        g = torch.zeros(m, dtype=C.dtype)
-        levels = []
-        e = float(C.max() - C.min()) / 4
-        while e > eps:
-            levels.append(e)
-            e /= 4
-        levels.append(eps)
-    total = 0
-    for level, e in enumerate(levels):
-        final = level == len(levels) - 1
-        level_tol = tol if final else max(tol, 1e-2)
-        for _ in range(max_iter):
-            Z = (f[:, None] + g[None, :] - C) / e
-            # row-wise log-sum-exp update once (stabilises any row with vanished mass)
-            f = f - e * torch.logsumexp(Z, 1) + e * a.log()
-            Z = (f[:, None] + g[None, :] - C) / e
-            g = g - e * torch.logsumexp(Z, 0) + e * b.log()
-            K = torch.exp((f[:, None] + g[None, :] - C) / e)
-            u = torch.ones(n, dtype=C.dtype)
-            v = torch.ones(m, dtype=C.dtype)
-            for _ in range(inner):
-                u = a / (K @ v).clamp_min(1e-300)
-                v = b / (K.T @ u).clamp_min(1e-300)
-            total += inner + 1
-            f = f + e * torch.log(u.clamp_min(1e-300))
-            g = g + e * torch.log(v.clamp_min(1e-300))
-            P = torch.exp((f[:, None] + g[None, :] - C) / e)
-            err = float((P.sum(1) - a).abs().sum())
-            if err < level_tol or total >= max_iter:
-                break
-        if total >= max_iter:
-            break
-    P = torch.exp((f[:, None] + g[None, :] - C) / eps)
-    return P, (f, g), total
+    return IntervalCost(reference, x, y, dt, substeps).block()
 
 
 @dataclass
@@ -121,6 +47,14 @@ class Coupling:
     duals: tuple[torch.Tensor, torch.Tensor]
     objective: float  # <π, C> − H(π): KL(π ‖ μ_k ⊗ p_ref) up to a constant
     iterations: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.plan.shape)
+
+    def statistics(self, y: torch.Tensor, per_row: bool = True) -> RowStats:
+        """Row moments of the plan over the targets y (the refit's input; `refit.RowStats`)."""
+        return plan_statistics(self.plan, y, per_row)
 
 
 def static_bridge(
@@ -139,9 +73,13 @@ def static_bridge(
         C = transition_nll(reference, x, y, dt, substeps) if cost is None else cost
         a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=DTYPE)
         b = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=DTYPE)
-        init = warm.duals if warm is not None and warm.plan.shape == C.shape else None
-        P, duals, its = sinkhorn(C, a, b, 1.0, tol=tol, init=init, max_iter=max_iter)
-        if init is not None and not torch.isfinite(P).all():
+        init = warm.duals if isinstance(warm, Coupling) and warm.plan.shape == C.shape else None
+        try:
+            P, duals, its = sinkhorn(C, a, b, 1.0, tol=tol, init=init, max_iter=max_iter)
+            ok = bool(torch.isfinite(P).all())
+        except FloatingPointError:
+            ok = False
+        if init is not None and not ok:
             P, duals, its = sinkhorn(C, a, b, 1.0, tol=tol, max_iter=max_iter)
         Pc = P.clamp_min(1e-300)
         obj = float((P * C).sum() + (P * Pc.log()).sum())
@@ -183,6 +121,12 @@ def bridge_sample(
         return x.clone()
     if s >= dt:
         return y.clone()
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if noise != 0 else None
+    # rows in chunks: the (rows, d, d) moments of 100,000 particles would not fit otherwise
+    return torch.cat([_bridge_rows(reference, x[i : i + ROW_CHUNK], y[i : i + ROW_CHUNK], dt, s, substeps, noise, None if z is None else z[i : i + ROW_CHUNK]) for i in range(0, x.shape[0], ROW_CHUNK)])
+
+
+def _bridge_rows(reference, x, y, dt, s, substeps, noise, z):
     with torch.no_grad():
         m, P, Phi = reference.moments(x, [float(s), float(dt)], substeps)
         Phi_sd = torch.linalg.solve(Phi[0].transpose(1, 2), Phi[1].transpose(1, 2)).transpose(1, 2)
@@ -190,11 +134,10 @@ def bridge_sample(
         Pd = P[1] + 1e-12 * torch.eye(x.shape[1], dtype=x.dtype)
         K = torch.linalg.solve(Pd, cross.transpose(1, 2)).transpose(1, 2)
         mean = m[0] + (K @ (y - m[1])[:, :, None])[:, :, 0]
-        cov = P[0] - K @ cross.transpose(1, 2)
-        if noise == 0:
+        if z is None:
             return mean
+        cov = P[0] - K @ cross.transpose(1, 2)
         L = _chol(cov)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         return mean + noise * (L @ z[:, :, None])[:, :, 0]
 
 
@@ -226,10 +169,12 @@ class PiecewiseBridge:
         """Coupling k's plan: the fitted static SB ("plan"), or its small-noise limit ("ot"):
         the exact OT plan (POT network simplex) for the same cost −log p_ref(y|x), i.e. the
         ε → 0 limit of the entropic problem the SB solves (cached)."""
+        if coupling not in ("plan", "ot"):
+            raise ValueError(f"coupling must be 'plan' or 'ot', got {coupling!r}")
+        if not isinstance(self.couplings[k], Coupling):
+            raise ValueError(f"coupling {k} is a minibatch coupling of {self.couplings[k].shape} cells: it has no dense plan (sample it with chain / sample_pairs)")
         if coupling == "plan":
             return self.couplings[k].plan
-        if coupling != "ot":
-            raise ValueError(f"coupling must be 'plan' or 'ot', got {coupling!r}")
         if k not in self._ot_plans:
             import ot
 
@@ -241,7 +186,19 @@ class PiecewiseBridge:
             self._ot_plans[k] = torch.as_tensor(ot.emd(a, b, C.detach().numpy(), numItermax=10_000_000), dtype=x.dtype)
         return self._ot_plans[k]
 
+    def interval_cost(self, k: int) -> IntervalCost:
+        """The cost of interval k under the fitted reference (kept by the coupling, else computed once)."""
+        c = self.couplings[k]
+        if getattr(c, "cost", None) is None:
+            c.cost = IntervalCost(self.reference, self.snapshots[k], self.snapshots[k + 1], self.times[k + 1] - self.times[k], self.substeps)
+        return c.cost
+
     def _step(self, k: int, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, coupling: str = "plan") -> torch.Tensor:
+        c = self.couplings[k]
+        if not isinstance(c, Coupling):
+            if coupling not in ("plan", "ot"):
+                raise ValueError(f"coupling must be 'plan' or 'ot', got {coupling!r}")
+            return c.sample(idx, forward, gen, self.interval_cost(k), coupling)
         P = self.plan(k, coupling)
         rows = P[idx] if forward else P[:, idx].T
         rows = rows / rows.sum(1, keepdim=True)
