@@ -306,10 +306,12 @@ def training_loss(losses: Sequence[tuple[int, float]], path, run=None) -> Path:
     steps = np.array([s for s, _ in losses], dtype=np.int64) + 1
     vals = np.array([v for _, v in losses], dtype=np.float64)
     if len(vals):
-        ax.plot(steps, vals, lw=0.6, alpha=0.4, label="per step")
         k = max(1, len(vals) // 50)
-        smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
+        if k > 1:
+            ax.plot(steps, vals, lw=0.6, alpha=0.4, label="per step")
+            ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean of {k} steps")
+        else:
+            ax.plot(steps, vals, "o-", ms=2.5, lw=1.0, label="per step")
         if np.all(vals > 0):
             ax.set_yscale("log")
         ax.legend()
