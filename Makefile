@@ -23,13 +23,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# Snakemake reads --configfile before the workflow and does not say where a malformed file
+# is wrong; check-config names the file and line first.
+CHECK_CONFIG = $(BIN)/scorebridge check-config $(CONFIG)
+
 run: $(STAMP)
+	$(CHECK_CONFIG)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) $(CONFIG_ARGS) $(SNAKEMAKE_ARGS)
 
 report: $(STAMP)
+	$(CHECK_CONFIG)
 	$(BIN)/snakemake --cores $(CORES) $(CONFIG_ARGS) --report results/report.html
 
 dry-run: $(STAMP)
+	$(CHECK_CONFIG)
 	$(BIN)/snakemake -n $(CONFIG_ARGS)
 
 test: $(STAMP)

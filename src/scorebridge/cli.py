@@ -13,7 +13,7 @@ import sys
 
 from .errors import ScorebridgeError
 
-__all__ = ["COMMANDS", "main", "job_parser"]
+__all__ = ["COMMANDS", "main", "job_parser", "check_config_cli"]
 
 # command name -> (module, function, one-line help); the function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tracking-init": ("scorebridge.tracking.cli", "init_cli", "create the MLflow store and experiments once"),
     "tracking-sync": ("scorebridge.tracking.cli", "sync_cli", "replay what a job could not log to MLflow (pending files)"),
     "metrics-table": ("scorebridge.plots", "metrics_table_cli", "render a metrics.json as an HTML table for the report"),
+    "check-config": ("scorebridge.cli", "check_config_cli", "check config files as the workflow does (schema, names, rules), naming file and line"),
     "sr-train": ("scorebridge.sr.cli", "train_cli", "train the score-based prior"),
     "sr-sample": ("scorebridge.sr.cli", "sample_cli", "posterior-sample super-resolved ensembles"),
     "sr-evaluate": ("scorebridge.sr.cli", "evaluate_cli", "score samples and baselines; figures; MLflow"),
@@ -51,6 +52,25 @@ def job_parser(command: str, description: str | None = None, *, spec: bool = Tru
             p.add_argument("--experiment", default=experiment_default, help=f"the experiment (or dataset) name (default {experiment_default})")
         p.add_argument("--experiments", default=None, help="experiments.json from tracking-init (omit: no MLflow run)")
     return p
+
+
+def check_config_cli(argv: list[str]) -> int:
+    """`scorebridge check-config FILE...`: the files merged as `snakemake --configfile FILE...
+    --replace-workflow-config` merges them, validated as the workflow validates its config
+    (schema, names of other entries, rules across keys); errors name the file and line.
+    Snakemake itself reads `--configfile` files before the workflow runs and does not say
+    where a malformed one is wrong: `make run` / `make dry-run` run this first."""
+    import argparse
+
+    from .config import load_configs
+
+    p = argparse.ArgumentParser(prog="scorebridge check-config", description=check_config_cli.__doc__)
+    p.add_argument("files", nargs="+", help="YAML config files, lowest precedence first")
+    a = p.parse_args(argv)
+    config = load_configs(a.files)
+    counts = ", ".join(f"{len(config[s])} {s}" for s in ("era5", "igra", "cells", "sr", "bridge"))
+    print(f"{' + '.join(a.files)}: valid ({counts})")
+    return 0
 
 
 def _usage() -> str:

@@ -29,8 +29,20 @@ class UnsafeFileError(InputError):
 
 
 class ConfigError(ScorebridgeError):
-    """A bad config value. Names the key."""
+    """A bad config value. Names the key and, where known, the config file and line that
+    set it (`config file my.yaml, line 12: config key 'sr.x.era5': ...`); `key` None for
+    an error of the file itself (not YAML, empty, not a mapping)."""
 
-    def __init__(self, key: str, message: str):
-        super().__init__(f"config key '{key}': {message}")
+    def __init__(self, key: str | None, message: str, *, file: object = None, line: int | None = None):
+        where = ""
+        if file is not None:
+            where = f"config file {file}" + (f", line {line}" if line is not None else "") + ": "
+        super().__init__(where + (f"config key '{key}': " if key is not None else "") + message)
         self.key = key
+        self.detail = message
+        self.file = file
+        self.line = line
+
+    def located(self, file: object, line: int | None) -> "ConfigError":
+        """The same error, said to come from `file`, `line`."""
+        return ConfigError(self.key, self.detail, file=file, line=line)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_json", "read_json", "remove", "open_store", "strings_as_object"]
+__all__ = ["atomic_path", "remove_stale_partials", "write_json", "read_json", "remove", "open_store", "strings_as_object"]
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -27,15 +27,42 @@ def remove(path: str | os.PathLike) -> None:
         p.unlink()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(final: Path) -> None:
+    """Remove the temporaries `.<name>.partial-<pid>` of `final` left by writers that were
+    killed (SIGKILL, a node lost) before they could clean up: those of processes no
+    longer running here. Snakemake runs one job per output at a time."""
+    prefix = f".{final.name}.partial-"
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        pid = p.name[len(prefix):]
+        if p.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove(p)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write `path` (file or directory) into.
 
     On success the temporary is renamed onto `path` (replacing an old one); on any
-    error it is removed and nothing is left under `path`.
+    error it is removed and nothing is left under `path`. Temporaries of `path` left by
+    killed writers are removed first (`remove_stale_partials`).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     remove(tmp)
     try:

@@ -186,6 +186,13 @@ def names(section):
 
 
 def all_targets():
+    """Every output of the data and model rules (and the report's tables). Intermediate
+    ones too: Snakemake deletes a job's outputs before it runs and when it fails, and
+    rebuilds a missing intermediate output only when something downstream must run, so
+    a killed `snakemake -R sr_sample` would leave samples.zarr gone while metrics.json
+    stays, and the next run would say "Nothing to be done". As targets, a missing one
+    is rebuilt and what depends on it reruns (tests/test_interrupted_rerun.py).
+    Raw downloads (results/raw/) are not targets: deleting one refetches nothing."""
     targets = []
     targets += expand(f"{RESULTS}/data/era5/{{d}}.zarr", d=names("era5"))
     targets += expand(f"{RESULTS}/data/igra/{{d}}.zarr", d=names("igra"))
@@ -195,8 +202,10 @@ def all_targets():
         if igra_collocate_era5(d)
     ]
     targets += expand(f"{RESULTS}/data/cells/{{d}}.zarr", d=names("cells"))
-    targets += expand(f"{RESULTS}/sr/{{e}}/metrics.json", e=names("sr"))
-    targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.json", e=names("bridge"))
+    for name in ("checkpoint.pt", "samples.zarr", "metrics.json"):
+        targets += expand(f"{RESULTS}/sr/{{e}}/{name}", e=names("sr"))
+    for name in ("model.pt", "metrics.json", "predictions.zarr"):
+        targets += expand(f"{RESULTS}/bridge/{{e}}/{name}", e=names("bridge"))
     # metrics tables for the report (rules in tracking.smk)
     targets += expand(f"{RESULTS}/sr/{{e}}/metrics.html", e=names("sr"))
     targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.html", e=names("bridge"))

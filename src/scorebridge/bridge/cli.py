@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.cells.store import read_cells
 from ..tracking import job_run
+from .inputs import check_cells
 
 __all__ = ["fit_cli", "evaluate_cli"]
 
@@ -84,6 +85,7 @@ def fit_cli(argv: list[str]) -> int:
 
     torch.manual_seed(seed)
     snaps, times, attrs, feats = read_cells(a.cells)
+    check_cells(snaps, times, opts, a.experiment, a.cells)  # before any fit: min_cells, holdout
     snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
     with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_fit",
                  wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}, system_metrics=True) as run:
@@ -138,6 +140,7 @@ def evaluate_cli(argv: list[str]) -> int:
 
     torch.manual_seed(seed)
     snaps, times, attrs, feats = read_cells(a.cells)
+    check_cells(snaps, times, opts, a.experiment, a.cells)  # before any fit: min_cells, holdout
     snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
     result, _ = load_model(a.model)
     ev_opts = opts.evaluate

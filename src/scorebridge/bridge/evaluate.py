@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from .. import options
-from ..errors import ConfigError
 from .fit import FitResult, fit_bridge
 from .options import BaselinesOptions, ModelOptions, VanillaOptions, as_section
+from .splits import splits_from_config
 
 __all__ = ["splits_from_config", "time_label", "vanilla_options", "leave_one_out", "parameter_recovery", "true_values", "Evaluation", "write_predictions", "METHOD_ORDER"]
 
@@ -38,28 +38,6 @@ METHOD_ORDER = ["model", "vanilla_sb", "otcfm", "mccann", "previous"]
 def time_label(t: float) -> str:
     """'t1' for 1.0, 't2.5' for 2.5 (stable metric names)."""
     return "t" + (str(int(t)) if float(t).is_integer() else f"{t:g}")
-
-
-def splits_from_config(holdout, n_times: int, key: str = "evaluate.holdout") -> list[list[int]]:
-    """'loo' -> [[1], [2], ..., [K-2]] (every interior point); [1, 3] -> [[1, 3]];
-    [[1], [1, 3]] -> as given. Indices refer to the sorted snapshot times."""
-    if holdout == "loo" or holdout is None:
-        splits = [[k] for k in range(1, n_times - 1)]
-        if not splits:
-            raise ConfigError(key, f"'loo' needs at least 3 time points, the data have {n_times}")
-        return splits
-    if not isinstance(holdout, list) or not holdout:
-        raise ConfigError(key, f"expected 'loo', a list of snapshot indices, or a list of such lists; got {holdout!r}")
-    splits = [holdout] if all(isinstance(h, int) for h in holdout) else holdout
-    for s in splits:
-        if not isinstance(s, list) or not s or not all(isinstance(h, int) for h in s):
-            raise ConfigError(key, f"each split must be a non-empty list of snapshot indices, got {s!r}")
-        bad = [h for h in s if not 0 <= h < n_times]
-        if bad:
-            raise ConfigError(key, f"indices {bad} out of range: the data have {n_times} time points (0..{n_times - 1})")
-        if n_times - len(set(s)) < 2:
-            raise ConfigError(key, f"split {s} leaves fewer than 2 training time points")
-    return [sorted(set(s)) for s in splits]
 
 
 @dataclass

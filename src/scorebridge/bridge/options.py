@@ -216,6 +216,7 @@ class BridgeOptions:
     cells: str
     seed: int | None
     max_cells: int | None
+    min_cells: int
     model: ModelOptions
     vanilla_sb: VanillaOptions
     evaluate: EvaluateOptions
@@ -227,6 +228,7 @@ class BridgeOptions:
             cells=s["cells"],
             seed=s["seed"],
             max_cells=s["max_cells"],
+            min_cells=s["min_cells"],
             model=ModelOptions.from_section(s["model"]),
             vanilla_sb=VanillaOptions(**s["vanilla_sb"]),
             evaluate=EvaluateOptions(**s["evaluate"]),
@@ -260,9 +262,16 @@ def bridge_options(spec: dict) -> BridgeOptions:
     """A `bridge.<experiment>` entry (the `--spec` of bridge-fit and bridge-evaluate) validated
     against the schema, every default filled in, as `BridgeOptions`. Errors name the key
     inside the entry (`config key 'model.reference.class'`), as the command receives one
-    entry without the name it has in the config."""
+    entry without the name it has in the config; rules across keys (`debias: bootstrap`
+    needs `learn: true`, ...) are checked as the workflow's config check does."""
     from .. import options
-    from ..config import validate_config
+    from ..config import bridge_entry_rules, validate_config
 
     section = validate_config(copy.deepcopy(dict(spec)), options.schema_node(BridgeOptions.SCHEMA_PATH))
+    bridge_entry_rules(section)
+    reference = section["model"]["reference"]
+    if reference["class"] == "parametric":  # a drift that cannot be imported: before any input is read
+        from .reference.drifts import resolve_drift
+
+        resolve_drift(reference["drift"], key="model.reference.drift")
     return options.build(BridgeOptions, section)

@@ -183,6 +183,8 @@ def write_samples(out: str | Path, ds, *, sampling: dict, channels, provenance: 
     """Write the dataset ``ds`` of :func:`samples_dataset` with its attributes, atomically."""
     from ..io import atomic_path
 
+    if "time" not in ds.dims or ds.sizes["time"] == 0:
+        raise InputError("the samples hold no times: nothing to write (no held-out times were sampled)", out)
     ds.attrs.update(GLOBAL_ATTRS)
     if provenance.get("created"):
         ds.attrs["history"] = f"{provenance['created']}: written by scorebridge sr-sample"
@@ -206,4 +208,6 @@ def open_samples(path: str | Path):
         channels = [(v, None if lv is None else float(lv)) for v, lv in json.loads(ds.attrs["channels"])]
     except (KeyError, ValueError, OSError) as err:
         raise InputError(f"not a samples store written by sr-sample ({err})", path) from None
+    if "time" not in ds.dims or ds.sizes["time"] == 0:
+        raise InputError("the samples store holds no times: nothing to evaluate (rerun sr-sample with held-out times, sr.<x>.train.split)", path)
     return ds, sampling, channels
