@@ -18,7 +18,9 @@ small-noise limit. `--predict plan` draws from the SB plan instead; `--full-matr
 
 `--select` picks, per split and seed, a full or symmetric A, σ (learned / 0.2 / 0.5), the
 iteration count (2 / 10) and the prediction mode (SB plan draws / small-noise limit) by
-leave-one-out over the interior TRAINING snapshots only (`select_by_inner_loo`).
+leave-one-out over the interior TRAINING snapshots only (`select_by_inner_loo`: the first,
+minimum-W1 procedure, kept for the record; the model's own `select: inner_loo` is
+`scorebridge.bridge.select`, benchmarked in bridge_generalise.py).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def candidates(reference: str) -> list[tuple[str, dict]]:
                 for coupling, noise in (("plan", 1.0), ("ot", 0.0)):
                     sig = {"init": 1.0, "learn": True} if sigma == "learn" else {"init": sigma, "learn": False}
                     ref = {"class": reference, "sigma": sig, **({} if symmetric is None else {"symmetric": symmetric})}
-                    spec = {"reference": ref, "max_iter": max_iter, "tol": 5e-3, "predict": {"coupling": coupling, "noise": noise}}
+                    spec = {"reference": ref, "max_iter": max_iter, "tol": 5e-3, "select": "none", "predict": {"coupling": coupling, "noise": noise}}
                     out.append((("symmetric," if symmetric else "") + f"sigma={sigma},iter={max_iter},{coupling}", spec))
     return out
 
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     sigma = {"init": a.sigma if a.sigma == "auto" else float(a.sigma), "auto_scale": a.auto_scale, "learn": a.learn_sigma, "debias": a.debias}
     ref = {"class": a.reference, "sigma": sigma, **({"symmetric": not a.full_matrix} if a.reference == "linear" else {})}
     predict = {"coupling": "plan", "noise": 1.0} if a.predict == "plan" else {"coupling": "ot", "noise": 0.0}
-    model = {"reference": ref, "max_iter": a.max_iter, "tol": 5e-3, "predict": predict}
+    model = {"reference": ref, "max_iter": a.max_iter, "tol": 5e-3, "select": "none", "predict": predict}  # fixed settings (bridge_generalise.py: selected)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_eb.py " + " ".join(argv or sys.argv[1:]), "model": model, "seeds": a.seeds, "runs": {}}
     for name, holdout in (("paper_split", [1, 3]), ("loo", "loo")):
         per_seed = []

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_emt.py " + " ".join(argv or sys.argv[1:]), "seeds": a.seeds, "rows": {}}
     rows: dict[str, list[float]] = {}
     for i, (name, spec) in enumerate(CONFIGS.items()):
-        spec = {**spec, "max_iter": 10, "tol": 5e-3}
+        spec = {**spec, "max_iter": 10, "tol": 5e-3, "select": "none"}  # fixed settings (bridge_generalise.py: selected)
         # the baselines do not depend on the model's config: score them with the first one
         baselines = {"methods": ["previous", "mccann", "otcfm"]} if i == 0 else {"methods": []}
         for seed in a.seeds:

@@ -33,6 +33,7 @@ rule bridge_evaluate:
     output:
         metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
         predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),
+        anndata=f"{RESULTS}/bridge/{{experiment}}/predictions.h5ad",
         **report_figures("bridge", BRIDGE_EVALUATE_FIGURES),
     log:
         f"{RESULTS}/logs/bridge_evaluate/{{experiment}}.log",
@@ -50,5 +51,5 @@ rule bridge_evaluate:
     shell:
         "{params.cli} bridge-evaluate --spec {params.spec:q} --experiment {wildcards.experiment:q} "
         "--cells {input.cells:q} --model {input.model:q} --experiments {input.experiments:q} "
-        "--predictions {output.predictions:q} --figures {params.figures:q} "
+        "--predictions {output.predictions:q} --anndata {output.anndata:q} --figures {params.figures:q} "
         "--out {output.metrics:q} > {log:q} 2>&1"

@@ -12,6 +12,19 @@ Three systems, each an SDE ``dX = f(X; θ) dt + g(X) dW`` with diagonal noise:
     dX = (A X + b) dt + σ dW
     θ = {A: [[-0.1, -1], [1, -0.1]], b: [0, 0]}
 
+Four 2-D regimes for the bridge's generalisation benchmark (additive noise):
+
+``bifurcation`` (a pitchfork: one population splits into two fates x₁ = ±1 while it moves on)
+    dx₁ = a x₁ (1 − x₁²) dt + σ dW₁,   dx₂ = v dt + σ dW₂,   θ = {a: 1, v: 1}
+``cycle`` (a limit cycle of radius √μ, Hopf normal form; the population circles it)
+    dx = [(μ − |x|²) x + ω J x] dt + σ dW,   J = [[0, −1], [1, 0]],   θ = {mu: 1, omega: 1.2}
+``decelerate`` (moves fast, then slows and lingers: x₁ = L log(1 + v t / L) without noise)
+    dx₁ = v exp(−x₁ / L) dt + σ dW₁,   dx₂ = (c x₁ − x₂) dt + σ dW₂,   θ = {v: 3, L: 1, c: 0.5}
+``proliferation`` (drift along x₁, OU in x₂; cells divide at rate λ(x) = rate (1 + tanh(x₂ / s)),
+    so the population shifts to x₂ > 0 and grows: a snapshot holds every descendant of its
+    batch's `n_cells` founders, and the counts increase with time)
+    dx₁ = v dt + σ dW₁,   dx₂ = −theta x₂ dt + σ dW₂,   θ = {v: 1, theta: 0, rate: 0.3, s: 0.5}
+
 Every snapshot is an independent draw of the population: for time point k a fresh
 set of cells is started from the initial distribution and integrated to t_k, so no
 cell is seen twice (as in single-cell sequencing, which destroys what it measures).
@@ -58,6 +71,12 @@ __all__ = [
     "lotka_volterra_drift",
     "repressilator_drift",
     "ou_drift",
+    "bifurcation_drift",
+    "cycle_drift",
+    "decelerate_drift",
+    "proliferation_drift",
+    "proliferation_rate",
+    "GROWTH",
     "diffusion",
     "resolve_simulation",
     "simulate",
@@ -122,21 +141,61 @@ def ou_drift(x, params: dict):
     return out
 
 
+def bifurcation_drift(x, params: dict):
+    """Pitchfork in x₁ (fates ±1), constant speed v in x₂."""
+    return _stack([params["a"] * x[..., 0] * (1 - x[..., 0] ** 2), x[..., 1] * 0 + params["v"]], x)
+
+
+def cycle_drift(x, params: dict):
+    """Hopf normal form: attracted to the circle |x|² = μ, rotating at ω."""
+    r2 = x[..., 0] ** 2 + x[..., 1] ** 2
+    mu, om = params["mu"], params["omega"]
+    return _stack([(mu - r2) * x[..., 0] - om * x[..., 1], (mu - r2) * x[..., 1] + om * x[..., 0]], x)
+
+
+def decelerate_drift(x, params: dict):
+    """Speed v exp(−x₁/L) along x₁ (decelerating), x₂ relaxing to c x₁."""
+    return _stack([params["v"] * math.e ** (-x[..., 0] / params["L"]), params["c"] * x[..., 0] - x[..., 1]], x)
+
+
+def proliferation_drift(x, params: dict):
+    """Constant speed v along x₁, OU (rate theta) in x₂."""
+    return _stack([x[..., 0] * 0 + params["v"], -params["theta"] * x[..., 1]], x)
+
+
+def proliferation_rate(x, params: dict):
+    """Division rate λ(x) = rate (1 + tanh(x₂ / s)) per unit time."""
+    return params["rate"] * (2 - 2 / (1 + math.e ** (2 * x[..., 1] / params["s"])))
+
+
 DRIFTS: dict[str, Callable] = {
     "lotka_volterra": lotka_volterra_drift,
     "repressilator": repressilator_drift,
     "ou": ou_drift,
+    "bifurcation": bifurcation_drift,
+    "cycle": cycle_drift,
+    "decelerate": decelerate_drift,
+    "proliferation": proliferation_drift,
 }
+
+GROWTH: dict[str, Callable] = {"proliferation": proliferation_rate}  # division rate λ(x, θ); others do not divide
 
 DEFAULT_PARAMS: dict[str, dict] = {
     "lotka_volterra": {"alpha": 1.0, "beta": 0.4, "gamma": 0.4, "delta": 0.1},
     "repressilator": {"beta": 10.0, "n": 3.0, "k": 1.0, "gamma": 1.0},
     "ou": {"A": [[-0.1, -1.0], [1.0, -0.1]], "b": [0.0, 0.0]},
+    "bifurcation": {"a": 1.0, "v": 1.0},
+    "cycle": {"mu": 1.0, "omega": 1.2},
+    "decelerate": {"v": 3.0, "L": 1.0, "c": 0.5},
+    "proliferation": {"v": 1.0, "theta": 0.0, "rate": 0.3, "s": 0.5},
 }
 
-NOISE: dict[str, str] = {"lotka_volterra": "multiplicative", "repressilator": "multiplicative", "ou": "additive"}
+NOISE: dict[str, str] = {"lotka_volterra": "multiplicative", "repressilator": "multiplicative", "ou": "additive",
+                         "bifurcation": "additive", "cycle": "additive", "decelerate": "additive", "proliferation": "additive"}
 
-FEATURES: dict[str, list[str]] = {"lotka_volterra": ["prey", "predator"], "repressilator": ["m1", "m2", "m3"], "ou": ["x1", "x2"]}
+FEATURES: dict[str, list[str]] = {"lotka_volterra": ["prey", "predator"], "repressilator": ["m1", "m2", "m3"], "ou": ["x1", "x2"],
+                                  "bifurcation": ["fate", "progress"], "cycle": ["x1", "x2"], "decelerate": ["progress", "x2"],
+                                  "proliferation": ["progress", "state"]}
 
 # Per-system defaults of what the config leaves null: snapshot times, noise level and
 # initial distribution (log-normal with median `mean` and log-sd `std` for the positive
@@ -146,6 +205,10 @@ SYSTEM_DEFAULTS: dict[str, dict] = {
     "lotka_volterra": {"times": [0, 1, 2, 3, 4, 5, 6], "sigma": 0.1, "initial": {"mean": [8.0, 1.5], "std": [0.1, 0.1]}},
     "repressilator": {"times": [0, 1, 2, 3, 4, 5, 6], "sigma": 0.1, "initial": {"mean": [1.0, 2.0, 4.0], "std": [0.1, 0.1, 0.1]}},
     "ou": {"times": [0, 1, 2, 3, 4], "sigma": 0.1, "initial": {"mean": [2.0, 0.0], "std": [0.2, 0.2]}},
+    "bifurcation": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.15, "initial": {"mean": [0.0, 0.0], "std": [0.1, 0.1]}},
+    "cycle": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.1, "initial": {"mean": [1.0, 0.0], "std": [0.1, 0.1]}},
+    "decelerate": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.15, "initial": {"mean": [0.0, 0.0], "std": [0.2, 0.2]}},
+    "proliferation": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.2, "initial": {"mean": [0.0, 0.0], "std": [0.2, 0.6]}},
 }
 
 
@@ -244,12 +307,14 @@ def simulate(sim: SimulateOptions | Mapping) -> tuple[list[np.ndarray], np.ndarr
 
     Euler-Maruyama, X_{j+1} = X_j + f(X_j) h + g(X_j) √h ξ_j, with step h = dt (shortened to
     land exactly on each snapshot time). Snapshot k's cells form their own batch, started
-    at t = 0 and read off at t_k, so snapshots share no cell.
+    at t = 0 and read off at t_k, so snapshots share no cell. Systems in `GROWTH` divide: a
+    cell splits with probability λ(x) h per step, its copy joining the same batch.
     """
     s = resolve_simulation(sim)
     rng = np.random.default_rng(s["seed"])
     times, counts = s["times"], s["n_cells"]
     drift, params, sigma, system = DRIFTS[s["system"]], s["drift"], s["sigma"], s["system"]
+    growth = GROWTH.get(system)
     x = _initial(s, sum(counts), rng)
     owner = np.repeat(np.arange(len(times)), counts)  # snapshot each cell belongs to
     snaps: list[np.ndarray | None] = [None] * len(times)
@@ -261,6 +326,9 @@ def simulate(sim: SimulateOptions | Mapping) -> tuple[list[np.ndarray], np.ndarr
             xa = x[alive]
             noise = rng.standard_normal(xa.shape)
             x[alive] = xa + drift(xa, params) * h + diffusion(system, xa, sigma) * math.sqrt(h) * noise
+            if growth is not None:  # division: each dividing cell's copy joins its own batch
+                split = np.flatnonzero(alive)[rng.random(xa.shape[0]) < growth(x[alive], params) * h]
+                x, owner = np.concatenate([x, x[split]]), np.concatenate([owner, owner[split]])
             t += h
         snaps[k] = x[owner == k].copy()
         if not np.all(np.isfinite(snaps[k])):
