@@ -21,18 +21,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .. import options
-from .fit import FitResult, fit_bridge
+from .fit import FitResult
 from .options import BaselinesOptions, ModelOptions, VanillaOptions, as_section
+from .select import FitCache, predict, select_model
 from .splits import splits_from_config
 
-__all__ = ["splits_from_config", "time_label", "vanilla_options", "leave_one_out", "parameter_recovery", "true_values", "Evaluation", "write_predictions", "METHOD_ORDER"]
+__all__ = ["splits_from_config", "time_label", "vanilla_options", "bridge_methods", "run_split", "leave_one_out", "parameter_recovery", "true_values", "Evaluation", "METHOD_ORDER"]
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ["model", "vanilla_sb", "otcfm", "mccann", "previous"]
+METHOD_ORDER = ["model", "model_ot", "model_plan", "vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous"]
 
 
 def time_label(t: float) -> str:
@@ -45,6 +45,10 @@ class Evaluation:
     metrics: dict = field(default_factory=dict)
     predictions: list = field(default_factory=list)  # (method, time, split, array (n, d))
     splits: list = field(default_factory=list)
+    selections: list = field(default_factory=list)  # per split: how the model's settings were chosen
+    chosen: list = field(default_factory=list)  # per split: the model options fitted (ModelOptions)
+    vanilla: ModelOptions | None = None
+    baselines: list = field(default_factory=list)  # the methods the model is compared with
 
 
 def vanilla_options(model: ModelOptions, vanilla: VanillaOptions) -> ModelOptions:
@@ -60,8 +64,60 @@ def vanilla_options(model: ModelOptions, vanilla: VanillaOptions) -> ModelOption
         sigma = {"init": sig.init, "auto_scale": sig.auto_scale}
     section["reference"] = {"class": "brownian", "noise": model.reference.noise, "sigma": {**sigma, "learn": False}}
     section["max_iter"] = 1
+    section["select"] = "none"
     section["predict"] = {"coupling": "plan", "noise": 1.0}
     return options.build(ModelOptions, section, where="vanilla_sb")
+
+
+def bridge_methods(vanilla: bool = True) -> list[str]:
+    """The bridge rows: the model in its selected mode, then both modes of the model and of
+    the vanilla SB (plan draws, the paper's, and its small-noise limit)."""
+    return ["model", "model_ot", "model_plan", *(["vanilla_sb", "vanilla_sb_ot"] if vanilla else [])]
+
+
+def run_split(snapshots, times, held: list[int], model: ModelOptions, vanilla: ModelOptions, baselines: BaselinesOptions, seed: int,
+              n_particles: int | None = None, cache: FitCache | None = None, scores: tuple[str, ...] | None = None):
+    """Fit every method on the snapshots not in `held` (the model with the options `model`,
+    already selected) and predict each held-out one. Returns ({(method, k): prediction},
+    {(method, k): {metric: value}} (all four metrics unless `scores` names some), {method:
+    (wall s, CPU s)} of the fits)."""
+    from .baselines import make_baseline
+    from .metrics import distribution_metrics, wasserstein1
+
+    times = [float(t) for t in times]
+    train = [k for k in range(len(times)) if k not in held]
+    cache = cache if cache is not None else FitCache(snapshots, times, seed)
+    fits, seconds = {}, {}
+    for method, opts in (("model", model), ("vanilla_sb", vanilla)):
+        start, cpu = time.perf_counter(), time.process_time()
+        fits[method] = cache.fit(train, opts)
+        seconds[method] = (time.perf_counter() - start, time.process_time() - cpu)
+    learners = {}
+    for method in baselines.methods:
+        start, cpu = time.perf_counter(), time.process_time()
+        learners[method] = make_baseline(method, getattr(baselines, method, None), seed=seed).fit([snapshots[k] for k in train], [times[k] for k in train])
+        seconds[method] = (time.perf_counter() - start, time.process_time() - cpu)
+    preds, metrics = {}, {}
+    for k in held:
+        t, obs = times[k], snapshots[k]
+        n = int(n_particles or obs.shape[0])
+        out = {
+            "model": predict(fits["model"], t, n, seed, k),
+            "model_ot": predict(fits["model"], t, n, seed, k, "ot"),
+            "model_plan": predict(fits["model"], t, n, seed, k, "plan"),
+            "vanilla_sb": predict(fits["vanilla_sb"], t, n, seed, k),
+            "vanilla_sb_ot": predict(fits["vanilla_sb"], t, n, seed, k, "ot"),
+        }
+        for method, p in learners.items():
+            out[method] = p.predict(t, n=n) if method == "mccann" else p.predict(t)
+        for method, pred in out.items():
+            pred = np.asarray(pred, dtype=np.float64)
+            if not np.isfinite(pred).all():
+                log.warning("%s predicted non-finite particles at t=%g; dropping them", method, t)
+                pred = pred[np.isfinite(pred).all(1)]
+            preds[(method, k)] = pred
+            metrics[(method, k)] = {"w1": wasserstein1(pred, obs)} if scores == ("w1",) else distribution_metrics(pred, obs)
+    return preds, metrics, seconds
 
 
 def leave_one_out(
@@ -74,68 +130,52 @@ def leave_one_out(
     seed: int = 0,
     n_particles: int | None = None,
     callback=None,
+    cache: FitCache | None = None,
 ) -> Evaluation:
-    """Fit on the training snapshots of each split, predict the held-out ones, score them.
-
-    model, baselines, vanilla: the experiment's options (`BridgeOptions.model`, `.baselines`,
-    `.vanilla_sb`)."""
-    from .baselines import make_baseline
-    from .metrics import distribution_metrics
-
+    """Per split: choose the model's settings on the training snapshots alone (`model.select`,
+    `scorebridge.bridge.select`), fit every method on them, predict the held-out snapshots,
+    score them. model, baselines, vanilla: the experiment's options (`BridgeOptions.model`,
+    `.baselines`, `.vanilla_sb`); `cache`: fits to share (e.g. with a bootstrap or a fit on
+    every snapshot; built here when None)."""
     times = [float(t) for t in times]
     splits = splits_from_config(holdout, len(times))
-    specs = {"model": model, "vanilla_sb": vanilla_options(model, vanilla)}
-    methods = [*specs, *baselines.methods]
-    ev = Evaluation(splits=splits)
+    cache = cache if cache is not None else FitCache(snapshots, times, seed)
+    van = vanilla_options(model, vanilla)
+    ev = Evaluation(splits=splits, vanilla=van, baselines=["vanilla_sb", "vanilla_sb_ot", *baselines.methods])
     scores: dict[tuple[str, str], dict] = {}
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
-    cpu_seconds: dict[str, list[float]] = {m: [] for m in methods}
+    seconds: dict[str, list[tuple[float, float]]] = {}
     for split_no, held in enumerate(splits):
         train = [k for k in range(len(times)) if k not in held]
-        tr_snaps, tr_times = [snapshots[k] for k in train], [times[k] for k in train]
-        log.info("split %d: train on times %s, predict %s", split_no, tr_times, [times[k] for k in held])
-        predictors = {}
-        for method in methods:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            if method in specs:
-                predictors[method] = fit_bridge(tr_snaps, tr_times, specs[method], seed=seed)
-            else:
-                predictors[method] = make_baseline(method, getattr(baselines, method, None), seed=seed).fit(tr_snaps, tr_times)
-            seconds[method].append(time.perf_counter() - start)
-            cpu_seconds[method].append(time.process_time() - cpu_start)
+        log.info("split %d: train on times %s, predict %s", split_no, [times[k] for k in train], [times[k] for k in held])
+        sel = select_model(cache, train, model)
+        ev.selections.append({"held_out": [times[k] for k in held], **sel.record})
+        ev.chosen.append(sel.options)
+        preds, mets, secs = run_split(snapshots, times, held, sel.options, van, baselines, seed, n_particles, cache)
+        seconds.setdefault("select", []).append((float(sel.record.get("seconds", 0.0)), 0.0))
+        for method, s in secs.items():
+            seconds.setdefault(method, []).append(s)
         for k in held:
-            t, obs = times[k], snapshots[k]
-            n = int(n_particles or obs.shape[0])
-            for method in methods:
-                p = predictors[method]
-                if isinstance(p, FitResult):
-                    gen = torch.Generator().manual_seed(seed * 1000 + k)
-                    mode = p.options.predict
-                    pred = p.bridge.sample_at(t, n, gen, noise=float(mode.noise), coupling=mode.coupling).numpy()
-                elif method == "mccann":
-                    pred = p.predict(t, n=n)
-                else:
-                    pred = p.predict(t)
-                pred = np.asarray(pred, dtype=np.float64)
-                if not np.isfinite(pred).all():
-                    log.warning("%s predicted non-finite particles at t=%g; dropping them", method, t)
-                    pred = pred[np.isfinite(pred).all(1)]
-                scores[(method, time_label(t))] = distribution_metrics(pred, obs)
-                ev.predictions.append((method, t, split_no, pred))
+            for method in [*bridge_methods(), *baselines.methods]:
+                scores[(method, time_label(times[k]))] = mets[(method, k)]
+                ev.predictions.append((method, times[k], split_no, preds[(method, k)]))
             if callback is not None:
                 callback(split_no, k)
     labels = sorted({lab for _, lab in scores}, key=lambda s: float(s[1:]))
     for (method, lab), vals in scores.items():
         for name, v in vals.items():
             ev.metrics[f"{name}/{method}/{lab}"] = float(v)
-    for method in methods:
+    for method in [*bridge_methods(), *baselines.methods]:
         for name in ("w1", "w2", "mmd", "energy"):
             vals = [ev.metrics[f"{name}/{method}/{lab}"] for lab in labels if f"{name}/{method}/{lab}" in ev.metrics]
             if vals:
                 ev.metrics[f"{name}/{method}/mean"] = float(np.mean(vals))
-        ev.metrics[f"fit_seconds/{method}/mean"] = float(np.mean(seconds[method])) if seconds[method] else float("nan")
-        ev.metrics[f"fit_cpu_seconds/{method}/mean"] = float(np.mean(cpu_seconds[method])) if cpu_seconds[method] else float("nan")
-    best = min((m for m in methods if m != "model"), key=lambda m: ev.metrics.get(f"w1/{m}/mean", np.inf))
+    for method, secs in seconds.items():
+        if method == "select":
+            ev.metrics["select_seconds/model/mean"] = float(np.mean([w for w, _ in secs]))
+            continue
+        ev.metrics[f"fit_seconds/{method}/mean"] = float(np.mean([w for w, _ in secs]))
+        ev.metrics[f"fit_cpu_seconds/{method}/mean"] = float(np.mean([c for _, c in secs]))
+    best = min(ev.baselines, key=lambda m: ev.metrics.get(f"w1/{m}/mean", np.inf))
     ev.metrics["w1/model_minus_best_baseline/mean"] = ev.metrics["w1/model/mean"] - ev.metrics[f"w1/{best}/mean"]
     return ev
 
@@ -179,41 +219,3 @@ def parameter_recovery(result: FitResult, true_parameters) -> dict[str, float]:
     if drift:
         out["recovery/max_drift"] = max(drift)
     return out
-
-
-def write_predictions(path, ev: Evaluation, snapshots: list[np.ndarray], times, features: list[str] | None = None) -> None:
-    """predictions.zarr: a flat table over `particle` with `X (particle, feature)` and the
-    coordinates `method`, `time`, `split` (observed held-out cells included as method 'observed')."""
-    import xarray as xr
-
-    from ..io import atomic_path
-
-    rows, meth, tim, spl = [], [], [], []
-    seen = set()
-    for method, t, split, pred in ev.predictions:
-        rows.append(pred)
-        meth += [method] * len(pred)
-        tim += [t] * len(pred)
-        spl += [split] * len(pred)
-        if (t, split) not in seen:
-            seen.add((t, split))
-            k = [float(x) for x in times].index(float(t))
-            rows.append(snapshots[k])
-            meth += ["observed"] * len(snapshots[k])
-            tim += [t] * len(snapshots[k])
-            spl += [split] * len(snapshots[k])
-    X = np.concatenate(rows).astype(np.float32)
-    d = X.shape[1]
-    feats = list(features) if features is not None and len(features) == d else [f"f{i}" for i in range(d)]
-    ds = xr.Dataset(
-        {"X": (("particle", "feature"), X)},
-        coords={
-            "method": ("particle", np.asarray(meth, dtype=str)),
-            "time": ("particle", np.asarray(tim, dtype=np.float64)),
-            "split": ("particle", np.asarray(spl, dtype=np.int64)),
-            "feature": np.asarray(feats, dtype=str),
-        },
-        attrs={"description": "predicted particles per method and held-out time; method 'observed' holds the held-out cells", "splits": json.dumps(ev.splits)},
-    )
-    with atomic_path(path) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=False)

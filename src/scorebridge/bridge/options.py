@@ -25,6 +25,7 @@ __all__ = [
     "RefitOptions",
     "PredictOptions",
     "MinibatchOptions",
+    "SelectionOptions",
     "ModelOptions",
     "VanillaOptions",
     "EvaluateOptions",
@@ -105,6 +106,26 @@ class PredictOptions:
 
 @register
 @dataclass(frozen=True)
+class SelectionOptions:
+    """`model.selection`: the candidates and the rule of `select: inner_loo` (`bridge.select`)."""
+
+    SCHEMA_PATH = (*_MODEL, "selection")
+    classes: list
+    auto_scales: list
+    predict: list
+    criterion: str
+    draws: int
+    rule: str
+    resamples: int
+
+    @classmethod
+    def from_section(cls, s: dict) -> "SelectionOptions":
+        return cls(classes=list(s["classes"]), auto_scales=[float(v) for v in s["auto_scales"]], predict=list(s["predict"]),
+                   criterion=s["criterion"], draws=s["draws"], rule=s["rule"], resamples=s["resamples"])
+
+
+@register
+@dataclass(frozen=True)
 class MinibatchOptions:
     """`model.minibatch`: the minibatch coupling solver (`bridge.minibatch`)."""
 
@@ -128,6 +149,8 @@ class ModelOptions:
     coupling_solver: str
     minibatch: MinibatchOptions
     refit: RefitOptions
+    select: str
+    selection: SelectionOptions
     predict: PredictOptions
 
     @classmethod
@@ -141,6 +164,8 @@ class ModelOptions:
             coupling_solver=s["coupling_solver"],
             minibatch=MinibatchOptions(**s["minibatch"]),
             refit=RefitOptions(**s["refit"]),
+            select=s["select"],
+            selection=SelectionOptions.from_section(s["selection"]),
             predict=PredictOptions(**s["predict"]),
         )
 
@@ -163,6 +188,8 @@ class EvaluateOptions:
     holdout: Any  # "loo", a list of indices, or a list of such lists
     n_particles: int | None
     trajectories: int
+    bootstrap: int
+    level: float
 
 
 @register
