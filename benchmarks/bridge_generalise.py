@@ -5,13 +5,14 @@ against the vanilla SB (plan draws and small-noise limit), OT-CFM, McCann and th
 snapshot, with paired bootstrap intervals of the model's margin.
 
     python benchmarks/bridge_generalise.py [--datasets eb emt bifurcation cycle decelerate proliferation]
-                                           [--bootstrap 10] [--jobs 2] [--seed 0]
+                                           [--bootstrap 5] [--jobs 2] [--seed 0]
 
 Data: EB (5 snapshots x 300 cells, 5-D, ../shared/data/cells/eb_5x300x5.npy), EMT (A549, 4
 snapshots of 577-885 cells, 10-D, emt_4timepoints.csv), and the simulators of
 `scorebridge.data.cells.simulate` at their default parameters, 5 snapshots (t = 0..4):
 bifurcation (two fates), cycle (a limit cycle), decelerate (fast, then lingering),
-proliferation (division favours one side; 80 founders per snapshot, so the counts grow).
+proliferation (division favours one side; 60 founders per snapshot, so the counts grow), 100
+cells per snapshot otherwise.
 Every data set runs with the same options: the schema's defaults except `max_iter: 10,
 tol: 5e-3` (as the EB and EMT benchmarks), baselines at their defaults. The row "fixed" is
 the former fixed default (symmetric linear reference, σ 0.25x auto, small-noise limit),
@@ -34,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells"
-DATASETS = ["eb", "emt", "bifurcation", "cycle", "decelerate", "proliferation"]
+DATASETS = ["eb", "cycle", "emt", "bifurcation", "decelerate", "proliferation"]
 MODEL = {"max_iter": 10, "tol": 5e-3}
 FIXED = {**MODEL, "select": "none"}  # the former default (schema reference + predict without selection)
 SIM_TIMES = [0, 1, 2, 3, 4]
@@ -52,7 +53,7 @@ def load(name: str) -> tuple[list[np.ndarray], list[float]]:
         return [cells.X[cells.time == t].astype(np.float64) for t in times], times
     from scorebridge.data.cells.simulate import simulate
 
-    snaps, times, _ = simulate({"system": name, "n_cells": 80 if name == "proliferation" else 150, "times": SIM_TIMES, "seed": 0})
+    snaps, times, _ = simulate({"system": name, "n_cells": 60 if name == "proliferation" else 100, "times": SIM_TIMES, "seed": 0})
     return snaps, [float(t) for t in times]
 
 
@@ -125,7 +126,7 @@ def tables(results: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
-    p.add_argument("--bootstrap", type=int, default=10, help="paired bootstrap replicates per data set")
+    p.add_argument("--bootstrap", type=int, default=5, help="paired bootstrap replicates per data set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="data sets run in parallel processes")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bridge_generalise.json"))
