@@ -1,13 +1,17 @@
 """Held-out evaluation of the bridge against its baselines (arXiv 2408.06277, Sec. 5).
 
-`leave_one_out`: for each split (a set of held-out snapshot indices), fit the model and
-the vanilla SB (Brownian reference, one outer iteration) on the remaining snapshots, fit
-the baselines (previous snapshot, McCann, OT-CFM; `scorebridge.bridge.baselines`) on the
-same ones, predict every held-out marginal from its neighbours, and score each against
-the observed snapshot with W1, W2 (exact OT), RBF-MMD and energy distance
-(`scorebridge.bridge.metrics`). Metric names: `{w1,w2,mmd,energy}/{method}/t{time}` and
-`.../mean` (over held-out times), `fit_seconds/{method}/mean` (wall) and
-`fit_cpu_seconds/{method}/mean` (process CPU time: comparable on a shared machine).
+`leave_one_out`: for each split (a set of held-out snapshot indices), choose the model's
+settings on the remaining snapshots alone (`model.select`, `scorebridge.bridge.select`),
+fit the model with them and the vanilla SB (Brownian reference, one outer iteration) on
+those snapshots, fit the baselines (previous snapshot, McCann, OT-CFM;
+`scorebridge.bridge.baselines`) on the same ones, predict every held-out marginal from its
+neighbours, and score each against the observed snapshot with W1, W2 (exact OT), RBF-MMD and
+energy distance (`scorebridge.bridge.metrics`). Both bridges are scored both ways: `model`
+(its selected mode), `model_ot` and `model_plan`; `vanilla_sb` (plan draws, the paper's) and
+`vanilla_sb_ot` (its small-noise limit). Metric names: `{w1,w2,mmd,energy}/{method}/t{time}`
+and `.../mean` (over held-out times), `fit_seconds/{method}/mean` (wall) and
+`fit_cpu_seconds/{method}/mean` (process CPU time: comparable on a shared machine),
+`select_seconds/model/mean`. Intervals: `scorebridge.bridge.bootstrap`.
 
 `parameter_recovery`: relative error of the fitted reference parameters against the
 simulator's `true_parameters` (|θ̂ − θ| / |θ|, Frobenius for matrices).
