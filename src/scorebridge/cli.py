@@ -59,7 +59,7 @@ def check_config_cli(argv: list[str]) -> int:
     --replace-workflow-config` merges them, validated as the workflow validates its config
     (schema, names of other entries, rules across keys); errors name the file and line.
     Snakemake itself reads `--configfile` files before the workflow runs and does not say
-    where a malformed one is wrong: `make run` / `make dry-run` run this first."""
+    where a malformed one is wrong: `make run`, `make dry-run` and `make report` run this first."""
     import argparse
 
     from .config import load_configs

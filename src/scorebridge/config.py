@@ -113,7 +113,7 @@ def _schema_error(config: dict, sch: dict) -> tuple[ConfigError, str] | None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         msg = f"{err.message}; allowed keys here: {allowed}" if allowed else err.message
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {}))) if isinstance(err.instance, dict) else []
+        extra = sorted(map(str, set(err.instance) - set(err.schema.get("properties", {})))) if isinstance(err.instance, dict) else []
         if extra:
             lookup = str(extra[0]) if key == "<top level>" else f"{key}.{extra[0]}"
     else:
