@@ -28,7 +28,10 @@ def test_coastlines_come_from_the_installed_package_in_the_domains_convention():
     assert (data_dir() / "gshhs_l.dat").is_file()
     kinds = {k for k, _ in gshhs_polygons("c")}
     assert {1, 2} <= kinds
-    # the default synthetic domain (schema: lat0 30, lon0 250, 0..360): Hudson Bay, the Great Lakes
+    # the synthetic default domain (lat0 30, lon0 250 in 0..360, 32 x 0.5 deg): lakes and reservoirs
+    default = coastline_segments((250.0, 265.5), (30.0, 45.5))
+    assert len(default) > 10
+    # a larger domain in that convention: Hudson Bay, the Great Lakes
     segs = coastline_segments((250.0, 282.0), (30.0, 62.0))
     assert len(segs) > 20
     pts = np.concatenate(segs)

@@ -10,8 +10,8 @@ little-endian float32 (longitude, latitude) pairs, longitudes in [-180, 180].
     draw_coastlines(ax, lon, lat)   # lon/lat: the grid's coordinates (any 0..360 or -180..180 convention)
 
 On a synthetic domain the lines are those of the real Earth at the domain's latitudes and
-longitudes (the default synthetic domain, 30-62 N, 250-282 E, holds Hudson Bay and the
-Great Lakes).
+longitudes: the default synthetic domain (32 x 32 cells of 0.5 deg from 30 N, 250 E, i.e.
+110-94.5 W) holds lakes and reservoirs of the US interior, no sea coast.
 """
 
 from __future__ import annotations
@@ -69,26 +69,51 @@ def _resolution_for(span_deg: float) -> str:
     return "i" if span_deg < 15 else "l" if span_deg < 90 else "c"
 
 
+@functools.lru_cache(maxsize=4)
+def _index(resolution: str) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """(types (n,), bounding boxes (n, 4): lon min, lon max, lat min, lat max, points) of the polygons."""
+    polys = gshhs_polygons(resolution)
+    kinds = np.array([k for k, _ in polys])
+    boxes = np.array([[p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()] for _, p in polys])
+    return kinds, boxes, tuple(p for _, p in polys)
+
+
+@functools.lru_cache(maxsize=16)
+def _segments(lon0: float, lon1: float, lat0: float, lat1: float, lakes: bool, res: str) -> tuple[np.ndarray, ...]:
+    kinds, boxes, polys = _index(res)
+    wanted = np.isin(kinds, COAST_TYPES + (LAKE_TYPES if lakes else ())) & (boxes[:, 3] >= lat0) & (boxes[:, 2] <= lat1)
+    out: list[np.ndarray] = []
+    for shift in (-360.0, 0.0, 360.0):
+        hit = wanted & (boxes[:, 1] + shift >= lon0) & (boxes[:, 0] + shift <= lon1)
+        for i in np.flatnonzero(hit):
+            out += _clip(polys[i] + np.array([shift, 0.0]) if shift else polys[i], lon0, lon1, lat0, lat1)
+    return tuple(out)
+
+
 def coastline_segments(lon_range: tuple[float, float], lat_range: tuple[float, float], *, lakes: bool = True,
                        resolution: str | None = None) -> list[np.ndarray]:
-    """Shoreline polylines ``(n, 2)`` (lon, lat) that touch the box, their longitudes shifted
-    by a multiple of 360 into the box's convention (e.g. 250..282 for 110-78 W)."""
+    """Shoreline polylines ``(n, 2)`` (lon, lat) inside the box (each run one point beyond
+    it), their longitudes shifted by a multiple of 360 into the box's convention (e.g.
+    250..282 for 110-78 W)."""
     lon0, lon1 = sorted(map(float, lon_range))
     lat0, lat1 = sorted(map(float, lat_range))
     res = resolution or _resolution_for(max(lon1 - lon0, lat1 - lat0))
-    kinds = COAST_TYPES + (LAKE_TYPES if lakes else ())
-    out = []
-    for kind, pts in gshhs_polygons(res):
-        if kind not in kinds:
-            continue
-        la = pts[:, 1]
-        if la.max() < lat0 or la.min() > lat1:
-            continue
-        lo = pts[:, 0]
-        for shift in (-360.0, 0.0, 360.0):
-            if lo.max() + shift >= lon0 and lo.min() + shift <= lon1:
-                out.append(pts + np.array([shift, 0.0]) if shift else pts)
-    return out
+    if res not in RESOLUTIONS:
+        raise ValueError(f"coastline resolution '{res}': expected one of {RESOLUTIONS}")
+    return list(_segments(lon0, lon1, lat0, lat1, bool(lakes), res))
+
+
+def _clip(pts: np.ndarray, lon0: float, lon1: float, lat0: float, lat1: float) -> list[np.ndarray]:
+    """The runs of a polyline inside the box (one point beyond each end, so that lines reach
+    the edge): a continent's outline drawn on a small domain is then a few hundred points."""
+    inside = (pts[:, 0] >= lon0) & (pts[:, 0] <= lon1) & (pts[:, 1] >= lat0) & (pts[:, 1] <= lat1)
+    keep = inside.copy()
+    keep[1:] |= inside[:-1]
+    keep[:-1] |= inside[1:]
+    if keep.all():
+        return [pts]
+    edges = np.flatnonzero(np.diff(np.r_[0, keep.astype(np.int8), 0]))
+    return [pts[a:b] for a, b in zip(edges[::2], edges[1::2]) if b - a >= 2]
 
 
 def draw_coastlines(ax, lon, lat, *, color: str = "0.15", linewidth: float = 0.6, lakes: bool = True) -> int:
