@@ -206,6 +206,8 @@ def all_targets():
         targets += expand(f"{RESULTS}/sr/{{e}}/{name}", e=names("sr"))
     for name in ("model.pt", "metrics.json", "predictions.zarr"):
         targets += expand(f"{RESULTS}/bridge/{{e}}/{name}", e=names("bridge"))
+    for section, figures in FIGURES.items():
+        targets += expand(f"{RESULTS}/{section}/{{e}}/figures/{{f}}.png", e=names(section), f=figures)
     # metrics tables for the report (rules in tracking.smk)
     targets += expand(f"{RESULTS}/sr/{{e}}/metrics.html", e=names("sr"))
     targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.html", e=names("bridge"))
