@@ -100,6 +100,12 @@ def _fmt_ci(c: dict) -> str:
     return f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
 
 
+def _verdict(c: dict) -> str:
+    from scorebridge.bridge.bootstrap import verdict
+
+    return verdict(c["low"], c["high"])
+
+
 def tables(results: list[dict]) -> str:
     lines = ["| data | chosen per split (class, σ scale, mode) | model | model ot / plan | vanilla SB plan / ot | OT-CFM | McCann | previous | fixed | model − best baseline, 95 % CI | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -110,7 +116,7 @@ def tables(results: list[dict]) -> str:
         best = row["baselines"][row["best_baseline"]]
         lines.append(f"| {r['dataset']} | {chosen} | **{m['w1/model/mean']:.3f}** | {m['w1/model_ot/mean']:.3f} / {m['w1/model_plan/mean']:.3f} | "
                      f"{m['w1/vanilla_sb/mean']:.3f} / {m['w1/vanilla_sb_ot/mean']:.3f} | {m['w1/otcfm/mean']:.3f} | {m['w1/mccann/mean']:.3f} | "
-                     f"{m['w1/previous/mean']:.3f} | {m['w1/fixed/mean']:.3f} | {_fmt_ci(best)} vs {row['best_baseline']} | {best['verdict']} |")
+                     f"{m['w1/previous/mean']:.3f} | {m['w1/fixed/mean']:.3f} | {_fmt_ci(best)} vs {row['best_baseline']} | {_verdict(best)} |")
     lines += ["", "| data | held out | model W1 | " + " | ".join(f"model − {b}" for b in ("vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous")) + " |",
               "|---|---|---|" + "---|" * 5]
     for r in results:
@@ -118,7 +124,7 @@ def tables(results: list[dict]) -> str:
             cells = []
             for b in ("vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous"):
                 c = row["baselines"][b]
-                cells.append(f"{_fmt_ci(c)} {c['verdict']}")
+                cells.append(f"{_fmt_ci(c)} {_verdict(c)}")
             lines.append(f"| {r['dataset']} | {lab} | {r['metrics'][f'w1/model/{lab}']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

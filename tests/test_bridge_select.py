@@ -105,6 +105,7 @@ def test_one_se_rule_prefers_the_simpler_candidate_within_the_noise():
 def test_verdict_reads_the_interval():
     assert verdict(-0.2, -0.01) == "beats" and verdict(0.01, 0.3) == "loses"
     assert verdict(-0.1, 0.1) == "no difference" and verdict(float("nan"), float("nan")) == "no interval"
+    assert verdict(-1e-12, -1e-13) == "no difference" and verdict(1e-12, 2e-12) == "no difference"  # the same prediction two ways
 
 
 def test_paired_bootstrap_intervals_and_metric_names():
