@@ -265,3 +265,29 @@ def test_stochastic_synthetic_source_in_blocks():
     assert 0.8 < lag1 < 0.98  # 6-hourly steps about as correlated as the turbulence's (0.91-0.93)
     with pytest.raises(Exception, match="stochastic"):
         next(synthetic_blocks(["t"], [850], dataclasses.replace(grid, dynamics="turbulence"), 4))
+
+
+# --- the benchmarks' Python, at tiny sizes ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_its_json(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: every step of the GPU check (and of
+    benchmarks/sr_scale.py) on CPU at tiny sizes, the CPU reference figures beside them."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "SCOREBRIDGE_NO_PROGRESS": "1"}
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["sizes"]) == {"16x16", "16x32"} and r["cpu_reference"]["sizes"]["256x256"]["sample"]["members"] == 16
+    for entry in r["sizes"].values():
+        assert entry["train_streamed"]["data"]["streamed"] and entry["train_streamed"]["samples_per_s"] > 0
+        assert entry["sample"]["forward"] >= 1 and entry["sample"]["peak_rss_mb"] > 0
+    assert r["settings"]["channels_last"] and r["seam"]["windows"] > 1 and "cost_per_pixel_ok" in r["targets"]
