@@ -1,7 +1,7 @@
 """Benchmark: training the SR prior with the default config on the default synthetic ERA5.
 
     python benchmarks/sr_prior_train.py [--era5 results/data/era5/default.zarr] [--threads 2]
-                                        [--steps N] [--base N] [--samples 16]
+                                        [--steps N] [--base N] [--samples 16] [--set KEY=YAML ...]
 
 Measures wall and CPU time of `scorebridge.sr.train.train_prior` (no MLflow), the loss
 curve, the denoising loss per σ on the VALIDATION times (`sr.train.split.validation`: the
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -72,6 +73,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--base", type=int, default=None)
     p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--set", action="append", default=[], help="override of sr.default.train, KEY=YAML (e.g. model.periodic=[] or anomalies=false)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/out"))
     args = p.parse_args()
     out = Path(args.out)
@@ -88,6 +90,14 @@ def main() -> int:
         spec["train"]["steps"] = args.steps
     if args.base:
         spec["train"]["model"] = dict(spec["train"]["model"], base=args.base)
+    for assignment in args.set:
+        key, value = assignment.split("=", 1)
+        node = spec["train"]
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node[part] = dict(node.get(part, {}))
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
     ckpt = out / "sr_prior.pt"
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     exp = resolve_spec(spec)
@@ -122,6 +132,7 @@ def main() -> int:
         "steps": summary["steps"],
         "params": summary["params"],
         "model": spec["train"]["model"],
+        "train_overrides": args.set,
         "wall_s": wall,
         "cpu_s": cpu,
         "train_loop_s": summary["seconds"],

@@ -75,7 +75,7 @@ def tiny(tmp_path_factory):
     spec = {"era5": "tiny", "seed": 0, "train": {"steps": 20, "batch_size": 4, "log_every": 10, "checkpoint_every": 0, "threads": 1, "model": {"base": 8, "mults": [1, 2]}, "split": {"train_fraction": 0.75, "validation": 2}}}
     os.environ["SCOREBRIDGE_NO_PROGRESS"] = "1"
     train_prior(resolve_spec(spec), d / "era5.zarr", None, d / "checkpoint.pt")
-    spec["sample"] = {"members": 3, "steps": 4, "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0], "gap_hours": 6}}
+    spec["sample"] = {"members": 3, "steps": 4, "solver": "heun", "max_times": 2, "coarse": {"factor": 4}, "compare_members": 2, "calibrate": {"times": 2, "gammas": [0.25, 1.0], "gap_hours": 6}}
     return d, spec
 
 
@@ -106,6 +106,12 @@ def test_cli_sample_and_evaluate(tiny):
     era5_times = xr.open_zarr(d / "era5.zarr", consolidated=False)["time"].values
     assert sampling["calibration"]["on"] == "validation" and len(val_idx) == 2 and val_idx[0] > train_idx[-1]
     assert sampling["calibration"]["times"] == [str(t) for t in era5_times[val_idx].astype("datetime64[s]")]
+    # one modality after the other: 2 gammas x (coarse, coarse + radiosondes), one chosen each
+    assert len(sampling["calibration"]["table"]) == 4 and sum(bool(r.get("chosen")) for r in sampling["calibration"]["table"]) == 2
+    # held-out times are scored only `gap_hours` (6 h = 1 step) after the calibration times
+    assert sampling["gap"]["steps"] == 1 and s["time_index"].values.min() > val_idx.max() + 1
+    # the coarse-only reference ensemble is sampled in full beside coarse + radiosondes
+    assert sampling["reference"]["conditioning"] == ["coarse"] and s["t_coarse_only"].shape == s["t"].shape
     # the coarse input is the block average of the truth
     truth = xr.open_zarr(d / "era5.zarr", consolidated=False)["t"].isel(time=s["time_index"].values[0]).values
     assert np.allclose(s["t_coarse"].values[0, 0, 1, 2], truth[0, 4:8, 8:12].mean(), atol=1e-3)
@@ -122,6 +128,12 @@ def test_cli_sample_and_evaluate(tiny):
                 "withheld_rmse/u/coarse", "withheld_rmse/t/nearest_radiosonde", "summary/rmse_ratio", "cost/forward_per_sample"):
         assert key in mm and mm[key] is not None, key
     assert sum(m["rank_histogram"]["t/850"]) == 2 * 16 * 16
+    # the fair scorecard: coarse-only vs bicubic, + radiosondes vs coarse-only, pooled; raw and calibrated spread-skill
+    for key in ("summary/rmse_ratio", "summary/rmse_ratio_radiosondes", "rmse/t/850/coarse_only", "rmse_ratio_radiosondes/u/500",
+                "spread_skill_raw/t/850", "spread_skill_raw/t/850/coarse_only", "summary/spread_skill_raw", "summary/spread_skill/coarse_only"):
+        assert key in mm and np.isfinite(mm[key]), key
+    assert mm["rmse_ratio/t/850"] == pytest.approx(mm["rmse/t/850/coarse_only"] / mm["rmse/t/850/bicubic"])
+    assert m["scorecard"]["main"] == "coarse+radiosondes" and "coarse / bicubic" in m["scorecard"]["pooled"]
     assert {p.name for p in (d / "figures").iterdir()} >= {"maps.png", "spectra.png", "rank_histogram.png", "withheld_radiosondes.png"}
 
 

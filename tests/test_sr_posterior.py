@@ -55,10 +55,10 @@ def _obs(problem, gamma):
     return [Observation("coarse", cg, yc, torch.tensor(0.2), gamma, zeta=0.3), Observation("radiosondes", point, yp, torch.tensor(0.2), gamma, zeta=0.3)]
 
 
-def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0, cg_iterations=1):
+def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0, cg_iterations=1, solver="heun"):
     prior = problem[0]
     return posterior_sample(prior, _obs(problem, gamma), members, steps, shape=(1, H, W), mean=torch.tensor([MEAN]), std=torch.tensor([STD]),
-                            guidance=guidance, churn=churn, cg_iterations=cg_iterations, generator=torch.Generator().manual_seed(seed))
+                            guidance=guidance, churn=churn, cg_iterations=cg_iterations, solver=solver, generator=torch.Generator().manual_seed(seed))
 
 
 def test_sda_matches_closed_form_posterior(problem):
@@ -80,7 +80,7 @@ def test_sda_matches_closed_form_posterior(problem):
 def test_mmps_matches_closed_form_posterior(problem):
     """MMPS (covariance through the denoiser's Jacobian, gamma 0): exact for a Gaussian prior
     up to the conjugate-gradient solve and the sampler's discretisation."""
-    refs, psd = problem[5], problem[6]
+    refs = problem[5]
     x, cost = _sample(problem, guidance="mmps", gamma=0.0, cg_iterations=3)
     assert cost.forward == 49 and cost.backward == 49 * 4  # 3 CG steps + the final product per evaluation
     for b, (m, sd) in enumerate(refs):
@@ -91,6 +91,19 @@ def test_mmps_matches_closed_form_posterior(problem):
         assert 0.85 < ratio < 1.2, f"case {b}: ensemble sd / posterior sd = {ratio:.2f}"
     _, cost = _sample(problem, guidance="mmps", gamma=0.0, members=4, steps=13)
     assert cost.forward == 25 and cost.backward == 50
+
+
+def test_multistep_solver_matches_closed_form_at_half_the_passes(problem):
+    """DPM-Solver++(2M): one evaluation per noise level, the same posterior as Heun's two."""
+    refs = problem[5]
+    x, cost = _sample(problem, solver="dpm2m")
+    assert cost.forward == 25 and cost.backward == 25
+    for b, (m, sd) in enumerate(refs):
+        e = x[b].reshape(256, -1).double()
+        assert ((e.mean(0) - m) / sd).pow(2).mean().sqrt() < 0.5
+        assert 0.8 < (e.std(0) / sd).mean() < 1.25
+    with pytest.raises(ValueError, match="churn"):
+        _sample(problem, solver="dpm2m", churn=1.0, members=2)
 
 
 def test_cost_accounting(problem):

@@ -78,6 +78,8 @@ def _sampler_settings(opts: SampleOptions) -> dict:
     return {
         "guidance": opts.guidance,
         "cg_iterations": int(opts.cg_iterations),
+        "solver": opts.solver,
+        "sigma_min": opts.sigma_min,
         "churn": float(opts.churn),
         "s_tmin": float(opts.s_tmin),
         "s_tmax": float(opts.s_tmax) if opts.s_tmax is not None else float("inf"),

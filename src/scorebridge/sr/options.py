@@ -184,6 +184,7 @@ class SampleOptions:
     compare_members: int
     members: int
     steps: int
+    solver: str
     guidance: str
     cg_iterations: int
     churn: float
@@ -191,6 +192,7 @@ class SampleOptions:
     s_tmax: float | None
     s_noise: float
     rho: float
+    sigma_min: float | None
     max_times: int | None
     batch_size: int
     device: str

@@ -139,6 +139,8 @@ def _sampling_record(opts: SampleOptions, channels, mean, std, *, compare, refer
         "guidance": opts.guidance,
         "cg_iterations": int(opts.cg_iterations),
         "steps": int(opts.steps),
+        "solver": opts.solver,
+        "sigma_min": opts.sigma_min,
         "churn": float(opts.churn),
         "members": int(opts.members),
         "coarse_factor": int(opts.coarse.factor),

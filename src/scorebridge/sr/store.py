@@ -2,8 +2,10 @@
 
 Layout: per variable ``{v}`` (dims ``time, member, [level,] latitude, longitude``) the
 ensemble, ``{v}_mean`` and ``{v}_spread`` over members, ``{v}_coarse`` on the coarse grid
-(``latitude_coarse``, ``longitude_coarse``) and, when comparison conditioning sets were
-sampled, ``{v}_mean_compare`` (leading dim ``conditioning``). Coordinates ``time``,
+(``latitude_coarse``, ``longitude_coarse``), when the conditioning adds radiosondes to the
+coarse field the coarse-only ensemble ``{v}_coarse_only`` (same dims as ``{v}``), for a prior
+that models anomalies its training-time mean field ``{v}_climatology`` and, when
+comparison conditioning sets were sampled, ``{v}_mean_compare`` (leading dim ``conditioning``). Coordinates ``time``,
 ``member``, ``latitude``, ``longitude``, ``level`` (multi-level variables share one set),
 ``time_index`` (into the ERA5 store), the coarse cells' edges ``latitude_coarse_bounds``,
 ``longitude_coarse_bounds``. Attributes (JSON strings): ``sampling`` (what was done,
@@ -36,7 +38,6 @@ GLOBAL_ATTRS = {
     "comment": "per variable v: v (members), v_mean, v_spread (over members, after the calibration's inflation), v_coarse (the "
                "coarse input), v_coarse_only and v_mean_compare when sampled; attributes sampling, channels, provenance are JSON",
 }
-
 
 
 def channel_layout(channels) -> tuple[list[str], list[float]]:
@@ -79,10 +80,14 @@ def vars_to_fields(ds, channels, suffix: str = "", **isel) -> np.ndarray:
 
 
 def samples_dataset(ens: np.ndarray, coarse: np.ndarray, channels, *, times: np.ndarray, time_index: np.ndarray, lat: np.ndarray, lon: np.ndarray, factor: int,
-                    compare: Sequence[Sequence[str]] = (), compare_means: Sequence[np.ndarray] = (), attrs_from=None):
+                    compare: Sequence[Sequence[str]] = (), compare_means: Sequence[np.ndarray] = (), reference: np.ndarray | None = None,
+                    climatology: np.ndarray | None = None, attrs_from=None):
     """The store's dataset of ensembles ``ens[T, N, C, H, W]`` and coarse fields
     ``coarse[T, C, h, w]`` (physical); ``compare_means[j]`` the ensemble mean conditioned on
-    ``compare[j]``; variable attributes (units, names) copied from ``attrs_from``."""
+    ``compare[j]``; ``reference`` the coarse-only ensemble ``[T, N, C, H, W]`` sampled beside a
+    conditioning set that adds radiosondes; ``climatology[C, H, W]`` the prior's training-time
+    mean field (a prior that models anomalies); variable attributes (units, names) copied
+    from ``attrs_from``."""
     import xarray as xr
 
     variables, levels = channel_layout(channels)
@@ -102,6 +107,10 @@ def samples_dataset(ens: np.ndarray, coarse: np.ndarray, channels, *, times: np.
     data.update(fields_to_vars(ens.mean(1), channels, ("time",), "_mean"))
     data.update(fields_to_vars(ens.std(1, ddof=1), channels, ("time",), "_spread"))
     data.update(fields_to_vars(coarse, channels, ("time",), "_coarse", "latitude_coarse", "longitude_coarse"))
+    if reference is not None:
+        data.update(fields_to_vars(reference, channels, ("time", "member"), "_coarse_only"))
+    if climatology is not None:
+        data.update(fields_to_vars(climatology, channels, (), "_climatology"))
     if len(compare_means):
         coords["conditioning"] = np.array(["+".join(c) if c else "prior" for c in compare])
         data.update(fields_to_vars(np.stack(compare_means), channels, ("conditioning", "time"), "_mean_compare"))
