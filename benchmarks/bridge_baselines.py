@@ -41,23 +41,43 @@ def main() -> None:
     data = Path(args.data)
     eb = np.load(data / "eb_5x300x5.npy")
     emt = pd.read_csv(data / "emt_4timepoints.csv")
-    datasets = {"eb": [eb[k] for k in range(5)], "emt": [emt.loc[emt.samples == k].drop(columns="samples").to_numpy(float) for k in range(4)]}
+    datasets = {
+        "eb": [eb[k] for k in range(5)],
+        "emt": [emt.loc[emt.samples == k].drop(columns="samples").to_numpy(float) for k in range(4)],
+    }
     splits = [("eb", "paper", [0, 2, 4], [1, 3]), ("eb", "loo", None, [1, 2, 3]), ("emt", "loo", None, [1, 2])]
     rows = []
     for name, split, train_idx, targets in splits:
         snaps = datasets[name]
-        groups = [(train_idx, targets)] if train_idx else [([k for k in range(len(snaps)) if k != t], [t]) for t in targets]
+        groups = (
+            [(train_idx, targets)] if train_idx else [([k for k in range(len(snaps)) if k != t], [t]) for t in targets]
+        )
         for tr, held in groups:
             train, times = [snaps[k] for k in tr], np.asarray(tr, float)
-            methods = [("previous", Previous, {}), ("mccann", McCann, {})] + [("otcfm", OTCFM, {"seed": s}) for s in range(args.seeds)]
+            methods = [("previous", Previous, {}), ("mccann", McCann, {})] + [
+                ("otcfm", OTCFM, {"seed": s}) for s in range(args.seeds)
+            ]
             for method, cls, cfg in methods:
                 cpu = time.process_time()
                 model = cls(**cfg).fit(train, times)
                 fit_s = time.process_time() - cpu
                 for t in held:
                     m = distribution_metrics(model.predict(float(t)), snaps[t])
-                    rows.append({"data": name, "split": split, "method": method, "seed": cfg.get("seed"), "t": t, "fit_cpu_s": fit_s, **m})
-                    print(f"{name:4s} {split:6s} {method:9s} seed={cfg.get('seed')} t={t} w1={m['w1']:.3f} w2={m['w2']:.3f} mmd={m['mmd']:.4f} energy={m['energy']:.3f} fit={fit_s:.1f}s", flush=True)
+                    rows.append(
+                        {
+                            "data": name,
+                            "split": split,
+                            "method": method,
+                            "seed": cfg.get("seed"),
+                            "t": t,
+                            "fit_cpu_s": fit_s,
+                            **m,
+                        }
+                    )
+                    print(
+                        f"{name:4s} {split:6s} {method:9s} seed={cfg.get('seed')} t={t} w1={m['w1']:.3f} w2={m['w2']:.3f} mmd={m['mmd']:.4f} energy={m['energy']:.3f} fit={fit_s:.1f}s",
+                        flush=True,
+                    )
     df = pd.DataFrame(rows)
     summary = df.groupby(["data", "split", "method", "t"])[["w1", "w2", "mmd", "energy", "fit_cpu_s"]].mean().round(4)
     print(summary.to_string())
@@ -65,7 +85,16 @@ def main() -> None:
     print(means.to_string())
     out = ROOT / "benchmarks" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bridge_baselines.json").write_text(json.dumps({"rows": rows, "summary": summary.reset_index().to_dict("records"), "means": means.reset_index().to_dict("records")}, indent=1))
+    (out / "bridge_baselines.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "summary": summary.reset_index().to_dict("records"),
+                "means": means.reset_index().to_dict("records"),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells" / "eb_5x300x5.npy"
-PAPER = {"model (paper SBIRR)": (0.826, 1.009), "otcfm": (0.843, 1.034), "mccann": (0.847, 1.023), "previous": (1.700, 0.980), "vanilla_sb": (0.958, 0.988)}
+PAPER = {
+    "model (paper SBIRR)": (0.826, 1.009),
+    "otcfm": (0.843, 1.034),
+    "mccann": (0.847, 1.023),
+    "previous": (1.700, 0.980),
+    "vanilla_sb": (0.958, 0.988),
+}
 METHODS = ("model", "vanilla_sb", "otcfm", "mccann", "previous")
 
 
@@ -46,14 +52,22 @@ def candidates(reference: str) -> list[tuple[str, dict]]:
     bridge (SB plan, stochastic draws) or its small-noise limit (exact OT for the reference's
     cost, bridge mean path)."""
     out = []
-    for symmetric in ((False, True) if reference == "linear" else (None,)):
+    for symmetric in (False, True) if reference == "linear" else (None,):
         for sigma in ("learn", 0.2, 0.5):
             for max_iter in (2, 10):
                 for coupling, noise in (("plan", 1.0), ("ot", 0.0)):
                     sig = {"init": 1.0, "learn": True} if sigma == "learn" else {"init": sigma, "learn": False}
                     ref = {"class": reference, "sigma": sig, **({} if symmetric is None else {"symmetric": symmetric})}
-                    spec = {"reference": ref, "max_iter": max_iter, "tol": 5e-3, "select": "none", "predict": {"coupling": coupling, "noise": noise}}
-                    out.append((("symmetric," if symmetric else "") + f"sigma={sigma},iter={max_iter},{coupling}", spec))
+                    spec = {
+                        "reference": ref,
+                        "max_iter": max_iter,
+                        "tol": 5e-3,
+                        "select": "none",
+                        "predict": {"coupling": coupling, "noise": noise},
+                    }
+                    out.append(
+                        (("symmetric," if symmetric else "") + f"sigma={sigma},iter={max_iter},{coupling}", spec)
+                    )
     return out
 
 
@@ -77,7 +91,9 @@ def select_by_inner_loo(snaps, times, train: list[int], reference: str, seed: in
         for name, spec in cands:
             key = json.dumps({k: v for k, v in spec.items() if k != "predict"}, sort_keys=True)
             if key not in fits:
-                fits[key] = fit_bridge([snaps[k] for k in sub], [times[k] for k in sub], options.build(ModelOptions, spec), seed=seed)
+                fits[key] = fit_bridge(
+                    [snaps[k] for k in sub], [times[k] for k in sub], options.build(ModelOptions, spec), seed=seed
+                )
             gen = torch.Generator().manual_seed(seed * 1000 + h)
             pred = fits[key].bridge.sample_at(times[h], snaps[h].shape[0], gen, **spec["predict"]).numpy()
             scores[name].append(wasserstein1(pred, snaps[h]))
@@ -103,36 +119,75 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", default="auto", help="initial σ: 'auto' or a number")
     p.add_argument("--auto-scale", type=float, default=0.25, help="σ0 = auto_scale x auto (with --sigma auto)")
     p.add_argument("--learn-sigma", action="store_true", help="refit σ by maximum likelihood (default: fixed)")
-    p.add_argument("--predict", default="ot", choices=["plan", "ot"], help="plan: SB plan draws; ot: the small-noise limit (exact OT, bridge mean path)")
+    p.add_argument(
+        "--predict",
+        default="ot",
+        choices=["plan", "ot"],
+        help="plan: SB plan draws; ot: the small-noise limit (exact OT, bridge mean path)",
+    )
     p.add_argument("--debias", default="none", choices=["none", "bootstrap"])
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--select", action="store_true", help="choose σ, iterations and prediction mode per split by inner leave-one-out on the training snapshots")
-    p.add_argument("--out", default=None, help="default benchmarks/out/bridge_eb.json (bridge_eb_select.json with --select)")
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="choose σ, iterations and prediction mode per split by inner leave-one-out on the training snapshots",
+    )
+    p.add_argument(
+        "--out", default=None, help="default benchmarks/out/bridge_eb.json (bridge_eb_select.json with --select)"
+    )
     a = p.parse_args(argv)
     a.out = a.out or str(ROOT / "benchmarks" / "out" / ("bridge_eb_select.json" if a.select else "bridge_eb.json"))
     X = np.load(DATA)
     snaps, times = [x for x in X], [0.0, 1.0, 2.0, 3.0, 4.0]
-    sigma = {"init": a.sigma if a.sigma == "auto" else float(a.sigma), "auto_scale": a.auto_scale, "learn": a.learn_sigma, "debias": a.debias}
-    ref = {"class": a.reference, "sigma": sigma, **({"symmetric": not a.full_matrix} if a.reference == "linear" else {})}
+    sigma = {
+        "init": a.sigma if a.sigma == "auto" else float(a.sigma),
+        "auto_scale": a.auto_scale,
+        "learn": a.learn_sigma,
+        "debias": a.debias,
+    }
+    ref = {
+        "class": a.reference,
+        "sigma": sigma,
+        **({"symmetric": not a.full_matrix} if a.reference == "linear" else {}),
+    }
     predict = {"coupling": "plan", "noise": 1.0} if a.predict == "plan" else {"coupling": "ot", "noise": 0.0}
-    model = {"reference": ref, "max_iter": a.max_iter, "tol": 5e-3, "select": "none", "predict": predict}  # fixed settings (bridge_generalise.py: selected)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_eb.py " + " ".join(argv or sys.argv[1:]), "model": model, "seeds": a.seeds, "runs": {}}
+    model = {
+        "reference": ref,
+        "max_iter": a.max_iter,
+        "tol": 5e-3,
+        "select": "none",
+        "predict": predict,
+    }  # fixed settings (bridge_generalise.py: selected)
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/bridge_eb.py " + " ".join(argv or sys.argv[1:]),
+        "model": model,
+        "seeds": a.seeds,
+        "runs": {},
+    }
     for name, holdout in (("paper_split", [1, 3]), ("loo", "loo")):
         per_seed = []
         start = time.perf_counter()
         for seed in a.seeds:
             if not a.select:
-                ev = leave_one_out(snaps, times, options.build(ModelOptions, model), baselines, vanilla, holdout, seed=seed)
+                ev = leave_one_out(
+                    snaps, times, options.build(ModelOptions, model), baselines, vanilla, holdout, seed=seed
+                )
                 per_seed.append(ev.metrics)
                 continue
             merged: dict = {}
-            for held in ([[1, 3]] if holdout != "loo" else [[1], [2], [3]]):
+            for held in [[1, 3]] if holdout != "loo" else [[1], [2], [3]]:
                 train = [k for k in range(len(times)) if k not in held]
                 spec, info = select_by_inner_loo(snaps, times, train, a.reference, seed)
-                print(f"seed {seed}, hold out {held}: chose {info['chosen']} (inner W1 {info['inner_w1'][info['chosen']]:.3f})", flush=True)
+                print(
+                    f"seed {seed}, hold out {held}: chose {info['chosen']} (inner W1 {info['inner_w1'][info['chosen']]:.3f})",
+                    flush=True,
+                )
                 results.setdefault("selection", []).append({"split": name, "seed": seed, "held": held, **info})
-                ev = leave_one_out(snaps, times, options.build(ModelOptions, spec), baselines, vanilla, [held], seed=seed)
+                ev = leave_one_out(
+                    snaps, times, options.build(ModelOptions, spec), baselines, vanilla, [held], seed=seed
+                )
                 for k, v in ev.metrics.items():
                     merged.setdefault(k, []).append(v)
             # per-time metrics come from one split each; means and times average over the splits
@@ -146,7 +201,11 @@ def main(argv=None) -> int:
         print(f"{'method':<12}" + "".join(f"{lab:>16}" for lab in labels) + f"{'mean':>16}{'fit s':>8}{'cpu s':>8}")
         for meth in METHODS:
             cells = [summary[f"w1/{meth}/{lab}"] for lab in labels] + [summary[f"w1/{meth}/mean"]]
-            print(f"{meth:<12}" + "".join(f"{m:9.3f} ± {s:.3f}" for m, s in cells) + f"{summary[f'fit_seconds/{meth}/mean'][0]:8.1f}{summary[f'fit_cpu_seconds/{meth}/mean'][0]:8.1f}")
+            print(
+                f"{meth:<12}"
+                + "".join(f"{m:9.3f} ± {s:.3f}" for m, s in cells)
+                + f"{summary[f'fit_seconds/{meth}/mean'][0]:8.1f}{summary[f'fit_cpu_seconds/{meth}/mean'][0]:8.1f}"
+            )
         diffs = [m["w1/model/mean"] - min(m[f"w1/{b}/mean"] for b in METHODS[1:]) for m in per_seed]
         print(f"model minus best baseline (mean W1), per seed: {[round(d, 3) for d in diffs]}")
     print("\npaper (train 0,2,4; t1 / t3):", PAPER)

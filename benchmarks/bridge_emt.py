@@ -25,13 +25,25 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells" / "emt_4timepoints.csv"
+DATA = (
+    Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells" / "emt_4timepoints.csv"
+)
 PLAN = {"coupling": "plan", "noise": 1.0}
 CONFIGS = {
     "default, ot + noise 0": {},
     "default, plan draws": {"predict": PLAN},
-    "former default, plan": {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": "auto", "auto_scale": 1.0, "learn": True}}, "predict": PLAN},
-    "init 1.0, plan": {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": 1.0, "learn": True}}, "predict": PLAN},
+    "former default, plan": {
+        "reference": {
+            "class": "linear",
+            "symmetric": False,
+            "sigma": {"init": "auto", "auto_scale": 1.0, "learn": True},
+        },
+        "predict": PLAN,
+    },
+    "init 1.0, plan": {
+        "reference": {"class": "linear", "symmetric": False, "sigma": {"init": 1.0, "learn": True}},
+        "predict": PLAN,
+    },
 }
 
 
@@ -54,21 +66,41 @@ def main(argv=None) -> int:
     cells = read_snapshots(DATA, {"source": "csv", "time_key": "samples"})
     times = sorted(float(t) for t in np.unique(cells.time))
     snaps = [cells.X[cells.time == t].astype(np.float64) for t in times]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_emt.py " + " ".join(argv or sys.argv[1:]), "seeds": a.seeds, "rows": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/bridge_emt.py " + " ".join(argv or sys.argv[1:]),
+        "seeds": a.seeds,
+        "rows": {},
+    }
     rows: dict[str, list[float]] = {}
     for i, (name, spec) in enumerate(CONFIGS.items()):
-        spec = {**spec, "max_iter": 10, "tol": 5e-3, "select": "none"}  # fixed settings (bridge_generalise.py: selected)
+        spec = {
+            **spec,
+            "max_iter": 10,
+            "tol": 5e-3,
+            "select": "none",
+        }  # fixed settings (bridge_generalise.py: selected)
         # the baselines do not depend on the model's config: score them with the first one
         baselines = {"methods": ["previous", "mccann", "otcfm"]} if i == 0 else {"methods": []}
         for seed in a.seeds:
             start = time.process_time()
-            ev = leave_one_out(snaps, times, options.build(ModelOptions, spec), options.build(BaselinesOptions, baselines), options.build(VanillaOptions, {}), "loo", seed=seed)
+            ev = leave_one_out(
+                snaps,
+                times,
+                options.build(ModelOptions, spec),
+                options.build(BaselinesOptions, baselines),
+                options.build(VanillaOptions, {}),
+                "loo",
+                seed=seed,
+            )
             cpu = time.process_time() - start
             rows.setdefault(f"model: {name}", []).append(ev.metrics["w1/model/mean"])
             rows.setdefault(f"vanilla SB ({name.split(',')[0]})", []).append(ev.metrics["w1/vanilla_sb/mean"])
             for b in baselines["methods"]:
                 rows.setdefault(b, []).append(ev.metrics[f"w1/{b}/mean"])
-            results.setdefault("runs", []).append({"config": name, "seed": seed, "cpu_seconds": cpu, "metrics": ev.metrics})
+            results.setdefault("runs", []).append(
+                {"config": name, "seed": seed, "cpu_seconds": cpu, "metrics": ev.metrics}
+            )
             print(f"{name}, seed {seed}: model W1 {ev.metrics['w1/model/mean']:.3f} ({cpu:.0f} s CPU)", flush=True)
     print(f"\nEMT leave-one-out (t1, t2), mean W1 over seeds {a.seeds}:")
     for name, vals in rows.items():

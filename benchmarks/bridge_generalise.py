@@ -53,7 +53,9 @@ def load(name: str) -> tuple[list[np.ndarray], list[float]]:
         return [cells.X[cells.time == t].astype(np.float64) for t in times], times
     from scorebridge.data.cells.simulate import simulate
 
-    snaps, times, _ = simulate({"system": name, "n_cells": 60 if name == "proliferation" else 100, "times": SIM_TIMES, "seed": 0})
+    snaps, times, _ = simulate(
+        {"system": name, "n_cells": 60 if name == "proliferation" else 100, "times": SIM_TIMES, "seed": 0}
+    )
     return snaps, [float(t) for t in times]
 
 
@@ -72,7 +74,16 @@ def run(name: str, replicates: int, seed: int) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     cache = FitCache(snaps, times, seed)
     baselines = options.build(BaselinesOptions, {})
-    ev = leave_one_out(snaps, times, options.build(ModelOptions, MODEL), baselines, options.build(VanillaOptions, {}), "loo", seed=seed, cache=cache)
+    ev = leave_one_out(
+        snaps,
+        times,
+        options.build(ModelOptions, MODEL),
+        baselines,
+        options.build(VanillaOptions, {}),
+        "loo",
+        seed=seed,
+        cache=cache,
+    )
     loo_s = time.perf_counter() - start
     comp = paired_bootstrap(snaps, times, ev, baselines, seed, replicates)
     metrics, verdicts = comparison_metrics(comp)
@@ -80,7 +91,9 @@ def run(name: str, replicates: int, seed: int) -> dict:
     for held in ev.splits:
         fit = cache.fit([i for i in range(len(times)) if i not in held], fixed)
         for k in held:
-            metrics[f"w1/fixed/{time_label(times[k])}"] = wasserstein1(predict(fit, times[k], snaps[k].shape[0], seed, k), snaps[k])
+            metrics[f"w1/fixed/{time_label(times[k])}"] = wasserstein1(
+                predict(fit, times[k], snaps[k].shape[0], seed, k), snaps[k]
+            )
     labels = [time_label(times[s[0]]) for s in ev.splits]
     metrics["w1/fixed/mean"] = float(np.mean([metrics[f"w1/fixed/{lab}"] for lab in labels]))
     return {
@@ -92,7 +105,12 @@ def run(name: str, replicates: int, seed: int) -> dict:
         "verdicts": verdicts,
         "comparison": comp,
         "selections": ev.selections,
-        "seconds": {"loo": loo_s, "bootstrap": comp["seconds"], "total": time.perf_counter() - start, "cpu": time.process_time() - cpu},
+        "seconds": {
+            "loo": loo_s,
+            "bootstrap": comp["seconds"],
+            "total": time.perf_counter() - start,
+            "cpu": time.process_time() - cpu,
+        },
     }
 
 
@@ -107,25 +125,44 @@ def _verdict(c: dict) -> str:
 
 
 def tables(results: list[dict]) -> str:
-    lines = ["| data | chosen per split (class, σ scale, mode) | model | model ot / plan | vanilla SB plan / ot | OT-CFM | McCann | previous | fixed | model − best baseline, 95 % CI | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | chosen per split (class, σ scale, mode) | model | model ot / plan | vanilla SB plan / ot | OT-CFM | McCann | previous | fixed | model − best baseline, 95 % CI | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r["metrics"]
-        chosen = "; ".join(f"t{s['held_out'][0]:g}: " + (f"{s['chosen']['class']} {s['chosen']['auto_scale']:g}x {s['chosen']['predict']}" if "auto_scale" in s["chosen"] else "configured") for s in r["selections"])
+        chosen = "; ".join(
+            f"t{s['held_out'][0]:g}: "
+            + (
+                f"{s['chosen']['class']} {s['chosen']['auto_scale']:g}x {s['chosen']['predict']}"
+                if "auto_scale" in s["chosen"]
+                else "configured"
+            )
+            for s in r["selections"]
+        )
         row = r["comparison"]["times"]["mean"]
         best = row["baselines"][row["best_baseline"]]
-        lines.append(f"| {r['dataset']} | {chosen} | **{m['w1/model/mean']:.3f}** | {m['w1/model_ot/mean']:.3f} / {m['w1/model_plan/mean']:.3f} | "
-                     f"{m['w1/vanilla_sb/mean']:.3f} / {m['w1/vanilla_sb_ot/mean']:.3f} | {m['w1/otcfm/mean']:.3f} | {m['w1/mccann/mean']:.3f} | "
-                     f"{m['w1/previous/mean']:.3f} | {m['w1/fixed/mean']:.3f} | {_fmt_ci(best)} vs {row['best_baseline']} | {_verdict(best)} |")
-    lines += ["", "| data | held out | model W1 | " + " | ".join(f"model − {b}" for b in ("vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous")) + " |",
-              "|---|---|---|" + "---|" * 5]
+        lines.append(
+            f"| {r['dataset']} | {chosen} | **{m['w1/model/mean']:.3f}** | {m['w1/model_ot/mean']:.3f} / {m['w1/model_plan/mean']:.3f} | "
+            f"{m['w1/vanilla_sb/mean']:.3f} / {m['w1/vanilla_sb_ot/mean']:.3f} | {m['w1/otcfm/mean']:.3f} | {m['w1/mccann/mean']:.3f} | "
+            f"{m['w1/previous/mean']:.3f} | {m['w1/fixed/mean']:.3f} | {_fmt_ci(best)} vs {row['best_baseline']} | {_verdict(best)} |"
+        )
+    lines += [
+        "",
+        "| data | held out | model W1 | "
+        + " | ".join(f"model − {b}" for b in ("vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous"))
+        + " |",
+        "|---|---|---|" + "---|" * 5,
+    ]
     for r in results:
         for lab, row in r["comparison"]["times"].items():
             cells = []
             for b in ("vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous"):
                 c = row["baselines"][b]
                 cells.append(f"{_fmt_ci(c)} {_verdict(c)}")
-            lines.append(f"| {r['dataset']} | {lab} | {r['metrics'][f'w1/model/{lab}']:.3f} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {r['dataset']} | {lab} | {r['metrics'][f'w1/model/{lab}']:.3f} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -157,7 +194,8 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/bridge_generalise.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_seconds": time.perf_counter() - start,
-        "cpu_seconds": (t.children_user + t.children_system + t.user + t.system) - (cpu0.children_user + cpu0.children_system + cpu0.user + cpu0.system),
+        "cpu_seconds": (t.children_user + t.children_system + t.user + t.system)
+        - (cpu0.children_user + cpu0.children_system + cpu0.user + cpu0.system),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "model": MODEL,
@@ -166,7 +204,9 @@ def main(argv=None) -> int:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=float))
-    print(f"\n{out['date']}, {out['wall_seconds']:.0f} s wall, {out['cpu_seconds']:.0f} s CPU, load {load_before[0]:.1f} -> {out['load_average_after'][0]:.1f}\n")
+    print(
+        f"\n{out['date']}, {out['wall_seconds']:.0f} s wall, {out['cpu_seconds']:.0f} s CPU, load {load_before[0]:.1f} -> {out['load_average_after'][0]:.1f}\n"
+    )
     print(tables(results))
     return 0
 

@@ -36,17 +36,50 @@ def main(argv=None) -> int:
     p.add_argument("--debias", default="bootstrap", choices=["none", "bootstrap"], help="model.reference.sigma.debias")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bridge_recovery.json"))
     a = p.parse_args(argv)
-    out = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/bridge_recovery.py " + " ".join(argv or sys.argv[1:])}
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/bridge_recovery.py " + " ".join(argv or sys.argv[1:]),
+    }
     for system in a.systems:
         snaps, times, setting = simulate({"system": system})
-        spec = {"reference": {"class": "parametric", "drift": system, "noise": setting["noise"], "sigma": {"init": 0.3, "learn": True, "debias": a.debias}}, "max_iter": a.max_iter, "tol": 5e-3}
+        spec = {
+            "reference": {
+                "class": "parametric",
+                "drift": system,
+                "noise": setting["noise"],
+                "sigma": {"init": 0.3, "learn": True, "debias": a.debias},
+            },
+            "max_iter": a.max_iter,
+            "tol": 5e-3,
+        }
         cpu0 = time.process_time()
-        res = fit_bridge(snaps, times, options.build(ModelOptions, spec), callback=lambda i, r: print(f"  {system} it {i}: {r['seconds']:.1f} s", {k: round(v, 4) for k, v in r["params"].items()}, flush=True))
+        res = fit_bridge(
+            snaps,
+            times,
+            options.build(ModelOptions, spec),
+            callback=lambda i, r: print(
+                f"  {system} it {i}: {r['seconds']:.1f} s", {k: round(v, 4) for k, v in r["params"].items()}, flush=True
+            ),
+        )
         cpu = time.process_time() - cpu0
         rec = parameter_recovery(res, {"drift": setting["drift"], "sigma": setting["sigma"]})
         sigma_ml = res.history[-1].get("sigma_fitted", res.reference.sigma.detach().tolist())  # before the debias
-        out[system] = {"sigma_ml": sigma_ml, "stages": [h["stage"] for h in res.history], "recovery": rec, "seconds": res.seconds, "cpu_seconds": cpu, "iterations": len(res.history), "converged": res.converged, "fitted": res.reference.describe(), "truth": setting["drift"]}
-        print(f"{system}: {res.seconds:.1f} s wall, {cpu:.1f} s CPU, {len(res.history)} iterations, sigma ML {sigma_ml} -> {res.reference.describe()['sigma']:.4f}; relative errors " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rec.items()), flush=True)
+        out[system] = {
+            "sigma_ml": sigma_ml,
+            "stages": [h["stage"] for h in res.history],
+            "recovery": rec,
+            "seconds": res.seconds,
+            "cpu_seconds": cpu,
+            "iterations": len(res.history),
+            "converged": res.converged,
+            "fitted": res.reference.describe(),
+            "truth": setting["drift"],
+        }
+        print(
+            f"{system}: {res.seconds:.1f} s wall, {cpu:.1f} s CPU, {len(res.history)} iterations, sigma ML {sigma_ml} -> {res.reference.describe()['sigma']:.4f}; relative errors "
+            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rec.items()),
+            flush=True,
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
     return 0

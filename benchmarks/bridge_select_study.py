@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = {"brownian": {"class": "brownian"}, "lin_sym": {"class": "linear", "symmetric": True}, "lin_full": {"class": "linear", "symmetric": False}}
+CLASSES = {
+    "brownian": {"class": "brownian"},
+    "lin_sym": {"class": "linear", "symmetric": True},
+    "lin_full": {"class": "linear", "symmetric": False},
+}
 SCALES = [0.25, 0.5, 1.0]
 MODES = {"ot": ("ot", 0.0), "plan": ("plan", 1.0)}
 DRAWS = 5
@@ -64,7 +68,12 @@ def run(name: str) -> None:
     for held in sorted(sets):
         tr = [i for i in range(K) if i not in held]
         for (cn, ref), sc in itertools.product(CLASSES.items(), SCALES):
-            spec = {"reference": {**ref, "sigma": {"init": "auto", "auto_scale": sc, "learn": False}}, "max_iter": 10, "tol": 5e-3, "select": "none"}
+            spec = {
+                "reference": {**ref, "sigma": {"init": "auto", "auto_scale": sc, "learn": False}},
+                "max_iter": 10,
+                "tol": 5e-3,
+                "select": "none",
+            }
             start = time.process_time()
             fit = fit_bridge([snaps[i] for i in tr], [times[i] for i in tr], options.build(ModelOptions, spec))
             cpu = time.process_time() - start
@@ -72,10 +81,29 @@ def run(name: str) -> None:
                 obs = snaps[tgt]
                 for mn, (cp, nz) in MODES.items():
                     for d in range(DRAWS if mn == "plan" else 1):
-                        pred = fit.bridge.sample_at(times[tgt], obs.shape[0], torch.Generator().manual_seed(1000 * d + tgt), noise=nz, coupling=cp).numpy()
+                        pred = fit.bridge.sample_at(
+                            times[tgt],
+                            obs.shape[0],
+                            torch.Generator().manual_seed(1000 * d + tgt),
+                            noise=nz,
+                            coupling=cp,
+                        ).numpy()
                         zs, zo = (pred - mu) / sd, (obs - mu) / sd
-                        res.append({"held": list(held), "target": tgt, "cls": cn, "scale": sc, "mode": mn, "draw": d, "cpu": cpu, "w1": wasserstein1(pred, obs),
-                                    "w1_std": wasserstein1(zs, zo), "energy_std": energy_distance(zs, zo), "sw2_std": sliced_w2(zs, zo)})
+                        res.append(
+                            {
+                                "held": list(held),
+                                "target": tgt,
+                                "cls": cn,
+                                "scale": sc,
+                                "mode": mn,
+                                "draw": d,
+                                "cpu": cpu,
+                                "w1": wasserstein1(pred, obs),
+                                "w1_std": wasserstein1(zs, zo),
+                                "energy_std": energy_distance(zs, zo),
+                                "sw2_std": sliced_w2(zs, zo),
+                            }
+                        )
             print(name, held, cn, sc, f"{cpu:.1f} s", flush=True)
     (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "out" / f"bridge_select_study_{name}.json").write_text(json.dumps(res))
@@ -102,14 +130,18 @@ def analyse(name: str) -> None:
     for k in ks:
         outer = {c: val(agg[((k,), k, c)], "w1") for c in cands}
         inner_js = [j for j in ks if j != k]
-        print(f"\nhold out t{k}: inner tasks {inner_js}; best outer {min(outer.values()):.3f} {min(outer, key=outer.get)}")
+        print(
+            f"\nhold out t{k}: inner tasks {inner_js}; best outer {min(outer.values()):.3f} {min(outer, key=outer.get)}"
+        )
         for crit in ("w1", "w1_1draw", "w1_std", "energy_std", "sw2_std"):
             inner = {c: np.array([val(agg[(tuple(sorted((k, j))), j, c)], crit) for j in inner_js]) for c in cands}
             rho = spearmanr([inner[c].mean() for c in cands], [outer[c] for c in cands]).correlation
             ch = min(cands, key=lambda c: inner[c].mean())
             picks[f"{crit} min"].append(outer[ch])
             line = f"  {crit:<11} Spearman {rho:+.2f}, min picks {ch} -> {outer[ch]:.3f}"
-            if crit == "w1_std":  # the one-SE rule with the inner tasks' disagreement (the cells' bootstrap is in bridge.select)
+            if (
+                crit == "w1_std"
+            ):  # the one-SE rule with the inner tasks' disagreement (the cells' bootstrap is in bridge.select)
                 J = len(inner_js)
                 se = {c: (np.std(inner[c] - inner[ch], ddof=1) / np.sqrt(J) if J > 1 else 0.0) for c in cands}
                 c1 = next(c for c in pref if inner[c].mean() - inner[ch].mean() <= se[c])

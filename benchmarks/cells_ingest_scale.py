@@ -63,7 +63,9 @@ def write_counts(path: Path, times: int, per_time: int, genes: int, density: flo
         vals = (1 + rng.geometric(0.4, rows.size)).astype(np.float32)
         parts.append(sp.csr_matrix((vals, (rows, cols)), shape=(per_time, genes)))
     X = sp.vstack(parts, format="csr")
-    obs = pd.DataFrame({"time": np.repeat(np.arange(times, dtype=float), per_time)}, index=[f"c{i}" for i in range(times * per_time)])
+    obs = pd.DataFrame(
+        {"time": np.repeat(np.arange(times, dtype=float), per_time)}, index=[f"c{i}" for i in range(times * per_time)]
+    )
     anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(genes)])).write_h5ad(path)
     with h5py.File(path, "r") as f:
         assert f["X"].attrs["encoding-type"] == "csr_matrix"
@@ -76,7 +78,9 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> 
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -90,7 +94,11 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
-    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), "peak_rss_mb": peak / 1e6}
+    return {
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "peak_rss_mb": peak / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,21 +129,57 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         path = folder / "counts.h5ad"
         nnz = write_counts(path, args.times, args.cells_per_time, g, args.density)
-        result.update(nnz=nnz, density=nnz / (n * g), h5ad_mb=path.stat().st_size / 1e6, generate_s=time.perf_counter() - t0)
-        print(f"h5ad: {args.times} x {args.cells_per_time} cells x {g} genes, {nnz:,} stored values ({nnz / (n * g):.1%}), {result['h5ad_mb']:.0f} MB; dense float64 {result['dense_float64_mb']:.0f} MB", flush=True)
+        result.update(
+            nnz=nnz, density=nnz / (n * g), h5ad_mb=path.stat().st_size / 1e6, generate_s=time.perf_counter() - t0
+        )
+        print(
+            f"h5ad: {args.times} x {args.cells_per_time} cells x {g} genes, {nnz:,} stored values ({nnz / (n * g):.1%}), {result['h5ad_mb']:.0f} MB; dense float64 {result['dense_float64_mb']:.0f} MB",
+            flush=True,
+        )
 
-        spec = {"source": "h5ad", "preprocess": {"n_top_genes": args.n_top_genes, "n_pcs": args.n_pcs, "block_mb": args.block_mb}}
+        spec = {
+            "source": "h5ad",
+            "preprocess": {"n_top_genes": args.n_top_genes, "n_pcs": args.n_pcs, "block_mb": args.block_mb},
+        }
         env = {"SCOREBRIDGE_NO_PROGRESS": "1"}
-        idle = measure([sys.executable, "-c", "import scorebridge.data.cells.store, anndata, xarray, zarr, scipy.sparse, sklearn"], env)
+        idle = measure(
+            [sys.executable, "-c", "import scorebridge.data.cells.store, anndata, xarray, zarr, scipy.sparse, sklearn"],
+            env,
+        )
         result["imports_only"] = idle
-        m = measure([str(Path(sys.executable).parent / "scorebridge"), "cells-ingest", "--spec", json.dumps(spec), "--out", str(folder / "cells.zarr"), str(path)], env)
+        m = measure(
+            [
+                str(Path(sys.executable).parent / "scorebridge"),
+                "cells-ingest",
+                "--spec",
+                json.dumps(spec),
+                "--out",
+                str(folder / "cells.zarr"),
+                str(path),
+            ],
+            env,
+        )
         result["scorebridge"] = m
-        print(f"scorebridge cells-ingest: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), peak RSS {m['peak_rss_mb']:.0f} MB (imports alone {idle['peak_rss_mb']:.0f} MB)", flush=True)
+        print(
+            f"scorebridge cells-ingest: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), peak RSS {m['peak_rss_mb']:.0f} MB (imports alone {idle['peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
 
         if not args.skip_scanpy:
             import xarray as xr
 
-            m = measure([sys.executable, "-c", SCANPY, str(path), str(folder / "scanpy.npy"), str(args.n_top_genes), str(args.n_pcs)], env)
+            m = measure(
+                [
+                    sys.executable,
+                    "-c",
+                    SCANPY,
+                    str(path),
+                    str(folder / "scanpy.npy"),
+                    str(args.n_top_genes),
+                    str(args.n_pcs),
+                ],
+                env,
+            )
             ds = xr.open_zarr(folder / "cells.zarr", consolidated=False)
             order = np.argsort([int(c[1:]) for c in ds["cell"].values])
             ours = ds["X"].values.astype(np.float64)[order]
@@ -145,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             hvg = set(np.load(folder / "scanpy_hvg.npy").tolist())
             m.update(hvg_same=sorted(hvg) == sorted(str(v) for v in ds["gene"].values), pc_max_rel_diff=rel.tolist())
             result["scanpy_in_memory"] = m
-            print(f"scanpy in memory: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), peak RSS {m['peak_rss_mb']:.0f} MB; HVG identical: {m['hvg_same']}; "
-                  f"PCs (float32 store vs scanpy float64) max |diff| / max |PC|: {max(rel[:10]):.1e} (PC1-10), {max(rel):.1e} (all {args.n_pcs})", flush=True)
+            print(
+                f"scanpy in memory: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), peak RSS {m['peak_rss_mb']:.0f} MB; HVG identical: {m['hvg_same']}; "
+                f"PCs (float32 store vs scanpy float64) max |diff| / max |PC|: {max(rel[:10]):.1e} (PC1-10), {max(rel):.1e} (all {args.n_pcs})",
+                flush=True,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     (OUT / "cells_ingest_scale.json").write_text(json.dumps(result, indent=2))

@@ -68,7 +68,12 @@ def write_archive(folder: Path, size_gb: float, nfiles: int, seed: int = 0) -> l
             lo.units = "degrees_east"
             lo[:] = np.arange(NLON, dtype=np.float64)
             for name in VARIABLES:
-                var = nc.createVariable(name, "f4", ("valid_time", "pressure_level", "latitude", "longitude"), chunksizes=(1, len(LEVELS), NLAT, NLON))
+                var = nc.createVariable(
+                    name,
+                    "f4",
+                    ("valid_time", "pressure_level", "latitude", "longitude"),
+                    chunksizes=(1, len(LEVELS), NLAT, NLON),
+                )
                 var.units = "K" if name == "t" else "m s**-1"
                 for s in range(0, n, 16):
                     e = min(n, s + 16)
@@ -84,7 +89,9 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> 
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -117,21 +124,54 @@ def main(argv: list[str] | None = None) -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="era5-streaming-", dir=args.tmpdir))
-    result: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    result: dict = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+    }
     try:
         t0 = time.perf_counter()
         files = write_archive(folder, args.size_gb, args.files)
         nbytes = sum(f.stat().st_size for f in files)
-        result.update(archive_gb=nbytes / 1e9, files=len(files), generate_s=time.perf_counter() - t0, grid=f"{len(VARIABLES)} vars x {len(LEVELS)} levels x {NLAT}x{NLON}")
-        print(f"archive: {len(files)} files, {nbytes / 1e9:.2f} GB, written in {result['generate_s']:.0f} s", flush=True)
+        result.update(
+            archive_gb=nbytes / 1e9,
+            files=len(files),
+            generate_s=time.perf_counter() - t0,
+            grid=f"{len(VARIABLES)} vars x {len(LEVELS)} levels x {NLAT}x{NLON}",
+        )
+        print(
+            f"archive: {len(files)} files, {nbytes / 1e9:.2f} GB, written in {result['generate_s']:.0f} s", flush=True
+        )
 
-        spec = {"source": "local", "variables": list(VARIABLES), "levels": LEVELS, "hours": None, "chunks": {"time": args.chunk_time}, "stream": {"block_mb": args.block_mb, "workers": args.workers}}
+        spec = {
+            "source": "local",
+            "variables": list(VARIABLES),
+            "levels": LEVELS,
+            "hours": None,
+            "chunks": {"time": args.chunk_time},
+            "stream": {"block_mb": args.block_mb, "workers": args.workers},
+        }
         scorebridge = str(Path(sys.executable).parent / "scorebridge")
         env = {"SCOREBRIDGE_NO_PROGRESS": "1"}
-        m = measure([scorebridge, "era5-ingest", "--spec", json.dumps(spec), "--out", str(folder / "stream.zarr"), *map(str, files)], env)
+        m = measure(
+            [
+                scorebridge,
+                "era5-ingest",
+                "--spec",
+                json.dumps(spec),
+                "--out",
+                str(folder / "stream.zarr"),
+                *map(str, files),
+            ],
+            env,
+        )
         m["throughput_mb_s"] = nbytes / 1e6 / m["wall_s"]
         result["scorebridge"] = m
-        print(f"scorebridge era5-ingest: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), {m['throughput_mb_s']:.0f} MB/s, peak RSS {m['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"scorebridge era5-ingest: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), {m['throughput_mb_s']:.0f} MB/s, peak RSS {m['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
         shutil.rmtree(folder / "stream.zarr", ignore_errors=True)
 
         if not args.skip_baseline:
@@ -139,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             m = measure([sys.executable, "-c", code, str(folder / "plain.zarr"), *map(str, files)])
             m["throughput_mb_s"] = nbytes / 1e6 / m["wall_s"]
             result["open_mfdataset_to_zarr"] = m
-            print(f"xr.open_mfdataset(...).to_zarr(...): {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), {m['throughput_mb_s']:.0f} MB/s, peak RSS {m['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"xr.open_mfdataset(...).to_zarr(...): {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), {m['throughput_mb_s']:.0f} MB/s, peak RSS {m['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         result["load_avg_end"] = os.getloadavg()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -88,10 +88,30 @@ def build(path: Path, target_mb: float, seed: int = 0) -> dict:
     times = np.datetime64("1950-01-01T00", "h") + np.arange(n_snd) * np.timedelta64(12, "h")
     with open(path, "wb") as f:
         for s, t in enumerate(times.astype(object)):
-            f.write(format_header("ZZXUA999999", t.year, t.month, t.day, t.hour, (t.hour * 100 + 2315) % 2400, int(nlev[s]),
-                                  28.4667, -80.55, "ncdc-gts", "ncdc-gts").encode() + b"\n")
+            f.write(
+                format_header(
+                    "ZZXUA999999",
+                    t.year,
+                    t.month,
+                    t.day,
+                    t.hour,
+                    (t.hour * 100 + 2315) % 2400,
+                    int(nlev[s]),
+                    28.4667,
+                    -80.55,
+                    "ncdc-gts",
+                    "ncdc-gts",
+                ).encode()
+                + b"\n"
+            )
             f.write(records[first[s] : first[s] + nlev[s]].tobytes())
-    return {"bytes": path.stat().st_size, "soundings": n_snd, "levels": n, "first": str(times[0]), "last": str(times[-1])}
+    return {
+        "bytes": path.stat().st_size,
+        "soundings": n_snd,
+        "levels": n,
+        "first": str(times[0]),
+        "last": str(times[-1]),
+    }
 
 
 CPU: dict[str, list[float]] = {}
@@ -119,7 +139,9 @@ def main(argv=None) -> int:
     if not txt.exists():
         t0 = time.perf_counter()
         meta = build(txt, args.mb)
-        print(f"built {txt} ({meta['bytes'] / 1e6:.1f} MB, {meta['soundings']} soundings, {meta['levels']} levels) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"built {txt} ({meta['bytes'] / 1e6:.1f} MB, {meta['soundings']} soundings, {meta['levels']} levels) in {time.perf_counter() - t0:.1f} s"
+        )
         (txt.with_suffix(".json")).write_text(json.dumps(meta))
     meta = json.loads(txt.with_suffix(".json").read_text())
     zpath = txt.with_name(txt.name + ".zip")

@@ -40,7 +40,7 @@ def parse_variant(text: str) -> dict:
     guidance = head.rstrip("0123456789")
     over: dict = {"guidance": guidance, "steps": int(steps)}
     if guidance == "mmps":
-        over["cg_iterations"] = int(head[len(guidance):] or 1)
+        over["cg_iterations"] = int(head[len(guidance) :] or 1)
     for kv in extra:
         key, value = kv.split("=", 1)
         node = over
@@ -82,9 +82,21 @@ def run_variant(name: str, work: Path, conditioning: list[str], threads: int) ->
     ds = open_era5(era5)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        sampling = run_sampling(prior, ds, exp, str(obs) if obs and "radiosondes" in conditioning else None, device=prior.device, out=Path(tmp) / "s.zarr")
+        sampling = run_sampling(
+            prior,
+            ds,
+            exp,
+            str(obs) if obs and "radiosondes" in conditioning else None,
+            device=prior.device,
+            out=Path(tmp) / "s.zarr",
+        )
         wall = time.perf_counter() - t0
-        res = evaluate(Path(tmp) / "s.zarr", era5, str(obs) if obs and "radiosondes" in conditioning else None, options=exp.evaluate)
+        res = evaluate(
+            Path(tmp) / "s.zarr",
+            era5,
+            str(obs) if obs and "radiosondes" in conditioning else None,
+            options=exp.evaluate,
+        )
     m = res["metrics"]
     return {
         "variant": name,
@@ -102,10 +114,19 @@ def run_variant(name: str, work: Path, conditioning: list[str], threads: int) ->
         "spread_skill": m["summary/spread_skill"],
         "crps_normalised": m["summary/crps_normalised"],
         "rmse_ratio_channels": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("rmse_ratio/")},
-        "spread_skill_raw_channels": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("spread_skill_raw/") and not k.endswith("coarse_only")},
+        "spread_skill_raw_channels": {
+            k.split("/", 1)[1]: v
+            for k, v in m.items()
+            if k.startswith("spread_skill_raw/") and not k.endswith("coarse_only")
+        },
         "gamma": sampling["gamma"],
         "inflation": sampling["inflation"],
-        "calibration": [{k: r[k] for k in ("conditioning", "gamma", "ssr_raw", "crps_raw", "rmse")} for r in sampling["calibration"]["table"]] if sampling["calibration"] else None,
+        "calibration": [
+            {k: r[k] for k in ("conditioning", "gamma", "ssr_raw", "crps_raw", "rmse")}
+            for r in sampling["calibration"]["table"]
+        ]
+        if sampling["calibration"]
+        else None,
         "n_times": res["n_times"],
         "load_average": os.getloadavg(),
     }
@@ -127,8 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         row["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rows.append(row)
         out.write_text(json.dumps(rows, indent=1) + "\n")
-        print(json.dumps({k: row[k] for k in ("variant", "forward", "backward", "rmse_ratio_pooled", "spread_skill_raw", "spread_skill", "crps_normalised",
-                                             "seconds_per_sample", "gamma")}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: row[k]
+                    for k in (
+                        "variant",
+                        "forward",
+                        "backward",
+                        "rmse_ratio_pooled",
+                        "spread_skill_raw",
+                        "spread_skill",
+                        "crps_normalised",
+                        "seconds_per_sample",
+                        "gamma",
+                    )
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

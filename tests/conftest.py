@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3  # noqa: F401 - before eccodes' bundled SQLite 3.26 (see scorebridge/__init__.py)
-
 import os
 import shutil
+import sqlite3  # noqa: F401 - before eccodes' bundled SQLite 3.26 (see scorebridge/__init__.py)
 import subprocess
 import sys
 from pathlib import Path

@@ -109,7 +109,9 @@ def test_otcfm_recovers_a_held_out_marginal_and_is_seeded():
     assert np.allclose(pred.mean(0), [4.0, 2.0], atol=0.12)
     small = dict(cfg, steps=20)
     assert np.array_equal(OTCFM(**small).fit(train, times).predict(2.0), OTCFM(**small).fit(train, times).predict(2.0))
-    assert not np.array_equal(OTCFM(**small).fit(train, times).predict(2.0), OTCFM(**dict(small, seed=6)).fit(train, times).predict(2.0))
+    assert not np.array_equal(
+        OTCFM(**small).fit(train, times).predict(2.0), OTCFM(**dict(small, seed=6)).fit(train, times).predict(2.0)
+    )
     # from explicit particles and backward in time
     back = model.predict(0.0, x0=train[1], t0=1.0)
     assert wasserstein2(back, train[0]) < 0.3
@@ -146,4 +148,6 @@ def test_make_baseline_and_schema_defaults_agree():
     assert make_baseline("mccann", options.build(McCannOptions, {"seed": None}), seed=3).seed == 3
     with pytest.raises(KeyError, match="unknown baseline"):
         make_baseline("sinkhorn")
-    assert load_schema()["properties"]["bridge"]["additionalProperties"]["properties"]["baselines"]["properties"]["otcfm"]
+    assert load_schema()["properties"]["bridge"]["additionalProperties"]["properties"]["baselines"]["properties"][
+        "otcfm"
+    ]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from scorebridge.cli import main  # in-process: the console script's dispatcher and error handling, no interpreter start-up
+from scorebridge.cli import (
+    main,  # in-process: the console script's dispatcher and error handling, no interpreter start-up
+)
 
 
 def run_cli(*args) -> None:

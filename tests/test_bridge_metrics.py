@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scorebridge.bridge.metrics import MMD_SCALES, distribution_metrics, energy_distance, median_bandwidth, mmd, wasserstein1, wasserstein2
+from scorebridge.bridge.metrics import (
+    MMD_SCALES,
+    distribution_metrics,
+    energy_distance,
+    median_bandwidth,
+    mmd,
+    wasserstein1,
+    wasserstein2,
+)
 
 
 @pytest.mark.parametrize("d", [1, 3, 5])

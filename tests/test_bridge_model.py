@@ -287,7 +287,9 @@ def test_small_noise_prediction_of_brownian_bridge_is_mccann():
     gen = torch.Generator().manual_seed(0)
     ours = res.bridge.sample_at(0.5, 40, gen, noise=0.0, coupling="ot").numpy()
     theirs = McCann().fit(snaps, [0.0, 2.0]).predict(0.5)
-    key = lambda a: a[np.lexsort(a.T[::-1])]
+    def key(a):
+        return a[np.lexsort(a.T[::-1])]
+
     np.testing.assert_allclose(key(ours), key(theirs), atol=1e-9)
     drawn = res.bridge.sample_at(0.5, 40, gen).numpy()  # the fitted SB: blurred by ε = σ²Δt
     assert not np.allclose(key(drawn), key(theirs), atol=1e-3)

@@ -21,7 +21,12 @@ from scorebridge.data.cells.simulate import simulate
 
 torch.set_num_threads(1)
 
-CHEAP = {"classes": ["brownian", "linear_symmetric", "linear_full"], "auto_scales": [1.0, 0.5], "draws": 2, "resamples": 50}
+CHEAP = {
+    "classes": ["brownian", "linear_symmetric", "linear_full"],
+    "auto_scales": [1.0, 0.5],
+    "draws": 2,
+    "resamples": 50,
+}
 BASELINES = {"methods": ["previous", "mccann"]}
 
 
@@ -64,13 +69,19 @@ def test_select_none_and_the_two_snapshot_fallback_keep_the_configured_settings(
     assert sel.record["reason"] == "select: none" and sel.options.reference.class_ == "linear"
     sel = select_model(cache, [0, 2], _model())
     assert sel.record["mode"] == "inner_loo" and sel.record["reason"].startswith("fallback")
-    assert sel.options.select == "none" and sel.record["chosen"]["class"] == "linear" and sel.record["chosen"]["predict"] == "ot"
+    assert (
+        sel.options.select == "none"
+        and sel.record["chosen"]["class"] == "linear"
+        and sel.record["chosen"]["predict"] == "ot"
+    )
 
 
 def test_inner_loo_picks_a_rotating_reference_for_a_cycle_and_never_reads_held_out_snapshots():
     snaps, times = _cycle()
     m = _model()
-    ev = leave_one_out(snaps, times, m, options.build(BaselinesOptions, BASELINES), options.build(VanillaOptions, {}), [[2]], seed=0)
+    ev = leave_one_out(
+        snaps, times, m, options.build(BaselinesOptions, BASELINES), options.build(VanillaOptions, {}), [[2]], seed=0
+    )
     rec = ev.selections[0]
     assert rec["snapshots"] == [0.0, 1.0, 3.0, 4.0] and rec["inner_holdouts"] == [1.0, 3.0]
     assert rec["chosen"]["class"] == "linear_full"  # a symmetric A or no drift cannot rotate
@@ -78,7 +89,9 @@ def test_inner_loo_picks_a_rotating_reference_for_a_cycle_and_never_reads_held_o
     # the held-out snapshot replaced by garbage: the same choice and the same scores
     bad = [s.copy() for s in snaps]
     bad[2] = bad[2] * 50 + 7
-    ev2 = leave_one_out(bad, times, m, options.build(BaselinesOptions, BASELINES), options.build(VanillaOptions, {}), [[2]], seed=0)
+    ev2 = leave_one_out(
+        bad, times, m, options.build(BaselinesOptions, BASELINES), options.build(VanillaOptions, {}), [[2]], seed=0
+    )
     assert ev2.selections[0]["chosen"] == rec["chosen"]
     assert ev2.selections[0]["scores"] == rec["scores"]
     # every bridge method is scored both ways, and the model row is its chosen mode
@@ -99,13 +112,18 @@ def test_one_se_rule_prefers_the_simpler_candidate_within_the_noise():
     names = [c.name for c in candidates(_model())]
     assert names.index(one.record["chosen_name"]) <= names.index(best.record["chosen_name"])
     s = one.record["scores"]
-    assert s[one.record["chosen_name"]]["score"] - s[best.record["chosen_name"]]["score"] <= s[one.record["chosen_name"]]["se_vs_best"] + 1e-12
+    assert (
+        s[one.record["chosen_name"]]["score"] - s[best.record["chosen_name"]]["score"]
+        <= s[one.record["chosen_name"]]["se_vs_best"] + 1e-12
+    )
 
 
 def test_verdict_reads_the_interval():
     assert verdict(-0.2, -0.01) == "beats" and verdict(0.01, 0.3) == "loses"
     assert verdict(-0.1, 0.1) == "no difference" and verdict(float("nan"), float("nan")) == "no interval"
-    assert verdict(-1e-12, -1e-13) == "no difference" and verdict(1e-12, 2e-12) == "no difference"  # the same prediction two ways
+    assert (
+        verdict(-1e-12, -1e-13) == "no difference" and verdict(1e-12, 2e-12) == "no difference"
+    )  # the same prediction two ways
 
 
 def test_paired_bootstrap_intervals_and_metric_names():
@@ -169,12 +187,23 @@ def test_predictions_h5ad_reads_with_anndata_alone(tmp_path):
     fit = fit_bridge(snaps, times, _model(select="none"))
     traj = fit.bridge.trajectories(5, 4, torch.Generator().manual_seed(0))
     names = [[f"c{k}-{i}" for i in range(len(x))] for k, x in enumerate(snaps)]
-    write_anndata(tmp_path / "p.h5ad", ev, snaps, times, ["gene_a", "gene_b"], names, traj,
-                  {"selection": {"fit": {"mode": "none"}, "splits": ev.selections}, "fitted": {"reference": "linear", "sigma": [0.1]}})
+    write_anndata(
+        tmp_path / "p.h5ad",
+        ev,
+        snaps,
+        times,
+        ["gene_a", "gene_b"],
+        names,
+        traj,
+        {
+            "selection": {"fit": {"mode": "none"}, "splits": ev.selections},
+            "fitted": {"reference": "linear", "sigma": [0.1]},
+        },
+    )
     code = f"""
 import json, sys
 import anndata
-ad = anndata.read_h5ad({str(tmp_path / 'p.h5ad')!r})
+ad = anndata.read_h5ad({str(tmp_path / "p.h5ad")!r})
 assert "scorebridge" not in sys.modules
 obs = ad.obs
 print(json.dumps({{"var": list(ad.var_names), "methods": sorted(set(obs["method"].astype(str))), "kinds": sorted(set(obs["kind"].astype(str))),

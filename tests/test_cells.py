@@ -57,7 +57,9 @@ def test_emt_csv_real_ragged(shared, tmp_path):
 def test_simulated_npz_carries_true_parameters(tmp_path):
     snaps, times, s = simulate({"system": "ou", "n_cells": [10, 20, 30], "times": [0, 0.5, 2]})
     write_snapshots_npz(tmp_path / "ou.npz", snaps, times, {"system": "ou", "drift": s["drift"]}, s["features"])
-    run_cli("cells-ingest", "--spec", json.dumps({"source": "simulate"}), "--out", tmp_path / "ou.zarr", tmp_path / "ou.npz")
+    run_cli(
+        "cells-ingest", "--spec", json.dumps({"source": "simulate"}), "--out", tmp_path / "ou.zarr", tmp_path / "ou.npz"
+    )
     got, t, attrs = load_snapshots(tmp_path / "ou.zarr")
     assert t.tolist() == [0, 0.5, 2] and [g.shape for g in got] == [(10, 2), (20, 2), (30, 2)]
     assert json.loads(attrs["true_parameters"])["drift"]["A"] == s["drift"]["A"]
@@ -94,7 +96,11 @@ def _adata(rng, n_per=40, times=(0.0, 1.0, 2.0), genes=100, variable=(3, 17, 42)
     for g in variable:  # planted genes keeping their mean but swinging between cells (overdispersed)
         rate[:, g] *= np.where(rng.random(n) < 0.5, 0.2, 1.8)
     counts = rng.poisson(rate).astype(np.float32)
-    ad = anndata.AnnData(X=counts, obs=pd.DataFrame({"day": t}, index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=[f"g{j}" for j in range(genes)]))
+    ad = anndata.AnnData(
+        X=counts,
+        obs=pd.DataFrame({"day": t}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(genes)]),
+    )
     ad.obsm["X_pca"] = rng.normal(size=(n, 6))
     return ad
 
@@ -106,7 +112,11 @@ def test_h5ad_obsm_and_preprocessing(tmp_path):
     ad = _adata(rng)
     ad.obs["day"] = pd.Categorical(ad.obs["day"].astype(str))  # numeric-looking categories
     ad.write_h5ad(tmp_path / "a.h5ad")
-    ingest({"source": "h5ad", "time_key": "day", "obsm_key": "X_pca", "n_components": 4}, tmp_path / "a.h5ad", tmp_path / "o.zarr")
+    ingest(
+        {"source": "h5ad", "time_key": "day", "obsm_key": "X_pca", "n_components": 4},
+        tmp_path / "a.h5ad",
+        tmp_path / "o.zarr",
+    )
     ds = _open(tmp_path / "o.zarr")
     assert ds["X"].shape == (120, 4) and np.allclose(ds["X"].values, ad.obsm["X_pca"][:, :4].astype(np.float32))
     assert ds["cell"].values[0] == "c0"
@@ -138,7 +148,11 @@ def test_highly_variable_genes_by_hand():
 
 def test_csv_rows_sorted_by_time_value(tmp_path):
     (tmp_path / "c.csv").write_text("t,a,b,label\n2,1,1,x\n0,2,2,y\n1,3,3,z\n0,4,4,w\n")
-    ingest({"source": "csv", "time_key": "t", "features": ["a", "b"], "min_cells": 1}, tmp_path / "c.csv", tmp_path / "c.zarr")
+    ingest(
+        {"source": "csv", "time_key": "t", "features": ["a", "b"], "min_cells": 1},
+        tmp_path / "c.csv",
+        tmp_path / "c.zarr",
+    )
     ds = _open(tmp_path / "c.zarr")
     assert ds["time"].values.tolist() == [0, 0, 1, 2]
     assert ds["X"].values[:, 0].tolist() == [2, 4, 3, 1] and list(ds["feature"].values) == ["a", "b"]
@@ -165,7 +179,11 @@ def _csv(tmp_path, text):
 )
 def test_bad_csv(tmp_path, text, spec, match):
     with pytest.raises((InputError, ConfigError), match=match):
-        ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, **spec}, _csv(tmp_path, text), tmp_path / "o.zarr")
+        ingest(
+            {"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, **spec},
+            _csv(tmp_path, text),
+            tmp_path / "o.zarr",
+        )
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -222,7 +240,15 @@ def test_bad_h5ad(tmp_path):
 
 
 def test_cli_reports_bad_input_cleanly(tmp_path):
-    proc = run_cli("cells-ingest", "--spec", json.dumps({"source": "csv"}), "--out", tmp_path / "o.zarr", _csv(tmp_path, "t,a\n0,1\n0,2\n"), check=False)
+    proc = run_cli(
+        "cells-ingest",
+        "--spec",
+        json.dumps({"source": "csv"}),
+        "--out",
+        tmp_path / "o.zarr",
+        _csv(tmp_path, "t,a\n0,1\n0,2\n"),
+        check=False,
+    )
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "column 'time' not in" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.zarr").exists()
@@ -247,10 +273,24 @@ def test_text_time_labels_parsed_or_mapped(tmp_path):
     units = _csv(tmp_path, "t,a\n12h,1\n1d,2\n2d,3\n")
     with pytest.raises(InputError, match=r"non-numeric time label .*time_map"):
         ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1}, units, tmp_path / "u.zarr")
-    ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, "time_map": {"12h": 0.5, "1d": 1, "2d": 2}}, units, tmp_path / "u.zarr")
+    ingest(
+        {
+            "source": "csv",
+            "time_key": "t",
+            "features": ["a"],
+            "min_cells": 1,
+            "time_map": {"12h": 0.5, "1d": 1, "2d": 2},
+        },
+        units,
+        tmp_path / "u.zarr",
+    )
     assert _open(tmp_path / "u.zarr")["time"].values.tolist() == [0.5, 1, 2]
     with pytest.raises(ConfigError, match=r"time labels .* 2d of .*not in time_map"):
-        ingest({"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, "time_map": {"12h": 0.5, "1d": 1}}, units, tmp_path / "v.zarr")
+        ingest(
+            {"source": "csv", "time_key": "t", "features": ["a"], "min_cells": 1, "time_map": {"12h": 0.5, "1d": 1}},
+            units,
+            tmp_path / "v.zarr",
+        )
     assert not (tmp_path / "v.zarr").exists()
     # an h5ad category of text labels, unordered: parsed the same way
     ad = _adata(np.random.default_rng(2))

@@ -138,6 +138,14 @@ def test_cli_says_which_key_to_set(tmp_path):
     df.insert(0, "batch", np.tile([1, 2], len(df) // 2))
     p = tmp_path / "b.csv"
     df.to_csv(p, index=False)
-    proc = run_cli("cells-ingest", "--spec", json.dumps({"source": "csv", "time_key": "t"}), "--out", tmp_path / "o.zarr", p, check=False)
+    proc = run_cli(
+        "cells-ingest",
+        "--spec",
+        json.dumps({"source": "csv", "time_key": "t"}),
+        "--out",
+        tmp_path / "o.zarr",
+        p,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "column 'batch'" in proc.stderr and "features:" in proc.stderr

@@ -37,7 +37,13 @@ def write_h5ad(path, counts, times, layers=None, fmt="csr"):
     import anndata
 
     n, g = counts.shape
-    X = sp.csr_matrix(counts, dtype=np.float32) if fmt == "csr" else sp.csc_matrix(counts, dtype=np.float32) if fmt == "csc" else counts.astype(np.float32)
+    X = (
+        sp.csr_matrix(counts, dtype=np.float32)
+        if fmt == "csr"
+        else sp.csc_matrix(counts, dtype=np.float32)
+        if fmt == "csc"
+        else counts.astype(np.float32)
+    )
     obs = pd.DataFrame({"time": np.asarray(times, dtype=float)}, index=[f"c{i}" for i in range(n)])
     ad = anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
     for name, val in (layers or {}).items():
@@ -183,7 +189,9 @@ def test_ingest_never_densifies_the_matrix(tmp_path):
     finally:
         tracemalloc.stop()
     assert snaps.X.shape == (10000, 10)
-    assert peak < dense_bytes / 4, f"peak traced memory {peak / 2**20:.0f} MB for a {dense_bytes / 2**20:.0f} MB dense matrix"
+    assert peak < dense_bytes / 4, (
+        f"peak traced memory {peak / 2**20:.0f} MB for a {dense_bytes / 2**20:.0f} MB dense matrix"
+    )
     got, times, _ = load_snapshots(tmp_path / "big.zarr")
     assert times.tolist() == [0, 1, 2, 3, 4] and [s.shape[0] for s in got] == [2000] * 5
     ref, _, _, _ = preprocess_expression(X, [f"g{j}" for j in range(2000)], cells_options(spec).preprocess, path)

@@ -15,7 +15,10 @@ from scorebridge.data.cells.store import load_snapshots
 @pytest.mark.slow
 def test_cells_rules_end_to_end(tmp_path):
     cells = {
-        "lv": {"source": "simulate", "simulate": {"system": "lotka_volterra", "n_cells": [30, 40, 50], "times": [0, 1, 2]}},
+        "lv": {
+            "source": "simulate",
+            "simulate": {"system": "lotka_volterra", "n_cells": [30, 40, 50], "times": [0, 1, 2]},
+        },
     }
     eb, emt = SHARED_DATA / "cells" / "eb_5x300x5.npy", SHARED_DATA / "cells" / "emt_4timepoints.csv"
     if eb.exists():
@@ -24,7 +27,17 @@ def test_cells_rules_end_to_end(tmp_path):
         cells["emt"] = {"source": "csv", "path": str(emt), "time_key": "samples"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "cells": cells}))
     targets = [f"results/data/cells/{name}.zarr" for name in cells]
-    run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *targets)
+    run_snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--cores",
+        "1",
+        *targets,
+    )
     snaps, times, attrs = load_snapshots(tmp_path / "results/data/cells/lv.zarr")
     assert times.tolist() == [0, 1, 2] and [s.shape for s in snaps] == [(30, 2), (40, 2), (50, 2)]
     truth = json.loads(attrs["true_parameters"])

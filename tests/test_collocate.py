@@ -13,7 +13,6 @@ from scorebridge.cli import main
 from scorebridge.data.igra.collocate import G0, collocate, era5_grid, open_obs
 from scorebridge.data.igra.format import format_data_record, format_header
 from scorebridge.data.igra.ingest import ingest
-from scorebridge.errors import InputError
 from test_igra import make_era5
 
 M = -9999

@@ -106,7 +106,9 @@ def test_max_cells_below_min_cells():
 def test_simulated_snapshots_below_min_cells():
     err = _error(_config(**{"cells.ou.simulate.n_cells": [60, 5, 60, 60]}))
     assert err.key == "bridge.ou.min_cells" and "simulates 5 cells" in str(err) and "min_cells = 10" in str(err)
-    validate_config(_config(**{"cells.ou.simulate.n_cells": [60, 5, 60, 60], "bridge.ou.min_cells": 5, "cells.ou.min_cells": 5}))
+    validate_config(
+        _config(**{"cells.ou.simulate.n_cells": [60, 5, 60, 60], "bridge.ou.min_cells": 5, "cells.ou.min_cells": 5})
+    )
 
 
 def test_train_fraction_one_leaves_no_held_out_times():
@@ -166,7 +168,9 @@ def test_malformed_file_names_the_file_and_line(tmp_path, text, line, message):
 
 
 def _dry_run(workdir: Path, *args: str):
-    proc = run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n", *args, cwd=workdir, check=False, timeout=300)
+    proc = run_snakemake(
+        "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n", *args, cwd=workdir, check=False, timeout=300
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -177,7 +181,10 @@ def test_snakemake_names_an_undefined_reference(tmp_path):
     line = next(i for i, text in enumerate(f.read_text().splitlines(), 1) if "era5: nope" in text)
     rc, out = _dry_run(tmp_path, "--configfile", str(f), "--replace-workflow-config")
     assert rc != 0
-    assert f"config file {f}, line {line}: config key 'sr.small.era5': 'nope' is not a defined era5 dataset; defined: ['small']" in out, out
+    assert (
+        f"config file {f}, line {line}: config key 'sr.small.era5': 'nope' is not a defined era5 dataset; defined: ['small']"
+        in out
+    ), out
     assert "InputFunctionException" not in out and "era5.nope" not in out
 
 
@@ -215,7 +222,9 @@ def test_check_config_merges_files_as_snakemake_does(tmp_path):
     extra.write_text("bridge:\n  ou:\n    model:\n      reference:\n        sigma: {debias: bootstrap}\n")
     proc = run_cli("check-config", base, extra, check=False)
     assert proc.returncode == 1
-    assert f"config file {extra}, line 5: config key 'bridge.ou.model.reference.sigma.debias'" in proc.stderr, proc.stderr
+    assert f"config file {extra}, line 5: config key 'bridge.ou.model.reference.sigma.debias'" in proc.stderr, (
+        proc.stderr
+    )
 
 
 def test_snakemake_refuses_train_fraction_one_before_running(tmp_path):

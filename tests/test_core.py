@@ -176,7 +176,9 @@ def test_seeding_and_rng_state_roundtrip():
     assert (np.random.rand(), torch.rand(1).item()) == a
     g1, g2 = step_generator(1, 7, "x"), step_generator(1, 7, "x")
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
-    assert not torch.equal(torch.rand(4, generator=step_generator(1, 8, "x")), torch.rand(4, generator=step_generator(1, 7, "x")))
+    assert not torch.equal(
+        torch.rand(4, generator=step_generator(1, 8, "x")), torch.rand(4, generator=step_generator(1, 7, "x"))
+    )
     assert derive_seed(1, "a") != derive_seed(1, "b")
 
 
@@ -214,11 +216,30 @@ def _regression(seed=0):
 
 
 def test_fit_decreases_loss_and_resumes_exactly(tmp_path):
-    opts = build(TrainOptions, {"steps": 60, "batch_size": 8, "lr": 1e-2, "lr_warmup": 5, "checkpoint_every": 20, "log_every": 10, "ema": {"decay": 0.9}})
+    opts = build(
+        TrainOptions,
+        {
+            "steps": 60,
+            "batch_size": 8,
+            "lr": 1e-2,
+            "lr_warmup": 5,
+            "checkpoint_every": 20,
+            "log_every": 10,
+            "ema": {"decay": 0.9},
+        },
+    )
     ident = {"what": "regression"}
     seen = []
     model, loss_fn = _regression()
-    model, ema, res = fit(model, loss_fn, opts, device=torch.device("cpu"), identity=ident, checkpoint_dir=tmp_path / "a", log_fn=lambda s, m: seen.append((s, m["train/loss"])))
+    model, ema, res = fit(
+        model,
+        loss_fn,
+        opts,
+        device=torch.device("cpu"),
+        identity=ident,
+        checkpoint_dir=tmp_path / "a",
+        log_fn=lambda s, m: seen.append((s, m["train/loss"])),
+    )
     losses = [v for _, v in res.losses]
     assert len(losses) == 60 and np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
     assert [s for s, _ in seen] == [9, 19, 29, 39, 49, 59]
@@ -227,7 +248,14 @@ def test_fit_decreases_loss_and_resumes_exactly(tmp_path):
     # the same run again, keeping every checkpoint; then forget everything after step 20 and resume
     m3, lf3 = _regression()
     torch.manual_seed(123)  # the global RNG state must not matter
-    fit(m3, lf3, dataclasses.replace(opts, keep_checkpoints=0), device=torch.device("cpu"), identity=ident, checkpoint_dir=tmp_path / "b")
+    fit(
+        m3,
+        lf3,
+        dataclasses.replace(opts, keep_checkpoints=0),
+        device=torch.device("cpu"),
+        identity=ident,
+        checkpoint_dir=tmp_path / "b",
+    )
     for s, p in list_checkpoints(tmp_path / "b"):
         if s > 20:
             p.unlink()

@@ -4,11 +4,11 @@ the real GRIB samples, CDS requests (no network), ARCO selection, errors, Snakem
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +20,6 @@ import yaml
 from conftest import ROOT, bin_path, run_cli, run_snakemake, shared_file
 from scorebridge.data.era5 import layout
 from scorebridge.data.era5.cds import build_cds_requests, date_groups
-from scorebridge.data.era5.fetch import fetch
 from scorebridge.data.era5.ingest import ingest
 from scorebridge.data.era5.inputs import open_inputs
 from scorebridge.data.era5.layout import Selection, lon_order
@@ -28,8 +27,6 @@ from scorebridge.data.era5.synthetic import SyntheticOptions, synthetic_era5
 from scorebridge.errors import ConfigError, InputError
 from scorebridge.options import build
 from scorebridge.provenance import sha256_file
-
-import datetime as dt
 
 BASE = {"source": "local", "variables": ["t", "u", "t2m"], "levels": [850, 500], "hours": None, "chunks": {"time": 4}}
 

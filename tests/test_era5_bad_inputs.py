@@ -76,12 +76,19 @@ def test_corrupt_grib_messages_fail_naming_the_offset(tmp_path):
     bad[off + length - 4 : off + length] = b"0000"  # the end marker overwritten
     path = tmp_path / "marker.grib"
     path.write_bytes(bytes(bad))
-    with pytest.raises(InputError, match=re.escape(f"{path}: corrupt GRIB message at byte offset {off}: no end marker '7777' at byte offset {off + length - 4}")):
+    with pytest.raises(
+        InputError,
+        match=re.escape(
+            f"{path}: corrupt GRIB message at byte offset {off}: no end marker '7777' at byte offset {off + length - 4}"
+        ),
+    ):
         ingest(spec(**GRIB_SPEC), tmp_path / "o.zarr", [path])
     junk = tmp_path / "junk.grib"  # bytes that are neither padding nor a message
     nxt = msgs[8][0]
     junk.write_bytes(bytes(data[:nxt]) + b"HELLO" + bytes(data[nxt:]))
-    with pytest.raises(InputError, match=re.escape(f"{junk}: byte offset {nxt}: b'HELLOGRI'") + r".*not the start of a GRIB message"):
+    with pytest.raises(
+        InputError, match=re.escape(f"{junk}: byte offset {nxt}: b'HELLOGRI'") + r".*not the start of a GRIB message"
+    ):
         ingest(spec(**GRIB_SPEC), tmp_path / "o.zarr", [junk])
     # zero padding between messages and at the end is normal (the sample pads each message to 8 bytes)
     padded = tmp_path / "padded.grib"
@@ -116,11 +123,28 @@ def _write_grib(path: Path, edition: int, ntime: int, ni: int = 5, nj: int = 4, 
     with open(path, "wb") as f:
         for i in range(ntime):
             h = eccodes.codes_grib_new_from_samples(sample)
-            keys = {"Ni": ni, "Nj": nj, "latitudeOfFirstGridPointInDegrees": 30.0 + (nj - 1) * 0.25, "latitudeOfLastGridPointInDegrees": 30.0,
-                    "longitudeOfFirstGridPointInDegrees": 250.0, "longitudeOfLastGridPointInDegrees": 250.0 + (ni - 1) * 0.25,
-                    "iDirectionIncrementInDegrees": 0.25, "jDirectionIncrementInDegrees": 0.25, "dataDate": 20200101, "dataTime": i * 600, "bitsPerValue": bits}
+            keys = {
+                "Ni": ni,
+                "Nj": nj,
+                "latitudeOfFirstGridPointInDegrees": 30.0 + (nj - 1) * 0.25,
+                "latitudeOfLastGridPointInDegrees": 30.0,
+                "longitudeOfFirstGridPointInDegrees": 250.0,
+                "longitudeOfLastGridPointInDegrees": 250.0 + (ni - 1) * 0.25,
+                "iDirectionIncrementInDegrees": 0.25,
+                "jDirectionIncrementInDegrees": 0.25,
+                "dataDate": 20200101,
+                "dataTime": i * 600,
+                "bitsPerValue": bits,
+            }
             if edition == 2:
-                keys = {"discipline": 0, "parameterCategory": 0, "parameterNumber": 0, "typeOfFirstFixedSurface": 100, "level": 850, **keys}
+                keys = {
+                    "discipline": 0,
+                    "parameterCategory": 0,
+                    "parameterNumber": 0,
+                    "typeOfFirstFixedSurface": 100,
+                    "level": 850,
+                    **keys,
+                }
             else:
                 keys = {"indicatorOfParameter": 130, "level": 850, **keys}
             for k, v in keys.items():
@@ -188,7 +212,9 @@ def test_units_converted_to_era5_units_across_files(tmp_path, caplog):
 def test_units_that_cannot_be_converted_fail_naming_file_variable_and_units(tmp_path):
     src = new_cds(ntime=4, variables=("t", "u"))
     f = write_new(_with_units(src, "t", src.t.values * 1.8 - 459.67, "degF"), tmp_path / "f.nc")
-    with pytest.raises(InputError, match=re.escape(f"{f}: variable 't' is in 'degF'; ERA5 'K' expected") + r".*convert"):
+    with pytest.raises(
+        InputError, match=re.escape(f"{f}: variable 't' is in 'degF'; ERA5 'K' expected") + r".*convert"
+    ):
         ingest(spec(variables=["t", "u"]), tmp_path / "o.zarr", [f])
     w = write_new(_with_units(src, "u", src.u.values, "K"), tmp_path / "w.nc")
     with pytest.raises(InputError, match=re.escape(f"{w}: variable 'u' is in 'K'; ERA5 'm s**-1' expected")):
@@ -213,7 +239,14 @@ def test_units_table_and_spellings():
 
     assert set(ERA5_UNITS) == set(LONG_NAMES), "every ERA5 short name has its units"
     assert all(parse_units(u) is not None for u in ERA5_UNITS.values())
-    for a, b in [("m s**-1", "m s-1"), ("m s**-1", "m/s"), ("m**2 s**-2", "m2 s-2"), ("K", "kelvin"), ("(0 - 1)", "1"), ("Pa s**-1", "Pa/s")]:
+    for a, b in [
+        ("m s**-1", "m s-1"),
+        ("m s**-1", "m/s"),
+        ("m**2 s**-2", "m2 s-2"),
+        ("K", "kelvin"),
+        ("(0 - 1)", "1"),
+        ("Pa s**-1", "Pa/s"),
+    ]:
         assert parse_units(a) == parse_units(b), (a, b)
     assert conversion("hPa s**-1", "Pa s**-1")[:2] == (100.0, 0.0)
     assert conversion("Pa", "hPa")[:2] == (0.01, 0.0)
@@ -254,8 +287,11 @@ def test_overlapping_times_with_different_values(tmp_path):
     t = late.t.values.copy()
     t[2:] += 0.5  # 2020-01-02T12 (index 6) onwards differs; 2020-01-02T00, T06 agree
     b = write_new(_with_units(late, "t", t, "K"), tmp_path / "b.nc")
-    with pytest.raises(InputError, match=re.escape(f"{b}: values differ from {a} at time 2020-01-02T12 (variable 't', largest difference 0.5)")
-                       + r".*on_conflict"):
+    with pytest.raises(
+        InputError,
+        match=re.escape(f"{b}: values differ from {a} at time 2020-01-02T12 (variable 't', largest difference 0.5)")
+        + r".*on_conflict",
+    ):
         ingest(spec(), tmp_path / "o.zarr", [a, b])
     assert not (tmp_path / "o.zarr").exists()
     first = read(ingest(spec(on_conflict="first"), tmp_path / "first.zarr", [a, b]))
@@ -287,12 +323,18 @@ def test_nan_and_inf_fail_at_ingest_naming_file_variable_time_and_count(tmp_path
     out = tmp_path / "o.zarr"
     proc = run_cli("era5-ingest", "--spec", json.dumps(spec()), "--out", out, a, b, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"{b}: variable 't' has 3 non-finite values (3 NaN, 0 inf) at 2020-01-02T06, the first such time" in proc.stderr
+    assert (
+        f"{b}: variable 't' has 3 non-finite values (3 NaN, 0 inf) at 2020-01-02T06, the first such time" in proc.stderr
+    )
     assert "key 'nan'" in proc.stderr and not out.exists()
     # nan: keep ingests them and counts them in the provenance, per variable and time
     ds = read(ingest(spec(nan="keep"), out, [a, b]))
     nonfinite = json.loads(ds.attrs["provenance"])["nonfinite"]
-    assert nonfinite["t"] == {"nan": 3, "inf": 1, "times": [["2020-01-02T06", "2020-01-02T06", 3], ["2020-01-02T12", "2020-01-02T12", 1]]}
+    assert nonfinite["t"] == {
+        "nan": 3,
+        "inf": 1,
+        "times": [["2020-01-02T06", "2020-01-02T06", 3], ["2020-01-02T12", "2020-01-02T12", 1]],
+    }
     assert nonfinite["u"] == {"nan": 0, "inf": 0, "times": []}
     norm = json.loads(ds.attrs["normalisation"])["t"]
     assert all(np.isfinite(norm["mean"])) and all(np.isfinite(norm["std"])), "statistics over the finite values"
@@ -314,10 +356,21 @@ def test_check_finite_before_sr_training(tmp_path):
     store = open_era5(tmp_path / "nan.zarr")
     channels = resolve_channels(store)
     check_finite(store, np.arange(12), "training", channels)
-    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'nan.zarr'}: held-out times: variable 'u' at 500 hPa has 2 non-finite values at 2020-01-04T12")):
+    with pytest.raises(
+        InputError,
+        match=re.escape(
+            f"{tmp_path / 'nan.zarr'}: held-out times: variable 'u' at 500 hPa has 2 non-finite values at 2020-01-04T12"
+        ),
+    ):
         check_finite(store, np.arange(12, 16), "held-out", channels)
     check_finite(store, np.arange(12, 16), "held-out", [("t", 850.0), ("u", 850.0)])  # only the channels used
-    spec_ = resolve_spec({"era5": "toy", "seed": 0, "train": {"steps": 4, "batch_size": 2, "model": {"base": 8, "mults": [1, 2]}, "threads": 1}})
+    spec_ = resolve_spec(
+        {
+            "era5": "toy",
+            "seed": 0,
+            "train": {"steps": 4, "batch_size": 2, "model": {"base": 8, "mults": [1, 2]}, "threads": 1},
+        }
+    )
     with pytest.raises(InputError, match=r"held-out times: variable 'u' at 500 hPa"):
         train_prior(spec_, tmp_path / "nan.zarr", tmp_path / "ck", tmp_path / "prior.pt")
     assert not (tmp_path / "ck").exists() and not (tmp_path / "prior.pt").exists(), "refused before the first step"

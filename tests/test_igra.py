@@ -36,8 +36,20 @@ EXCERPT = ("igra", "USM00074794-data-exampleportion.txt")
 STATION_LIST = ("igra", "igra2-station-list.txt")
 
 
-def make_era5(path: Path | None = None, *, nt=8, nlat=10, nlon=12, lat0=30.0, lon0=-110.0, levels=(850.0, 500.0),
-              with_z=True, with_q=False, linear=False, seed=0) -> xr.Dataset:
+def make_era5(
+    path: Path | None = None,
+    *,
+    nt=8,
+    nlat=10,
+    nlon=12,
+    lat0=30.0,
+    lon0=-110.0,
+    levels=(850.0, 500.0),
+    with_z=True,
+    with_q=False,
+    linear=False,
+    seed=0,
+) -> xr.Dataset:
     """A small dataset in the ERA5 zarr contract (time, level, latitude, longitude), 0.5° grid.
 
     `linear`: fields linear in latitude and longitude (bilinear sampling is then exact).
@@ -53,7 +65,9 @@ def make_era5(path: Path | None = None, *, nt=8, nlat=10, nlon=12, lat0=30.0, lo
     if linear:
         pattern = 0.8 * la - 0.3 * lo
         fields = {
-            "t": (288.0 - 6.5e-3 * height)[None, :, None, None] + pattern[None, None] + 0.1 * np.arange(nt)[:, None, None, None],
+            "t": (288.0 - 6.5e-3 * height)[None, :, None, None]
+            + pattern[None, None]
+            + 0.1 * np.arange(nt)[:, None, None, None],
             "u": 10.0 + 0.5 * pattern[None, None] + np.zeros(shape),
             "v": -2.0 + 0.2 * la[None, None] + np.zeros(shape),
         }
@@ -128,7 +142,11 @@ def test_excerpt_values_in_si(excerpt):
     # line 109: "21 -9999 102000B    3   210B  790 -9999    90    30": an easterly of 3.0 m/s
     j = int(d.first[9])
     assert o["pressure"][j] == 102000.0 and o["temperature"][j] == pytest.approx(294.15, abs=1e-4)
-    assert o["rh"][j] == pytest.approx(79.0) and o["u"][j] == pytest.approx(-3.0) and o["v"][j] == pytest.approx(0.0, abs=1e-5)
+    assert (
+        o["rh"][j] == pytest.approx(79.0)
+        and o["u"][j] == pytest.approx(-3.0)
+        and o["v"][j] == pytest.approx(0.0, abs=1e-5)
+    )
     # dew-point depression is missing throughout the excerpt; no sentinel survives anywhere
     assert np.isnan(o["dpd"]).all()
     for k in ("pressure", "gph", "temperature", "rh", "wdir", "wspd", "etime"):
@@ -194,7 +212,9 @@ def test_truncated_file_names_file_and_line():
 def test_missing_records_between_soundings():
     lines = _excerpt_lines()
     del lines[14]  # a level of the 2nd sounding (header at line 12)
-    with pytest.raises(InputError, match=r"x.txt, line 12: truncated sounding.*9 levels.*only 8.*next header at line 21"):
+    with pytest.raises(
+        InputError, match=r"x.txt, line 12: truncated sounding.*9 levels.*only 8.*next header at line 21"
+    ):
         parse_igra(b"\n".join(lines), "x.txt")
 
 
@@ -254,9 +274,23 @@ def test_station_list():
     assert st["id"].str.len().eq(11).all()
     assert st["latitude"].dropna().between(-90, 90).all() and st["longitude"].dropna().between(-180, 180).all()
     assert st["latitude"].isna().sum() > 0  # mobile stations (-98.8888) become NaN
-    text = format_station_list([{"id": "ZZXUA000001", "latitude": 1.5, "longitude": -2.25, "name": "X", "first_year": 2020, "last_year": 2021, "nobs": 3}])
+    text = format_station_list(
+        [
+            {
+                "id": "ZZXUA000001",
+                "latitude": 1.5,
+                "longitude": -2.25,
+                "name": "X",
+                "first_year": 2020,
+                "last_year": 2021,
+                "nobs": 3,
+            }
+        ]
+    )
     back = parse_station_list(text)
-    assert back.loc[0, "id"] == "ZZXUA000001" and back.loc[0, "longitude"] == -2.25 and np.isnan(back.loc[0, "elevation"])
+    assert (
+        back.loc[0, "id"] == "ZZXUA000001" and back.loc[0, "longitude"] == -2.25 and np.isnan(back.loc[0, "elevation"])
+    )
     with pytest.raises(InputError, match=r"list.txt, line 2: column LATITUDE"):
         parse_station_list(text + text.replace(" 1.5000", "  north"), "list.txt")
 
@@ -265,7 +299,9 @@ def test_select_stations_by_area_and_years():
     st = read_station_list(shared_file(*STATION_LIST))
     florida = select_stations(st, {"source": "http", "area": [31, -82, 27, -79], "years": [1950, 1950]})
     assert "USM00074794" in florida
-    assert select_stations(st, {"source": "http", "area": [31, 278, 27, 281], "years": [1950, 1950]}) == florida  # 0..360 box
+    assert (
+        select_stations(st, {"source": "http", "area": [31, 278, 27, 281], "years": [1950, 1950]}) == florida
+    )  # 0..360 box
     across = select_stations(st, {"source": "http", "area": [70, 170, 50, 190]})  # crosses the antimeridian
     lon = st.set_index("id").loc[across, "longitude"]
     assert len(across) > 0 and ((lon >= 170) | (lon <= -170)).all()
@@ -283,7 +319,10 @@ def test_filters(excerpt):
     assert f.n_obs == 10 + 15 + 11 + 15
     f = filter_igra(d, pressure_range=[50000, 85000])
     assert f.obs["pressure"].min() == 50000 and f.obs["pressure"].max() == 85000
-    assert f.soundings["nlevels"].sum() == f.n_obs and (f.first == np.concatenate([[0], np.cumsum(f.soundings["nlevels"])[:-1]])).all()
+    assert (
+        f.soundings["nlevels"].sum() == f.n_obs
+        and (f.first == np.concatenate([[0], np.cumsum(f.soundings["nlevels"])[:-1]])).all()
+    )
     assert filter_igra(d, area=[30, 279, 27, 280]).n_soundings == 14  # 0..360 box around -80.55
     assert filter_igra(d, area=[30, -79, 27, -78]).n_soundings == 0
     with pytest.raises(ConfigError, match="empty date range"):
@@ -307,7 +346,14 @@ def test_synthetic_round_trip_to_format_precision():
     o = {k: np.concatenate([p.obs[k] for p in parsed]) for k in parsed[0].obs}
     n = len(truth["pressure"])
     assert len(o["pressure"]) == n == 4 * 8 * (5 + 1)  # 3 ERA5 levels + 2 in between + 1 height-only level
-    tol = {"pressure": 0.0, "gph": 0.5, "temperature": 0.05 + 1e-4, "rh": 0.05 + 1e-4, "dpd": 0.05 + 1e-4, "wspd": 0.05 + 1e-4}
+    tol = {
+        "pressure": 0.0,
+        "gph": 0.5,
+        "temperature": 0.05 + 1e-4,
+        "rh": 0.05 + 1e-4,
+        "dpd": 0.05 + 1e-4,
+        "wspd": 0.05 + 1e-4,
+    }
     for k, t in tol.items():
         assert (np.isnan(o[k]) == np.isnan(truth[k])).all(), k
         np.testing.assert_allclose(o[k], truth[k], atol=t, rtol=0, err_msg=k)
@@ -330,7 +376,10 @@ def test_synthetic_round_trip_to_format_precision():
 
 def test_synthetic_samples_the_field_bilinearly():
     ds = make_era5(linear=True, with_z=False, levels=(850.0, 500.0))
-    syn = synthesize_soundings(ds, {"n_stations": 5, "noise_k": 0, "noise_wind_ms": 0, "missing_fraction": 0, "extra_levels": 0, "hours": [0, 12]})
+    syn = synthesize_soundings(
+        ds,
+        {"n_stations": 5, "noise_k": 0, "noise_wind_ms": 0, "missing_fraction": 0, "extra_levels": 0, "hours": [0, 12]},
+    )
     height = 44330.8 * (1 - (np.array([850.0, 500.0]) / 1013.25) ** 0.190263)
     for r in syn.station_rows:
         d = parse_igra(syn.texts[r["id"]].encode(), r["id"])
@@ -359,12 +408,37 @@ def test_fetch_synthetic_and_ingest_cli(tmp_path):
     spec = '{"source": "synthetic", "synthetic": {"n_stations": 3, "seed": 1}}'
     assert main(["igra-fetch", "--spec", spec, "--out", str(raw), str(era5)]) == 0
     names = sorted(p.name for p in raw.iterdir())
-    assert names == ["ZZXUA000001-data.txt.zip", "ZZXUA000002-data.txt.zip", "ZZXUA000003-data.txt.zip", "igra2-station-list.txt", "manifest.json"]
+    assert names == [
+        "ZZXUA000001-data.txt.zip",
+        "ZZXUA000002-data.txt.zip",
+        "ZZXUA000003-data.txt.zip",
+        "igra2-station-list.txt",
+        "manifest.json",
+    ]
     assert len(read_station_list(raw / "igra2-station-list.txt")) == 3
     assert main(["igra-ingest", "--spec", spec, "--out", str(out), str(raw)]) == 0
     obs, snd = open_igra(out)
-    for k in ("station", "time", "latitude", "longitude", "pressure", "gph", "temperature", "rh", "dpd", "wdir", "wspd",
-              "u", "v", "pflag", "zflag", "tflag", "lvltyp1", "lvltyp2", "etime"):
+    for k in (
+        "station",
+        "time",
+        "latitude",
+        "longitude",
+        "pressure",
+        "gph",
+        "temperature",
+        "rh",
+        "dpd",
+        "wdir",
+        "wspd",
+        "u",
+        "v",
+        "pflag",
+        "zflag",
+        "tflag",
+        "lvltyp1",
+        "lvltyp2",
+        "etime",
+    ):
         assert k in obs and obs[k].dims == ("obs",), k
     for k in ("station", "time", "latitude", "longitude", "first", "nlevels"):
         assert k in snd and snd[k].dims == ("sounding",), k
@@ -386,7 +460,9 @@ def test_fetch_synthetic_and_ingest_cli(tmp_path):
 def test_ingest_local_real_file_and_filters(tmp_path, excerpt):
     path, _ = excerpt
     out = tmp_path / "x.zarr"
-    summary = ingest({"source": "local", "dates": {"start": "1950-02-10"}, "pressure_range": [50000, 102400]}, [path], out)
+    summary = ingest(
+        {"source": "local", "dates": {"start": "1950-02-10"}, "pressure_range": [50000, 102400]}, [path], out
+    )
     obs, snd = open_igra(out)
     assert snd.sizes["sounding"] == 5 and summary["soundings_read"] == 14
     assert obs["pressure"].values.min() >= 50000
@@ -464,8 +540,12 @@ def igra_server():
     stations = shared_file(*STATION_LIST).read_text().splitlines(keepends=True)
     keep = [line for line in stations if line[:11] in ("USM00074794", "USM00072201", "ASM00094120", "UKM00003005")]
     assert len(keep) == 4
-    synthetic = format_header("ASM00094120", 2001, 1, 1, 0, 2315, 1, -12.4239, 130.8925, "ncdc-gts", "") + "\n" + \
-        format_data_record(1, 0, 0, 85000, " ", 1500, "B", 200, "B", 500, 30, 90, 55) + "\n"
+    synthetic = (
+        format_header("ASM00094120", 2001, 1, 1, 0, 2315, 1, -12.4239, 130.8925, "ncdc-gts", "")
+        + "\n"
+        + format_data_record(1, 0, 0, 85000, " ", 1500, "B", 200, "B", 500, 30, 90, 55)
+        + "\n"
+    )
     routes = {
         "/igra/doc/igra2-station-list.txt": "".join(keep).encode(),
         "/igra/data/data-por/USM00074794-data.txt.zip": _zip_bytes("USM00074794-data.txt", real),
@@ -479,14 +559,20 @@ def igra_server():
 def _http_spec(url: str, **kw) -> str:
     import json
 
-    return json.dumps({"source": "http", "base_url": url, "http": {"retries": 3, "backoff_s": 0.01, "timeout_s": 10}, **kw})
+    return json.dumps(
+        {"source": "http", "base_url": url, "http": {"retries": 3, "backoff_s": 0.01, "timeout_s": 10}, **kw}
+    )
 
 
 def test_http_by_id_with_retries_then_ingest(igra_server, tmp_path):
     raw = tmp_path / "raw"
     spec = _http_spec(igra_server.url, stations=["USM00074794"])
     assert main(["igra-fetch", "--spec", spec, "--out", str(raw)]) == 0
-    assert sorted(p.name for p in raw.iterdir()) == ["USM00074794-data.txt.zip", "igra2-station-list.txt", "manifest.json"]
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "USM00074794-data.txt.zip",
+        "igra2-station-list.txt",
+        "manifest.json",
+    ]
     assert igra_server.hits.count("/igra/data/data-por/USM00074794-data.txt.zip") == 3  # two 503s, then the file
     got = read_igra(raw / "USM00074794-data.txt.zip")
     assert got.n_soundings == 14 and got.n_obs == 153
@@ -499,8 +585,23 @@ def test_http_by_id_with_retries_then_ingest(igra_server, tmp_path):
 def test_http_by_area_and_years(igra_server, tmp_path):
     raw = tmp_path / "raw"
     # a box around northern Australia, 0..360 longitudes: only ASM00094120 (Darwin)
-    assert main(["igra-fetch", "--spec", _http_spec(igra_server.url, area=[-5, 120, -20, 140], years=[1990, 2020]), "--out", str(raw)]) == 0
-    assert sorted(p.name for p in raw.iterdir()) == ["ASM00094120-data.txt.zip", "igra2-station-list.txt", "manifest.json"]
+    assert (
+        main(
+            [
+                "igra-fetch",
+                "--spec",
+                _http_spec(igra_server.url, area=[-5, 120, -20, 140], years=[1990, 2020]),
+                "--out",
+                str(raw),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "ASM00094120-data.txt.zip",
+        "igra2-station-list.txt",
+        "manifest.json",
+    ]
     d = read_igra(raw / "ASM00094120-data.txt.zip")
     assert d.obs["wspd"][0] == pytest.approx(5.5) and d.obs["u"][0] == pytest.approx(-5.5)
 
@@ -514,9 +615,22 @@ def test_http_errors(igra_server, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "/igra/data/data-por/USM00072201-data.txt.zip: HTTP 404 not found" in err
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
-    assert main(["igra-fetch", "--spec", _http_spec(igra_server.url + "/nothing", stations=["USM00074794"]), "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "igra-fetch",
+                "--spec",
+                _http_spec(igra_server.url + "/nothing", stations=["USM00074794"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "igra2-station-list.txt: HTTP 404" in capsys.readouterr().err
-    assert main(["igra-fetch", "--spec", _http_spec(igra_server.url, area=[-60, -30, -70, -20]), "--out", str(out)]) == 1
+    assert (
+        main(["igra-fetch", "--spec", _http_spec(igra_server.url, area=[-60, -30, -70, -20]), "--out", str(out)]) == 1
+    )
     assert "no station in the station list lies inside area" in capsys.readouterr().err
     assert main(["igra-fetch", "--spec", '{"source": "http", "stations": "USM00074794"}', "--out", str(out)]) == 1
     assert "config key 'stations'" in capsys.readouterr().err
@@ -537,10 +651,19 @@ def test_vectorised_writer_matches_record_writer():
     n = 300
     names = [c for c, _, _ in DATA_COLUMNS]
     f = {
-        "LVLTYP1": rng.integers(1, 4, n), "LVLTYP2": rng.integers(0, 3, n), "ETIME": rng.choice([-9999, -8888, 0, 5, 12345, 99959], n),
-        "PRESS": rng.integers(-9999, 110000, n), "PFLAG": rng.choice([" ", "A", "B"], n), "GPH": rng.integers(-9999, 99999, n),
-        "ZFLAG": rng.choice([" ", "A", "B"], n), "TEMP": rng.integers(-9999, 9999, n), "TFLAG": rng.choice([" ", "B"], n),
-        "RH": rng.integers(-9999, 1000, n), "DPDP": rng.integers(-9999, 999, n), "WDIR": rng.integers(-9999, 361, n), "WSPD": rng.integers(-9999, 9999, n),
+        "LVLTYP1": rng.integers(1, 4, n),
+        "LVLTYP2": rng.integers(0, 3, n),
+        "ETIME": rng.choice([-9999, -8888, 0, 5, 12345, 99959], n),
+        "PRESS": rng.integers(-9999, 110000, n),
+        "PFLAG": rng.choice([" ", "A", "B"], n),
+        "GPH": rng.integers(-9999, 99999, n),
+        "ZFLAG": rng.choice([" ", "A", "B"], n),
+        "TEMP": rng.integers(-9999, 9999, n),
+        "TFLAG": rng.choice([" ", "B"], n),
+        "RH": rng.integers(-9999, 1000, n),
+        "DPDP": rng.integers(-9999, 999, n),
+        "WDIR": rng.integers(-9999, 361, n),
+        "WSPD": rng.integers(-9999, 9999, n),
     }
     mat = format_data_records(f)
     text = mat.tobytes().decode()
@@ -563,5 +686,17 @@ def test_synthetic_input_errors(tmp_path):
     syn = synthesize_soundings(wrap, {"n_stations": 6, "seed": 1})
     lons = np.array([r["longitude"] for r in syn.station_rows])
     assert ((lons >= 177) | (lons <= -177.5)).all() and (lons < 0).any() and (lons > 0).any()
-    assert main(["igra-fetch", "--spec", '{"source": "synthetic"}', "--out", str(tmp_path / "raw"), str(tmp_path / "nope.zarr")]) == 1
+    assert (
+        main(
+            [
+                "igra-fetch",
+                "--spec",
+                '{"source": "synthetic"}',
+                "--out",
+                str(tmp_path / "raw"),
+                str(tmp_path / "nope.zarr"),
+            ]
+        )
+        == 1
+    )
     assert not (tmp_path / "raw").exists()

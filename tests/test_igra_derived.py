@@ -77,11 +77,41 @@ SURFACE = " ".join(
         "    320",  # N 145-151
     ]
 )
-HEADER_PARAMS = {"PW": 2345, "INVTEMPDIF": 123, "MIXPRESS": 95000, "MIXHGT": 512, "FRZPRESS": 70000, "FRZHGT": 3012,
-                 "LCLPRESS": 90000, "LCLHGT": 950, "LI": -3, "SI": 2, "KI": 31, "TTI": 48, "CAPE": 1234, "CIN": -56}
-SURFACE_FIELDS = {"PRESS": 101000, "REPGPH": 110, "CALCGPH": 112, "TEMP": 2881, "TEMPGRAD": -65, "PTEMP": 2873, "PTEMPGRAD": 32,
-                  "VTEMP": 2900, "VPTEMP": 2895, "VAPPRESS": 12345, "SATVAP": 17050, "REPRH": 724, "CALCRH": 723,
-                  "UWND": -55, "UWDGRAD": 12, "VWND": 100, "N": 320}
+HEADER_PARAMS = {
+    "PW": 2345,
+    "INVTEMPDIF": 123,
+    "MIXPRESS": 95000,
+    "MIXHGT": 512,
+    "FRZPRESS": 70000,
+    "FRZHGT": 3012,
+    "LCLPRESS": 90000,
+    "LCLHGT": 950,
+    "LI": -3,
+    "SI": 2,
+    "KI": 31,
+    "TTI": 48,
+    "CAPE": 1234,
+    "CIN": -56,
+}
+SURFACE_FIELDS = {
+    "PRESS": 101000,
+    "REPGPH": 110,
+    "CALCGPH": 112,
+    "TEMP": 2881,
+    "TEMPGRAD": -65,
+    "PTEMP": 2873,
+    "PTEMPGRAD": 32,
+    "VTEMP": 2900,
+    "VPTEMP": 2895,
+    "VAPPRESS": 12345,
+    "SATVAP": 17050,
+    "REPRH": 724,
+    "CALCRH": 723,
+    "UWND": -55,
+    "UWDGRAD": 12,
+    "VWND": 100,
+    "N": 320,
+}
 
 
 def level(p, gph, calc, temp, u, v):
@@ -118,7 +148,12 @@ def test_writer_matches_the_format_by_hand():
 
 
 def test_parse_values_by_hand():
-    text = "\r\n".join([HEADER, SURFACE, SURFACE.replace(" 101000", "  85000", 1), SURFACE.replace(" 101000", "  50000", 1)]) + "\r\n"
+    text = (
+        "\r\n".join(
+            [HEADER, SURFACE, SURFACE.replace(" 101000", "  85000", 1), SURFACE.replace(" 101000", "  50000", 1)]
+        )
+        + "\r\n"
+    )
     d = parse_derived(text.encode(), "USM00072201-drvd.txt")
     s = {k: v[0] for k, v in d.soundings.items()}
     assert s["station"] == "USM00072201" and pd.Timestamp(s["time"]) == pd.Timestamp("2020-01-01 00:00")
@@ -133,8 +168,12 @@ def test_parse_values_by_hand():
     o = {k: v[0] for k, v in d.obs.items()}
     assert o["pressure"] == 101000 and o["gph"] == 110 and o["calc_gph"] == 112
     assert o["temperature"] == pytest.approx(288.1, abs=1e-4)  # K * 10, not °C
-    assert o["temperature_gradient"] == pytest.approx(-6.5) and o["potential_temperature_gradient"] == pytest.approx(3.2)
-    assert o["potential_temperature"] == pytest.approx(287.3, abs=1e-4) and o["virtual_temperature"] == pytest.approx(290.0)
+    assert o["temperature_gradient"] == pytest.approx(-6.5) and o["potential_temperature_gradient"] == pytest.approx(
+        3.2
+    )
+    assert o["potential_temperature"] == pytest.approx(287.3, abs=1e-4) and o["virtual_temperature"] == pytest.approx(
+        290.0
+    )
     assert o["virtual_potential_temperature"] == pytest.approx(289.5, abs=1e-4)
     assert o["vapor_pressure"] == pytest.approx(1234.5) and o["saturation_vapor_pressure"] == pytest.approx(1705.0)
     assert o["rh"] == pytest.approx(72.4) and o["calc_rh"] == pytest.approx(72.3) and np.isnan(o["rh_gradient"])
@@ -156,7 +195,9 @@ def test_malformed_derived_records_name_line_and_columns():
     lines = [HEADER, SURFACE, SURFACE, SURFACE]
     bad = list(lines)
     bad[2] = bad[2][:27] + "x" + bad[2][28:]  # column 28: inside TEMP (25-31)
-    with pytest.raises(InputError, match=r"bad.txt, line 3: data column TEMP \(columns 25-31\): '   x881' is not an integer"):
+    with pytest.raises(
+        InputError, match=r"bad.txt, line 3: data column TEMP \(columns 25-31\): '   x881' is not an integer"
+    ):
         parse_derived("\n".join(bad).encode(), "bad.txt")
     bad = list(lines)
     bad[0] = bad[0][:145] + "  12a4" + bad[0][151:]
@@ -171,12 +212,30 @@ def test_malformed_derived_records_name_line_and_columns():
 @pytest.fixture
 def derived_files(tmp_path):
     """Two stations inside the make_era5 grid (lat 30..34.5, lon -110..-104.5), a station list."""
-    a = sounding("ZZXUA000001", "2020-01-01 06", PROFILE, {"CAPE": 850, "PW": 1234}) + sounding("ZZXUA000001", "2020-01-01 12", PROFILE)
+    a = sounding("ZZXUA000001", "2020-01-01 06", PROFILE, {"CAPE": 850, "PW": 1234}) + sounding(
+        "ZZXUA000001", "2020-01-01 12", PROFILE
+    )
     b = sounding("ZZXUA000002", "2020-01-01 06", PROFILE)
     (tmp_path / "ZZXUA000001-drvd.txt").write_text(a)
     (tmp_path / "ZZXUA000002-drvd.txt").write_text(b)
-    rows = [{"id": "ZZXUA000001", "latitude": 31.0, "longitude": -109.0, "name": "A", "first_year": 2020, "last_year": 2020},
-            {"id": "ZZXUA000002", "latitude": 33.0, "longitude": -105.0, "name": "B", "first_year": 2020, "last_year": 2020}]
+    rows = [
+        {
+            "id": "ZZXUA000001",
+            "latitude": 31.0,
+            "longitude": -109.0,
+            "name": "A",
+            "first_year": 2020,
+            "last_year": 2020,
+        },
+        {
+            "id": "ZZXUA000002",
+            "latitude": 33.0,
+            "longitude": -105.0,
+            "name": "B",
+            "first_year": 2020,
+            "last_year": 2020,
+        },
+    ]
     (tmp_path / "stations.txt").write_text(format_station_list(rows))
     return tmp_path, [tmp_path / "ZZXUA000001-drvd.txt", tmp_path / "ZZXUA000002-drvd.txt"], tmp_path / "stations.txt"
 
@@ -191,15 +250,36 @@ def test_ingest_derived_with_positions_from_the_station_list(derived_files):
     assert obs["temperature"].attrs["units"] == "K" and obs["vapor_pressure"].attrs["units"] == "Pa"
     assert obs["temperature_gradient"].attrs["units"] == "K km-1" and snd["cape"].attrs["units"] == "J kg-1"
     assert snd["station"].values.tolist() == ["ZZXUA000001", "ZZXUA000001", "ZZXUA000002"]
-    assert snd["latitude"].values.tolist() == [31.0, 31.0, 33.0] and snd["longitude"].values.tolist() == [-109.0, -109.0, -105.0]
-    assert snd["cape"].values[0] == 850 and np.isnan(snd["cape"].values[1]) and snd["precipitable_water"].values[0] == pytest.approx(12.34)
+    assert snd["latitude"].values.tolist() == [31.0, 31.0, 33.0] and snd["longitude"].values.tolist() == [
+        -109.0,
+        -109.0,
+        -105.0,
+    ]
+    assert (
+        snd["cape"].values[0] == 850
+        and np.isnan(snd["cape"].values[1])
+        and snd["precipitable_water"].values[0] == pytest.approx(12.34)
+    )
     assert obs["temperature"].values[:4] == pytest.approx([288.1, 278.1, 266.1, 252.1], abs=1e-4)
     assert np.isnan(obs["gph"].values[2]) and obs["calc_gph"].values[2] == 3012
     prov = json.loads(obs.attrs["provenance"])
-    assert prov["product"] == "derived" and "igra2-derived-format.txt" in prov["format"] and prov["station_list"]["path"] == str(stations)
+    assert (
+        prov["product"] == "derived"
+        and "igra2-derived-format.txt" in prov["format"]
+        and prov["station_list"]["path"] == str(stations)
+    )
     # area and pressure filters work on the positions from the list
-    only_b = ingest({"source": "local", "product": "derived", "station_list": str(stations), "area": [34, -106, 32, -104],
-                     "pressure_range": [50000, 85000]}, files, tmp_path / "b.zarr")
+    only_b = ingest(
+        {
+            "source": "local",
+            "product": "derived",
+            "station_list": str(stations),
+            "area": [34, -106, 32, -104],
+            "pressure_range": [50000, 85000],
+        },
+        files,
+        tmp_path / "b.zarr",
+    )
     assert only_b["soundings"] == 1 and only_b["obs"] == 3
 
 
@@ -207,16 +287,37 @@ def test_derived_ingest_errors(derived_files, tmp_path):
     _, files, stations = derived_files
     with pytest.raises(ConfigError, match=r"station_list.*no station position"):
         ingest({"source": "local"}, files, tmp_path / "a.zarr")
-    (tmp_path / "one.txt").write_text(format_station_list([{"id": "ZZXUA000001", "latitude": 31.0, "longitude": -109.0, "name": "A",
-                                                            "first_year": 2020, "last_year": 2020}]))
-    with pytest.raises(InputError, match=r"one.txt: station\(s\) \['ZZXUA000002'\] of .*ZZXUA000002-drvd.txt are not in the station list"):
+    (tmp_path / "one.txt").write_text(
+        format_station_list(
+            [
+                {
+                    "id": "ZZXUA000001",
+                    "latitude": 31.0,
+                    "longitude": -109.0,
+                    "name": "A",
+                    "first_year": 2020,
+                    "last_year": 2020,
+                }
+            ]
+        )
+    )
+    with pytest.raises(
+        InputError,
+        match=r"one.txt: station\(s\) \['ZZXUA000002'\] of .*ZZXUA000002-drvd.txt are not in the station list",
+    ):
         ingest({"source": "local", "station_list": str(tmp_path / "one.txt")}, files, tmp_path / "a.zarr")
-    with pytest.raises(InputError, match=r"ZZXUA000001-drvd.txt: this is an IGRA derived-parameter file .*product is 'data'; set product: derived"):
+    with pytest.raises(
+        InputError,
+        match=r"ZZXUA000001-drvd.txt: this is an IGRA derived-parameter file .*product is 'data'; set product: derived",
+    ):
         ingest({"source": "local", "product": "data"}, files, tmp_path / "a.zarr")
     data = shared_file("igra", "USM00074794-data-exampleportion.txt")
     with pytest.raises(InputError, match=r"this is a sounding data file .*product is 'derived'; set product: data"):
         ingest({"source": "local", "product": "derived", "station_list": str(stations)}, [data], tmp_path / "a.zarr")
-    with pytest.raises(InputError, match=r"this is a sounding data file but .*drvd.txt is a derived-parameter file: one IGRA dataset holds one product"):
+    with pytest.raises(
+        InputError,
+        match=r"this is a sounding data file but .*drvd.txt is a derived-parameter file: one IGRA dataset holds one product",
+    ):
         ingest({"source": "local", "station_list": str(stations)}, [files[0], data], tmp_path / "a.zarr")
     with pytest.raises(ConfigError, match="product"):
         ingest({"source": "synthetic", "product": "derived"}, files, tmp_path / "a.zarr")
@@ -226,7 +327,9 @@ def test_derived_ingest_errors(derived_files, tmp_path):
 def test_cli_data_mode_on_a_derived_file(derived_files, capsys):
     tmp_path, files, _ = derived_files
     out = tmp_path / "x.zarr"
-    assert main(["igra-ingest", "--spec", '{"source": "local", "product": "data"}', "--out", str(out), str(files[0])]) == 1
+    assert (
+        main(["igra-ingest", "--spec", '{"source": "local", "product": "data"}', "--out", str(out), str(files[0])]) == 1
+    )
     err = capsys.readouterr().err
     assert "this is an IGRA derived-parameter file" in err and "set product: derived" in err and "Traceback" not in err
     assert not out.exists()
@@ -238,14 +341,25 @@ def test_derived_collocated_and_read_as_radiosonde_observations(derived_files):
     make_era5(era5, nt=8, levels=(850.0, 500.0))
     spec = {"source": "local", "product": "derived", "station_list": str(stations), "collocate": {"tolerance_hours": 1}}
     assert main(["igra-ingest", "--spec", json.dumps(spec), "--out", str(igra), *map(str, files)]) == 0
-    assert main(["igra-collocate", "--spec", json.dumps(spec), "--igra", str(igra), "--era5", str(era5), "--out", str(out)]) == 0
+    assert (
+        main(
+            ["igra-collocate", "--spec", json.dumps(spec), "--igra", str(igra), "--era5", str(era5), "--out", str(out)]
+        )
+        == 0
+    )
     o = open_obs(out)
     rows = pd.DataFrame({k: o[k].values for k in ("station", "time_index", "pressure", "t", "u", "v", "z")})
-    assert sorted(set(zip(rows["station"], rows["time_index"]))) == [("ZZXUA000001", 1), ("ZZXUA000001", 2), ("ZZXUA000002", 1)]
+    assert sorted(set(zip(rows["station"], rows["time_index"]))) == [
+        ("ZZXUA000001", 1),
+        ("ZZXUA000001", 2),
+        ("ZZXUA000002", 1),
+    ]
     first = rows[(rows["station"] == "ZZXUA000001") & (rows["time_index"] == 1)].reset_index(drop=True)
     assert first["pressure"].tolist() == [85000.0, 70000.0, 50000.0]  # 1000 hPa is outside the ERA5 levels
     assert first["t"].tolist() == pytest.approx([278.1, 266.1, 252.1], abs=1e-4)
-    assert first["z"].tolist() == pytest.approx([1500 * G0, 3012 * G0, 5600 * G0], rel=1e-6)  # 700 hPa: the calculated height
+    assert first["z"].tolist() == pytest.approx(
+        [1500 * G0, 3012 * G0, 5600 * G0], rel=1e-6
+    )  # 700 hPa: the calculated height
     assert first["u"][0] == pytest.approx(-5.5) and first["v"][0] == pytest.approx(10.0) and np.isnan(first["u"][1])
     assert o["latitude"].values[0] == 31.0 and o["longitude"].values[0] == -109.0
 
@@ -254,7 +368,10 @@ def test_derived_collocated_and_read_as_radiosonde_observations(derived_files):
     table = read_obs(out, ["t", "u", "v", "z"])
     t = table.value[(table.variable == "t") & (table.station == "ZZXUA000002")]
     assert t.tolist() == pytest.approx([278.1, 266.1, 252.1], abs=1e-4)
-    assert set(table.variable.tolist()) == {"t", "u", "v", "z"} and (table.latitude[table.station == "ZZXUA000002"] == 33.0).all()
+    assert (
+        set(table.variable.tolist()) == {"t", "u", "v", "z"}
+        and (table.latitude[table.station == "ZZXUA000002"] == 33.0).all()
+    )
 
 
 def test_http_fetches_derived_files_and_the_station_list(derived_files):
@@ -267,15 +384,28 @@ def test_http_fetches_derived_files_and_the_station_list(derived_files):
         "/igra/derived/derived-por/USM00072201-drvd.txt.zip": _zip_bytes("USM00072201-drvd.txt", text.encode()),
     }
     with _Server(routes) as srv:
-        spec = json.dumps({"source": "http", "product": "derived", "stations": ["USM00072201"], "base_url": srv.url,
-                           "http": {"retries": 0, "timeout_s": 10}})
+        spec = json.dumps(
+            {
+                "source": "http",
+                "product": "derived",
+                "stations": ["USM00072201"],
+                "base_url": srv.url,
+                "http": {"retries": 0, "timeout_s": 10},
+            }
+        )
         raw = tmp_path / "raw"
         assert main(["igra-fetch", "--spec", spec, "--out", str(raw)]) == 0
-    assert sorted(p.name for p in raw.iterdir()) == ["USM00072201-drvd.txt.zip", "igra2-station-list.txt", "manifest.json"]
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "USM00072201-drvd.txt.zip",
+        "igra2-station-list.txt",
+        "manifest.json",
+    ]
     out = tmp_path / "h.zarr"
     assert main(["igra-ingest", "--spec", spec, "--out", str(out), str(raw)]) == 0  # positions from the fetched list
     obs, snd = open_igra(out)
     row = pd.Series(listed[0][12:30].split(), index=["latitude", "longitude"]).astype(float)
-    assert snd["latitude"].values[0] == pytest.approx(row["latitude"]) and snd["longitude"].values[0] == pytest.approx(row["longitude"])
+    assert snd["latitude"].values[0] == pytest.approx(row["latitude"]) and snd["longitude"].values[0] == pytest.approx(
+        row["longitude"]
+    )
     assert obs["temperature"].values.tolist() == pytest.approx([288.1, 278.1], abs=1e-4)
     assert xr.open_zarr(out, consolidated=False).attrs["product"] == "derived"

@@ -36,7 +36,9 @@ def test_identical_copies_are_dropped_with_a_warning(tmp_path, copies, caplog):
     obs, snd = open_igra(out)
     assert snd.sizes["sounding"] == 14 and obs.sizes["obs"] == 153
     assert summary["soundings"] == 14 and summary["soundings_read"] == 28 and summary["duplicates_dropped"] == 14
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("scorebridge")]
+    warned = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("scorebridge")
+    ]
     assert len(warned) == 1 and str(crlf) in warned[0] and str(lf) in warned[0] and "14 " in warned[0]
     prov = json.loads(obs.attrs["provenance"])
     assert prov["summary"]["duplicates_dropped"] == 14

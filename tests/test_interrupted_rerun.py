@@ -50,12 +50,35 @@ SR_CONFIG = {
     "seed": 0,
     "progress": False,
     "tracking": {"on_error": "warn"},
-    "era5": {"small": {"source": "synthetic", "variables": ["t"], "levels": [850], "synthetic": {"nlat": 16, "nlon": 16, "ntime": 12}}},
+    "era5": {
+        "small": {
+            "source": "synthetic",
+            "variables": ["t"],
+            "levels": [850],
+            "synthetic": {"nlat": 16, "nlon": 16, "ntime": 12},
+        }
+    },
     "sr": {
         "small": {
             "era5": "small",
-            "train": {"steps": 4, "batch_size": 2, "model": {"base": 8, "mults": [1, 2]}, "checkpoint_every": 2, "log_every": 2, "device": "cpu", "threads": 1},
-            "sample": {"conditioning": ["coarse"], "members": 2, "steps": 2, "max_times": 1, "device": "cpu", "threads": 1, "calibrate": {"enabled": False}},
+            "train": {
+                "steps": 4,
+                "batch_size": 2,
+                "model": {"base": 8, "mults": [1, 2]},
+                "checkpoint_every": 2,
+                "log_every": 2,
+                "device": "cpu",
+                "threads": 1,
+            },
+            "sample": {
+                "conditioning": ["coarse"],
+                "members": 2,
+                "steps": 2,
+                "max_times": 1,
+                "device": "cpu",
+                "threads": 1,
+                "calibrate": {"enabled": False},
+            },
             "evaluate": {"map_channels": 1},
         }
     },
@@ -63,7 +86,15 @@ SR_CONFIG = {
 
 
 def _smk_args(workdir: Path) -> list[str]:
-    return ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config"]
+    return [
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--replace-workflow-config",
+    ]
 
 
 def _smk(workdir: Path, *args: str, check: bool = True):
@@ -94,8 +125,14 @@ def _kill_job_during_forced_rerun(workdir: Path, rule: str, command: str, after_
     """`snakemake -R <rule>`; SIGKILL the job's process `after_s` seconds after it starts.
     Returns Snakemake's output (it reports the job as failed)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([bin_path("snakemake"), *_smk_args(workdir), "--cores", "1", "-R", rule], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [bin_path("snakemake"), *_smk_args(workdir), "--cores", "1", "-R", rule],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     root = psutil.Process(proc.pid)
     deadline = time.time() + 300
     job = None
@@ -165,10 +202,16 @@ def test_every_model_output_is_a_default_target(tmp_path):
     (workdir / "config.yaml").write_text(yaml.safe_dump({**BRIDGE_CONFIG, **SR_CONFIG}, sort_keys=False))
     proc = _smk(workdir, "-n", "--forceall")
     out = proc.stdout + proc.stderr
-    block = out[re.search(r"^(local)?rule all:", out, flags=re.M).start():]
+    block = out[re.search(r"^(local)?rule all:", out, flags=re.M).start() :]
     inputs = block.split("input: ", 1)[1].split("\n", 1)[0].split(", ")
-    for path in ("results/sr/small/checkpoint.pt", "results/sr/small/samples.zarr", "results/sr/small/metrics.json",
-                 "results/bridge/ou/model.pt", "results/bridge/ou/predictions.zarr", "results/bridge/ou/metrics.json"):
+    for path in (
+        "results/sr/small/checkpoint.pt",
+        "results/sr/small/samples.zarr",
+        "results/sr/small/metrics.json",
+        "results/bridge/ou/model.pt",
+        "results/bridge/ou/predictions.zarr",
+        "results/bridge/ou/metrics.json",
+    ):
         assert path in inputs, (path, inputs)
 
 
@@ -176,7 +219,9 @@ def test_atomic_path_removes_a_killed_writers_temporary(tmp_path):
     from scorebridge.io import atomic_path
 
     final = tmp_path / "samples.zarr"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".samples.zarr.partial-{dead}"
     (stale / "t").mkdir(parents=True)
     live = tmp_path / f".samples.zarr.partial-{os.getppid()}"  # a running process: maybe writing, kept

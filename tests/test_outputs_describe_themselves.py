@@ -88,14 +88,16 @@ def _obs_store(path: Path, times, stations: dict[str, tuple[float, float]]) -> N
     """A collocated-observations store (the igra-collocate contract) with one level per station and time."""
     rows = [(s, t, la, lo) for t in times for s, (la, lo) in stations.items()]
     n = len(rows)
-    xr.Dataset({
-        "station": ("obs", np.array([r[0] for r in rows], dtype=object)),
-        "time": ("obs", np.array([r[1] for r in rows], dtype="datetime64[ns]")),
-        "latitude": ("obs", np.array([r[2] for r in rows])),
-        "longitude": ("obs", np.array([r[3] for r in rows])),
-        "pressure": ("obs", np.full(n, 85000.0)),
-        "t": ("obs", np.full(n, 280.0)),
-    }).to_zarr(path, mode="w", consolidated=False)
+    xr.Dataset(
+        {
+            "station": ("obs", np.array([r[0] for r in rows], dtype=object)),
+            "time": ("obs", np.array([r[1] for r in rows], dtype="datetime64[ns]")),
+            "latitude": ("obs", np.array([r[2] for r in rows])),
+            "longitude": ("obs", np.array([r[3] for r in rows])),
+            "pressure": ("obs", np.full(n, 85000.0)),
+            "t": ("obs", np.full(n, 280.0)),
+        }
+    ).to_zarr(path, mode="w", consolidated=False)
 
 
 def test_write_figures_writes_every_declared_figure(tmp_path):
@@ -119,7 +121,10 @@ def test_write_figures_writes_every_declared_figure(tmp_path):
         metrics[f"rmse/{c}/bicubic"] = float(M.rmse(base["bicubic"], truth, lat)[i])
         metrics[f"spread_skill/{c}"] = float(M.spread_skill(ens, truth, lat)[i])
     metrics["rmse/t/850/scorecard"] = None  # not a number: left out
-    assert rmse_table(metrics, names)["t/850"] == {"posterior_mean": metrics["rmse/t/850"], "bicubic": metrics["rmse/t/850/bicubic"]}
+    assert rmse_table(metrics, names)["t/850"] == {
+        "posterior_mean": metrics["rmse/t/850"],
+        "bicubic": metrics["rmse/t/850/bicubic"],
+    }
     spectra = {c: {"k": [1.0, 2.0, 3.0], "truth": [3.0, 2.0, 1.0], "members": [3.0, 2.0, 0.5]} for c in names}
     hist = [np.ones(N + 1) for _ in names]
     times = np.array(["2020-01-01T00", "2020-01-01T06"], dtype="datetime64[ns]")
@@ -128,17 +133,51 @@ def test_write_figures_writes_every_declared_figure(tmp_path):
     pos = station_positions(obs, ["t"], times[1], ["HELD"], lon)
     assert pos["used"][:, 0].tolist() == [252.0, 255.0] and pos["withheld"].tolist() == [[254.5, 33.0]]  # -108 -> 252
     sampling = {"withheld_stations": ["HELD"], "conditioning": ["coarse", "radiosondes"]}
-    paths = write_figures(tmp_path / "figures", truth=truth, coarse=coarse, mean=mean, ens=ens, base=base, names=names, lat=lat, lon=lon,
-                          factor=k, hist=hist, spectra=spectra, metrics=metrics, sampling=sampling, times=times, obs_path=obs,
-                          map_time=1, map_channels=2)
+    paths = write_figures(
+        tmp_path / "figures",
+        truth=truth,
+        coarse=coarse,
+        mean=mean,
+        ens=ens,
+        base=base,
+        names=names,
+        lat=lat,
+        lon=lon,
+        factor=k,
+        hist=hist,
+        spectra=spectra,
+        metrics=metrics,
+        sampling=sampling,
+        times=times,
+        obs_path=obs,
+        map_time=1,
+        map_channels=2,
+    )
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(f"{n}.png" for n in EVALUATE_FIGURES)
     assert [p.stem for p in paths] == list(EVALUATE_FIGURES)
     for p in paths:
         assert mpimg.imread(p).shape[0] > 100, p  # a real image
     # without observations the radiosonde figure still exists and says why it is empty
-    write_figures(tmp_path / "noobs", truth=truth, coarse=coarse, mean=mean, ens=ens, base=base, names=names, lat=lat, lon=lon, factor=k,
-                  hist=hist, spectra=spectra, metrics=metrics, sampling={"withheld_stations": [], "conditioning": ["coarse"]}, times=times,
-                  obs_path=None, map_time=0, map_channels=1)
+    write_figures(
+        tmp_path / "noobs",
+        truth=truth,
+        coarse=coarse,
+        mean=mean,
+        ens=ens,
+        base=base,
+        names=names,
+        lat=lat,
+        lon=lon,
+        factor=k,
+        hist=hist,
+        spectra=spectra,
+        metrics=metrics,
+        sampling={"withheld_stations": [], "conditioning": ["coarse"]},
+        times=times,
+        obs_path=None,
+        map_time=0,
+        map_channels=1,
+    )
     assert sorted(p.name for p in (tmp_path / "noobs").iterdir()) == sorted(f"{n}.png" for n in EVALUATE_FIGURES)
 
 
@@ -161,13 +200,33 @@ def test_samples_store_cf_attributes(tmp_path):
     T, N, H, W, k = 2, 3, 10, 12, 4
     lat, lon = np.linspace(40.0, 35.5, H), np.linspace(-110.0, -104.5, W)
     era5 = make_era5(nt=4, nlat=H, nlon=W)
-    era5["t"].attrs.update(units="K", long_name="Temperature", standard_name="air_temperature")  # as the ERA5 store has them
+    era5["t"].attrs.update(
+        units="K", long_name="Temperature", standard_name="air_temperature"
+    )  # as the ERA5 store has them
     era5["u"].attrs.update(units="m s**-1", long_name="U component of wind")  # no standard_name: ERA5's own is used
     ens = rng.normal(size=(T, N, 5, H, W))
     coarse = rng.normal(size=(T, 5, 3, 3))
-    ds = samples_dataset(ens, coarse, channels, times=era5["time"].values[:T], time_index=np.arange(T), lat=lat, lon=lon, factor=k,
-                         compare=[["coarse"], []], compare_means=[ens.mean(1), ens.mean(1)], reference=ens, attrs_from=era5)
-    write_samples(tmp_path / "samples.zarr", ds, sampling={"x": 1}, channels=channels, provenance={"created": "2026-01-01T00:00:00Z"})
+    ds = samples_dataset(
+        ens,
+        coarse,
+        channels,
+        times=era5["time"].values[:T],
+        time_index=np.arange(T),
+        lat=lat,
+        lon=lon,
+        factor=k,
+        compare=[["coarse"], []],
+        compare_means=[ens.mean(1), ens.mean(1)],
+        reference=ens,
+        attrs_from=era5,
+    )
+    write_samples(
+        tmp_path / "samples.zarr",
+        ds,
+        sampling={"x": 1},
+        channels=channels,
+        provenance={"created": "2026-01-01T00:00:00Z"},
+    )
     s, sampling, chans = open_samples(tmp_path / "samples.zarr")
     assert sampling == {"x": 1} and chans == channels
     assert s.attrs["Conventions"] == "CF-1.10" and "sr-sample" in s.attrs["history"] and s.attrs["title"]
@@ -180,13 +239,31 @@ def test_samples_store_cf_attributes(tmp_path):
         assert var.attrs.get("long_name"), name
     # standard names where one exists, per cf_xarray
     std = s.cf.standard_names
-    assert set(std["air_temperature"]) == {"t", "t_mean", "t_spread", "t_coarse", "t_coarse_only", "t_mean_compare",
-                                           "t2m", "t2m_mean", "t2m_spread", "t2m_coarse", "t2m_coarse_only", "t2m_mean_compare"}
+    assert set(std["air_temperature"]) == {
+        "t",
+        "t_mean",
+        "t_spread",
+        "t_coarse",
+        "t_coarse_only",
+        "t_mean_compare",
+        "t2m",
+        "t2m_mean",
+        "t2m_spread",
+        "t2m_coarse",
+        "t2m_coarse_only",
+        "t2m_mean_compare",
+    }
     assert "u_mean" in std["eastward_wind"] and std["realization"] == ["member"] and std["air_pressure"] == ["level"]
-    assert set(std["latitude"]) == {"latitude", "latitude_coarse"} and set(std["longitude"]) == {"longitude", "longitude_coarse"}
+    assert set(std["latitude"]) == {"latitude", "latitude_coarse"} and set(std["longitude"]) == {
+        "longitude",
+        "longitude_coarse",
+    }
     assert s["t"].attrs["units"] == "K" and s["u_spread"].attrs["units"] == "m s**-1"
     # statistics over members and the coarse block averages
-    assert s["t_mean"].attrs["cell_methods"] == "realization: mean" and s["u_mean_compare"].attrs["cell_methods"] == "realization: mean"
+    assert (
+        s["t_mean"].attrs["cell_methods"] == "realization: mean"
+        and s["u_mean_compare"].attrs["cell_methods"] == "realization: mean"
+    )
     assert s["t_spread"].attrs["cell_methods"] == "realization: standard_deviation"
     assert s["t_coarse"].attrs["cell_methods"] == "latitude_coarse: longitude_coarse: mean"
     assert "cell_methods" not in s["t"].attrs
@@ -198,12 +275,17 @@ def test_samples_store_cf_attributes(tmp_path):
     # the realization axis, the axes, the coarse field's own coordinates and their bounds
     assert s.cf["realization"].name == "member"
     assert s.cf.axes == {"X": ["longitude"], "Y": ["latitude"], "Z": ["level"], "T": ["time"]}
-    assert s.cf.bounds == {"latitude_coarse": ["latitude_coarse_bounds"], "longitude_coarse": ["longitude_coarse_bounds"]}
+    assert s.cf.bounds == {
+        "latitude_coarse": ["latitude_coarse_bounds"],
+        "longitude_coarse": ["longitude_coarse_bounds"],
+    }
     assert s["t_coarse"].dims[-2:] == ("latitude_coarse", "longitude_coarse")
     b = s["latitude_coarse_bounds"].values
     c = s["latitude_coarse"].values
     assert b.shape == (3, 2) and np.all((c - b[:, 0]) * (c - b[:, 1]) <= 0)  # each centre between its edges
-    assert b[0, 0] == pytest.approx(40.25) and b[-1, 1] == pytest.approx(35.25)  # the grid's outer edges (0.5 deg cells)
+    assert b[0, 0] == pytest.approx(40.25) and b[-1, 1] == pytest.approx(
+        35.25
+    )  # the grid's outer edges (0.5 deg cells)
     assert np.allclose(b[1:, 0], b[:-1, 1])  # contiguous cells
     assert s["level"].attrs["positive"] == "down" and s["level"].attrs["units"] == "hPa"
 
@@ -223,7 +305,12 @@ def _check_dsg(obs, snd):
     first = snd["first"].values
     assert obs["station"].values[first].tolist() == snd["station"].values.tolist()
     assert [i.split("@")[0] for i in ids] == snd["station"].values.tolist()
-    assert obs["pressure"].attrs == {"units": "Pa", "long_name": obs["pressure"].attrs["long_name"], "standard_name": "air_pressure", "positive": "down"}
+    assert obs["pressure"].attrs == {
+        "units": "Pa",
+        "long_name": obs["pressure"].attrs["long_name"],
+        "standard_name": "air_pressure",
+        "positive": "down",
+    }
     for name, var in list(obs.variables.items()) + list(snd.variables.items()):
         assert var.attrs.get("long_name"), name
     for name in ("latitude", "longitude", "time"):
@@ -242,13 +329,23 @@ def test_igra_store_is_a_cf_profile_ragged_array(tmp_path):
     assert main(["igra-ingest", "--spec", spec, "--out", str(tmp_path / "igra.zarr"), str(tmp_path / "raw")]) == 0
     obs, snd = open_igra(tmp_path / "igra.zarr")
     _check_dsg(obs, snd)
-    expect = {"temperature": ("air_temperature", "K"), "gph": ("geopotential_height", "m"), "rh": ("relative_humidity", "%"),
-              "dpd": ("dew_point_depression", "K"), "wdir": ("wind_from_direction", "degree"), "wspd": ("wind_speed", "m s-1"),
-              "u": ("eastward_wind", "m s-1"), "v": ("northward_wind", "m s-1")}
+    expect = {
+        "temperature": ("air_temperature", "K"),
+        "gph": ("geopotential_height", "m"),
+        "rh": ("relative_humidity", "%"),
+        "dpd": ("dew_point_depression", "K"),
+        "wdir": ("wind_from_direction", "degree"),
+        "wspd": ("wind_speed", "m s-1"),
+        "u": ("eastward_wind", "m s-1"),
+        "v": ("northward_wind", "m s-1"),
+    }
     for name, (std, units) in expect.items():
         assert (obs[name].attrs["standard_name"], obs[name].attrs["units"]) == (std, units), name
     assert obs["etime"].attrs["units"] == "s" and "standard_name" not in obs["etime"].attrs
-    assert snd["sounding_id"].values[0] == f"{snd['station'].values[0]}@{pd.Timestamp(snd['time'].values[0]):%Y-%m-%dT%H:%M}"
+    assert (
+        snd["sounding_id"].values[0]
+        == f"{snd['station'].values[0]}@{pd.Timestamp(snd['time'].values[0]):%Y-%m-%dT%H:%M}"
+    )
 
 
 def test_igra_derived_store_is_a_cf_profile_ragged_array(derived_files):  # noqa: F811

@@ -28,7 +28,7 @@ CDS_KEY = "161803:3b2a1c0d-report-env-secret-9e8f"
 # the stand-in writes two of the real figures of each family, declared as the rules declare them
 STAND_IN_FIGURES = {"sr": ["maps", "spectra"], "bridge": ["trajectories", "w1"]}
 
-JOB = '''
+JOB = """
 import argparse, os
 import numpy as np
 from scorebridge.config import parse_spec
@@ -55,9 +55,9 @@ with tracked_run(experiments=a.experiments, kind=a.kind, experiment=a.experiment
     run.log_metrics({"rmse/t/850": 1.25, "rmse/t/500": 2.5, "crps/t/850": 0.5, "crps/t/500": 1.0})
     write_json(a.out, metrics)
     run.log_artifact(a.out)
-'''
+"""
 
-SNAKEFILE = '''
+SNAKEFILE = """
 # The repository's tracking and report rules, with an evaluate stand-in per model family.
 ROOT = "{root}"
 
@@ -109,7 +109,7 @@ for _kind, _category in (("sr", "Super-resolution"), ("bridge", "Schrödinger br
             "python job.py --kind {{params.kind}} --experiment {{wildcards.experiment}} --spec {{params.spec:q}} "
             "--experiments {{input.experiments}} --data {{input.data}} --out {{output.metrics}} --figures {{params.figures}} "
             "--names {{params.names}}"
-'''
+"""
 
 
 def report_payload(html: str) -> str:
@@ -130,8 +130,12 @@ def test_parallel_jobs_and_report_plumbing(tmp_path):
 
     (tmp_path / "Snakefile").write_text(SNAKEFILE.format(root=ROOT, stand_in=repr(STAND_IN_FIGURES)))
     (tmp_path / "job.py").write_text(JOB)
-    config = {"seed": 3, "tracking": {"uri": None, "artifact_root": None, "experiment_prefix": "scorebridge", "on_error": "fail"},
-              "sr": {"small": {"era5": "x"}, "large": {"era5": "y"}}, "bridge": {"lv": {"cells": "c"}, "ou": {"cells": "d"}}}
+    config = {
+        "seed": 3,
+        "tracking": {"uri": None, "artifact_root": None, "experiment_prefix": "scorebridge", "on_error": "fail"},
+        "sr": {"small": {"era5": "x"}, "large": {"era5": "y"}},
+        "bridge": {"lv": {"cells": "c"}, "ou": {"cells": "d"}},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {"CDSAPI_KEY": CDS_KEY, "MLFLOW_TRACKING_URI": ""}
     proc = run_snakemake("--cores", "4", "--jobs", "4", cwd=tmp_path, env=env, timeout=900)
@@ -146,7 +150,9 @@ def test_parallel_jobs_and_report_plumbing(tmp_path):
         for name in names:
             (run,) = client.search_runs([info["experiments"][kind][name]])
             assert run.data.tags["scorebridge.rule"] == f"{kind}_evaluate" and run.info.status == "FINISHED"
-            assert run.data.params["seed"] == "3" and len(client.get_metric_history(run.info.run_id, "train/loss")) == 50
+            assert (
+                run.data.params["seed"] == "3" and len(client.get_metric_history(run.info.run_id, "train/loss")) == 50
+            )
             assert run.data.metrics["rmse/t/850"] == 1.25
             figs = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
             assert figs == {f"{f}.png" for f in STAND_IN_FIGURES[kind]}
@@ -157,15 +163,25 @@ def test_parallel_jobs_and_report_plumbing(tmp_path):
     run_snakemake("--report", "report.html", cwd=tmp_path, env=env, timeout=600)
     html = (tmp_path / "report.html").read_text()
     text = report_payload(html)
-    for kind, names, figs in (("sr", ["small", "large"], STAND_IN_FIGURES["sr"]), ("bridge", ["lv", "ou"], STAND_IN_FIGURES["bridge"])):
+    for kind, names, figs in (
+        ("sr", ["small", "large"], STAND_IN_FIGURES["sr"]),
+        ("bridge", ["lv", "ou"], STAND_IN_FIGURES["bridge"]),
+    ):
         for name in names:
             for fig in figs:
-                assert f"results/{kind}/{name}/figures/{fig}.png" in text, f"{kind}/{name}/{fig}.png missing from the report"
+                assert f"results/{kind}/{name}/figures/{fig}.png" in text, (
+                    f"{kind}/{name}/{fig}.png missing from the report"
+                )
             assert f"results/{kind}/{name}/metrics.html" in text
-    for caption in ("one posterior sample (member 0) and the ensemble spread", "Radially averaged power spectra",
-                    "Trajectories drawn from the bridge fitted", "1-Wasserstein distance between the held-out cells",
-                    "Metrics of super-resolution experiment",
-                    "Metrics of Schrödinger-bridge experiment", "multi-marginal Schrödinger bridges"):
+    for caption in (
+        "one posterior sample (member 0) and the ensemble spread",
+        "Radially averaged power spectra",
+        "Trajectories drawn from the bridge fitted",
+        "1-Wasserstein distance between the held-out cells",
+        "Metrics of super-resolution experiment",
+        "Metrics of Schrödinger-bridge experiment",
+        "multi-marginal Schrödinger bridges",
+    ):
         assert caption in text, f"caption text '{caption}' missing from the report"
     assert CDS_KEY not in text
     # the metrics table itself: pivoted metric columns over variable/level rows
@@ -182,8 +198,21 @@ def test_real_workflow_parallel_tracking_and_report(tmp_path):
     from mlflow import MlflowClient
 
     env = {"CDSAPI_KEY": CDS_KEY, "MLFLOW_TRACKING_URI": ""}
-    run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(test_config), "--cores", "4", "--jobs", "4",
-                  cwd=tmp_path, env=env, timeout=1800)
+    run_snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(test_config),
+        "--cores",
+        "4",
+        "--jobs",
+        "4",
+        cwd=tmp_path,
+        env=env,
+        timeout=1800,
+    )
     cfg = yaml.safe_load(test_config.read_text())
     info = json.loads((tmp_path / "results" / "mlflow" / "experiments.json").read_text())
     client = MlflowClient(info["uri"])
@@ -203,8 +232,19 @@ def test_real_workflow_parallel_tracking_and_report(tmp_path):
             assert "figures" in arts and "metrics.json" in arts, arts
             assert not (tmp_path / "results" / "mlflow" / "pending").exists()
     # the report as a zip: report/report.html and every result under report/data/
-    run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(test_config), "--report", "report.zip",
-                  cwd=tmp_path, env=env, timeout=600)
+    run_snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(test_config),
+        "--report",
+        "report.zip",
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     with zipfile.ZipFile(tmp_path / "report.zip") as archive:
         html = archive.read("report/report.html").decode()
         stored = {name: archive.read(name) for name in archive.namelist()}
@@ -220,8 +260,12 @@ def test_real_workflow_parallel_tracking_and_report(tmp_path):
 
     # every figure the rules declare was written, and nothing else
     declared = declared_figures()
-    expected = sorted(f"results/{kind}/{name}/figures/{fig}.png" for kind in ("sr", "bridge") for name in cfg.get(kind) or {}
-                      for fig in declared[kind])
+    expected = sorted(
+        f"results/{kind}/{name}/figures/{fig}.png"
+        for kind in ("sr", "bridge")
+        for name in cfg.get(kind) or {}
+        for fig in declared[kind]
+    )
     assert figures == expected, f"written {figures}, declared {expected}"
     # each in the report with its own caption (workflow/report/<kind>/<figure>.rst), labelled, with the file itself
     results = report_results(html)
@@ -231,7 +275,10 @@ def test_real_workflow_parallel_tracking_and_report(tmp_path):
         fig = png[: -len(".png")]
         entry = results[f]
         title = re.match(r"\*\*(.+?)\*\*", (ROOT / "workflow" / "report" / kind / f"{fig}.rst").read_text()).group(1)
-        assert f"<strong>{title}</strong>" in entry["caption"] and f"figures/{fig}.png" in entry["caption"], (f, entry["caption"][:200])
+        assert f"<strong>{title}</strong>" in entry["caption"] and f"figures/{fig}.png" in entry["caption"], (
+            f,
+            entry["caption"][:200],
+        )
         assert name in entry["caption"], f"{f}: the caption does not name the experiment"
         assert entry["labels"] == {"experiment": name, "figure": fig}, entry["labels"]
         assert stored[f"report/{entry['data_uri']}"] == (tmp_path / f).read_bytes(), f
@@ -248,7 +295,10 @@ def test_real_workflow_parallel_tracking_and_report(tmp_path):
 def declared_figures() -> dict[str, list[str]]:
     """The figures each family's rules declare (workflow/rules/common.smk)."""
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    lists = {name: re.findall(r'"(\w+)"', body) for name, body in re.findall(r"^(\w+_FIGURES) = \[(.*?)\]$", text, flags=re.M)}
+    lists = {
+        name: re.findall(r'"(\w+)"', body)
+        for name, body in re.findall(r"^(\w+_FIGURES) = \[(.*?)\]$", text, flags=re.M)
+    }
     return {"sr": lists["SR_TRAIN_FIGURES"] + lists["SR_EVALUATE_FIGURES"], "bridge": lists["BRIDGE_EVALUATE_FIGURES"]}
 
 

@@ -22,12 +22,30 @@ import yaml
 from conftest import ROOT, run_snakemake
 
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
-MODEL_RULES = {"sr_train", "sr_sample", "sr_evaluate", "sr_metrics_table", "bridge_fit", "bridge_evaluate", "bridge_metrics_table"}
+MODEL_RULES = {
+    "sr_train",
+    "sr_sample",
+    "sr_evaluate",
+    "sr_metrics_table",
+    "bridge_fit",
+    "bridge_evaluate",
+    "bridge_metrics_table",
+}
 
 
 def smk(workdir: Path, config: Path, *args: str, check: bool = True):
-    return run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(config),
-                         *args, cwd=workdir, check=check, timeout=600)
+    return run_snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config),
+        *args,
+        cwd=workdir,
+        check=check,
+        timeout=600,
+    )
 
 
 def planned_rules(workdir: Path, config: Path) -> tuple[set[str], set[str]]:
@@ -55,7 +73,12 @@ def mark_done(workdir: Path, config: Path) -> None:
     proc = smk(workdir, config, "--summary")
     rows = [line.split("\t") for line in proc.stdout.splitlines()[1:] if "\t" in line]
     assert rows, proc.stdout + proc.stderr
-    dirs = set(re.findall(r'directory\(f"\{RESULTS\}/([^"]+)"\)', "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))))
+    dirs = set(
+        re.findall(
+            r'directory\(f"\{RESULTS\}/([^"]+)"\)',
+            "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk")),
+        )
+    )
     dir_patterns = [re.compile("results/" + re.sub(r"\\\{\\\{\w+\\\}\\\}", r"[^/]+", re.escape(d)) + "$") for d in dirs]
     for row in rows:
         out = workdir / row[0]
@@ -112,20 +135,24 @@ SR_AFTER_SAMPLE = {"sr_sample", "sr_evaluate", "sr_metrics_table"}
 @pytest.mark.parametrize(
     "changes, roots, planned",
     [
-        (   # preprocessing keeps the simulation; a sampling setting keeps the trained prior;
+        (  # preprocessing keeps the simulation; a sampling setting keeps the trained prior;
             # cluster resources are not provenance
-            {"cells.lotka_volterra.preprocess.n_pcs": 3, "sr.default.sample.members": 3,
-             "resources.sr_train.runtime": 5, "resources.default.mem_mb": 1000},
+            {
+                "cells.lotka_volterra.preprocess.n_pcs": 3,
+                "sr.default.sample.members": 3,
+                "resources.sr_train.runtime": 5,
+                "resources.default.mem_mb": 1000,
+            },
             {"cells_ingest", "sr_sample"},
             {"cells_ingest", "sr_sample", "sr_evaluate", "sr_metrics_table"} | BRIDGE,
         ),
-        (   # the simulator's seed: the time course and what reads it; the collocation
+        (  # the simulator's seed: the time course and what reads it; the collocation
             # tolerance: the soundings and what is conditioned on them, not the prior
             {"cells.lotka_volterra.simulate.seed": 7, "igra.default.collocate.tolerance_hours": 1},
             {"cells_simulate", "igra_collocate"},
             {"cells_simulate", "cells_ingest", "igra_collocate"} | BRIDGE | SR_AFTER_SAMPLE,
         ),
-        (   # the global seed: the experiments that take it, none of the data
+        (  # the global seed: the experiments that take it, none of the data
             {"seed": 1},
             {"sr_train", "bridge_fit"},
             {"sr_train"} | SR_AFTER_SAMPLE | BRIDGE,

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from conftest import bin_path
-
 from scorebridge.core.checkpoint import list_checkpoints
 from scorebridge.sr.data import write_toy_era5
 

@@ -53,7 +53,15 @@ def shell_command(block: str) -> str:
 
 def test_every_path_in_every_rule_is_quoted():
     blocks = rule_blocks()
-    assert {"era5_ingest", "igra_fetch", "igra_ingest", "cells_ingest", "sr_train", "bridge_evaluate", "tracking_init"} <= set(blocks)
+    assert {
+        "era5_ingest",
+        "igra_fetch",
+        "igra_ingest",
+        "cells_ingest",
+        "sr_train",
+        "bridge_evaluate",
+        "tracking_init",
+    } <= set(blocks)
     bad = []
     for name, block in blocks.items():
         command = shell_command(block)
@@ -61,7 +69,9 @@ def test_every_path_in_every_rule_is_quoted():
             "python=PYTHON," in block and "{params.python} " in command
         )
         assert through, f"rule {name} does not run the CLI through the workflow's interpreter: {command}"
-        assert not re.search(r"(^|[;&|}]|(?<!-m) )scorebridge\s", command), f"rule {name} calls a bare `scorebridge` from PATH: {command}"
+        assert not re.search(r"(^|[;&|}]|(?<!-m) )scorebridge\s", command), (
+            f"rule {name} calls a bare `scorebridge` from PATH: {command}"
+        )
         for field in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", command):
             key, _, fmt = field.partition(":")
             if key not in UNQUOTED_OK and fmt != "q":
@@ -72,17 +82,27 @@ def test_every_path_in_every_rule_is_quoted():
 def test_heavy_rules_record_benchmarks():
     blocks = rule_blocks()
     for name in HEAVY:
-        match = re.search(r"^    benchmark:\n\s+f\"\{RESULTS\}/benchmarks/(\w+)/\{\{(\w+)\}\}\.tsv\"", blocks[name], flags=re.M)
-        assert match and match.group(1) == name, f"rule {name}: expected benchmark: f\"{{RESULTS}}/benchmarks/{name}/{{{{<wildcard>}}}}.tsv\""
+        match = re.search(
+            r"^    benchmark:\n\s+f\"\{RESULTS\}/benchmarks/(\w+)/\{\{(\w+)\}\}\.tsv\"", blocks[name], flags=re.M
+        )
+        assert match and match.group(1) == name, (
+            f'rule {name}: expected benchmark: f"{{RESULTS}}/benchmarks/{name}/{{{{<wildcard>}}}}.tsv"'
+        )
 
 
 def test_conda_env_is_generated_from_the_lock():
     env = yaml.safe_load((ROOT / "envs" / "scorebridge.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    lock = [ln.strip() for ln in (ROOT / "requirements.lock").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lock = [
+        ln.strip()
+        for ln in (ROOT / "requirements.lock").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert pip == lock
     assert not [p for p in pip if p.startswith("-")], "no -r/-e lines: Snakemake builds the env from a copy elsewhere"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync-conda-env.py"), "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sync-conda-env.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -94,7 +114,13 @@ def write_era5(path: Path) -> xr.Dataset:
     lat, lon = np.arange(34.0, 29.0, -1.0), np.arange(250.0, 256.0, 1.0)
     t = (250.0 + 10.0 * rng.standard_normal((4, 3, lat.size, lon.size))).astype(np.float32)
     ds = xr.Dataset(
-        {"t": (("valid_time", "pressure_level", "latitude", "longitude"), t, {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"})},
+        {
+            "t": (
+                ("valid_time", "pressure_level", "latitude", "longitude"),
+                t,
+                {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"},
+            )
+        },
         coords={
             "number": ((), np.int64(0)),
             "valid_time": ("valid_time", times.values, {"standard_name": "time"}),
@@ -110,7 +136,9 @@ def write_era5(path: Path) -> xr.Dataset:
 
 def write_cells(path: Path) -> pd.DataFrame:
     rng = np.random.default_rng(1)
-    frame = pd.DataFrame({"time": np.repeat([0, 1, 2], 20), "g1": rng.standard_normal(60), "g2": rng.standard_normal(60)})
+    frame = pd.DataFrame(
+        {"time": np.repeat([0, 1, 2], 20), "g1": rng.standard_normal(60), "g2": rng.standard_normal(60)}
+    )
     frame.to_csv(path, index=False)
     return frame
 
@@ -127,7 +155,9 @@ def ingested(tmp_path_factory):
     config = {
         "seed": 0,
         "era5": {"nasty": {"source": "local", "files": ["data/*.nc"], "variables": ["t"], "levels": [850, 500]}},
-        "cells": {"nasty": {"source": "csv", "path": f"-cells {NASTY}.csv", "time_key": "time", "features": ["g1", "g2"]}},
+        "cells": {
+            "nasty": {"source": "csv", "path": f"-cells {NASTY}.csv", "time_key": "time", "features": ["g1", "g2"]}
+        },
     }
     targets = ["results/data/era5/nasty.zarr", "results/data/cells/nasty.zarr"]
     sounding = SHARED_DATA / "igra" / "USM00074794-data-exampleportion.txt"
@@ -142,8 +172,23 @@ def ingested(tmp_path_factory):
     env.pop("VIRTUAL_ENV", None)
     snakemake = Path(sys.executable).parent / "snakemake"
     proc = subprocess.run(
-        [str(snakemake), "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "2", *targets],
-        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+        [
+            str(snakemake),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(work),
+            "--configfile",
+            str(work / "config.yaml"),
+            "--cores",
+            "2",
+            *targets,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return work, proc, era5, cells, "igra" in config
 

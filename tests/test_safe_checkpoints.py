@@ -34,7 +34,12 @@ def _crafted(path: Path, marker: Path) -> Path:
 
 
 def test_round_trip_keeps_numpy_tuples_and_tensors(tmp_path):
-    state = {"w": torch.arange(3.0), "rng": ("MT", np.arange(5, dtype=np.uint32), 3), "losses": [0.5], "n": np.float32(2)}
+    state = {
+        "w": torch.arange(3.0),
+        "rng": ("MT", np.arange(5, dtype=np.uint32), 3),
+        "losses": [0.5],
+        "n": np.float32(2),
+    }
     save_checkpoint(tmp_path / "a.pt", state)
     back = load_checkpoint(tmp_path / "a.pt")
     assert torch.equal(back["w"], state["w"])

@@ -120,7 +120,16 @@ def test_bad_settings_name_the_key(sim, key):
 
 def test_cli_writes_npz_with_true_parameters(tmp_path):
     out = tmp_path / "lv.npz"
-    spec = {"source": "simulate", "simulate": {"system": "lotka_volterra", "n_cells": [20, 25, 30], "times": [0, 1, 2], "params": {"alpha": 1.2}, "seed": 4}}
+    spec = {
+        "source": "simulate",
+        "simulate": {
+            "system": "lotka_volterra",
+            "n_cells": [20, 25, 30],
+            "times": [0, 1, 2],
+            "params": {"alpha": 1.2},
+            "seed": 4,
+        },
+    }
     run_cli("cells-simulate", "--spec", json.dumps(spec), "--out", out)
     with np.load(out) as z:
         assert sorted(z.keys()) == ["features", "t0", "t1", "t2", "times", "true_parameters"]
@@ -130,6 +139,13 @@ def test_cli_writes_npz_with_true_parameters(tmp_path):
     assert truth["system"] == "lotka_volterra" and truth["noise"] == "multiplicative"
     assert truth["drift"] == {"alpha": 1.2, "beta": 0.4, "gamma": 0.4, "delta": 0.1}
     assert truth["sigma"] == 0.1
-    bad = run_cli("cells-simulate", "--spec", json.dumps({"simulate": {"system": "ou", "params": {"B": 1}}}), "--out", tmp_path / "x.npz", check=False)
+    bad = run_cli(
+        "cells-simulate",
+        "--spec",
+        json.dumps({"simulate": {"system": "ou", "params": {"B": 1}}}),
+        "--out",
+        tmp_path / "x.npz",
+        check=False,
+    )
     assert bad.returncode == 1 and "simulate.params.B" in bad.stderr
     assert not (tmp_path / "x.npz").exists()

@@ -29,11 +29,16 @@ from conftest import ROOT, bin_path, run_snakemake
 # Status by squeue (the test cluster has no accounting, so no sacct; MinJobAge=3600 keeps
 # finished jobs visible) and short polling intervals, to keep the tests quick.
 SLURM_ARGS = [
-    "--profile", str(ROOT / "profiles" / "slurm"),
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "1",
-    "--seconds-between-status-checks", "2",
-    "--latency-wait", "5",
+    "--profile",
+    str(ROOT / "profiles" / "slurm"),
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--seconds-between-status-checks",
+    "2",
+    "--latency-wait",
+    "5",
 ]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.")
 
@@ -61,24 +66,44 @@ def slurm():
 
 
 def smk(workdir: Path, config: Path, *args: str, check: bool = True, env: dict | None = None, timeout: int = 900):
-    return run_snakemake("-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(config),
-                         *args, cwd=workdir, check=check, env=env, timeout=timeout)
+    return run_snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config),
+        *args,
+        cwd=workdir,
+        check=check,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def smk_popen(workdir: Path, config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
     log = open(workdir / "snakemake.out", "w")
-    return subprocess.Popen([bin_path("snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-                             "--configfile", str(config), *args],
-                            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True, env=full_env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [bin_path("snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(config), *args],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
 
 
 def slurm_states(job_ids) -> dict[str, str]:
     """SLURM's own record of the jobs (squeue keeps finished ones for MinJobAge)."""
-    proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return dict(line.split() for line in proc.stdout.splitlines() if line.strip())
 
 
@@ -98,7 +123,7 @@ def submitted(out: str) -> dict[str, tuple[str, Path]]:
     jobs = {}
     for job_id, log in SUBMITTED.findall(out):
         log = Path(log)
-        parts = log.parts[log.parts.index("slurm_logs") + 1:-1]  # rule_<rule>[/<wildcards>]
+        parts = log.parts[log.parts.index("slurm_logs") + 1 : -1]  # rule_<rule>[/<wildcards>]
         jobs["/".join(parts)] = (job_id, log)
     return jobs
 
@@ -112,10 +137,28 @@ def write_config(path: Path, config: dict) -> Path:
 # (the MLflow check). Memory and time requests fit any test machine.
 TINY = {
     "seed": 0,
-    "era5": {"tiny": {"source": "synthetic", "variables": ["t"], "levels": [850],
-                      "synthetic": {"nlat": 16, "nlon": 16, "ntime": 8}}},
-    "sr": {"tiny": {"era5": "tiny", "train": {"steps": 3, "batch_size": 2, "model": {"base": 8, "mults": [1, 2]},
-                                              "checkpoint_every": 0, "log_every": 1, "device": "cpu", "threads": 1}}},
+    "era5": {
+        "tiny": {
+            "source": "synthetic",
+            "variables": ["t"],
+            "levels": [850],
+            "synthetic": {"nlat": 16, "nlon": 16, "ntime": 8},
+        }
+    },
+    "sr": {
+        "tiny": {
+            "era5": "tiny",
+            "train": {
+                "steps": 3,
+                "batch_size": 2,
+                "model": {"base": 8, "mults": [1, 2]},
+                "checkpoint_every": 0,
+                "log_every": 1,
+                "device": "cpu",
+                "threads": 1,
+            },
+        }
+    },
     # One CPU per job, so that two jobs share the 2-CPU test node; sr_train's own entry
     # wins over `default` (checked in SLURM's record of the job).
     "resources": {"default": {"mem_mb": 1000, "runtime": 10, "cpus": 1}, "sr_train": {"mem_mb": 1200, "runtime": 15}},
@@ -132,7 +175,13 @@ def test_workflow_through_slurm(slurm, tmp_path, monkeypatch):
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
     on_slurm.mkdir()
     local.mkdir()
-    tiny = {**TINY, "resources": {**TINY["resources"], "default": {**TINY["resources"]["default"], "partition": default_partition()}}}
+    tiny = {
+        **TINY,
+        "resources": {
+            **TINY["resources"],
+            "default": {**TINY["resources"]["default"], "partition": default_partition()},
+        },
+    }
     config = write_config(tmp_path / "config.yaml", tiny)
     uri = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
     (tmp_path / "server").mkdir()
@@ -152,7 +201,7 @@ def test_workflow_through_slurm(slurm, tmp_path, monkeypatch):
     jobs = submitted(out)
     assert set(jobs) == expected, out[-5000:]
     finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", out)
-    assert sorted(finished) == sorted(k.split("/")[0][len("rule_"):] for k in expected), out[-5000:]
+    assert sorted(finished) == sorted(k.split("/")[0][len("rule_") :] for k in expected), out[-5000:]
     states = slurm_states([job_id for job_id, _ in jobs.values()])
     assert set(states.values()) == {"COMPLETED"}, states
     assert len(states) == len(expected)
@@ -163,8 +212,18 @@ def test_workflow_through_slurm(slurm, tmp_path, monkeypatch):
     # The config's resources reached sbatch (rule entry over `default` over built-in).
     partition = tiny["resources"]["default"]["partition"]
     train, fetch = slurm_job(jobs["rule_sr_train/tiny"][0]), slurm_job(jobs["rule_era5_fetch/tiny"][0])
-    assert (train["TimeLimit"], train["MinMemoryNode"], train["NumCPUs"], train["Partition"]) == ("00:15:00", "1200M", "1", partition)
-    assert (fetch["TimeLimit"], fetch["MinMemoryNode"], fetch["NumCPUs"], fetch["Partition"]) == ("00:10:00", "1000M", "1", partition)
+    assert (train["TimeLimit"], train["MinMemoryNode"], train["NumCPUs"], train["Partition"]) == (
+        "00:15:00",
+        "1200M",
+        "1",
+        partition,
+    )
+    assert (fetch["TimeLimit"], fetch["MinMemoryNode"], fetch["NumCPUs"], fetch["Partition"]) == (
+        "00:10:00",
+        "1000M",
+        "1",
+        partition,
+    )
     assert train["WorkDir"] == str(on_slurm)
 
     # The outputs equal the local run's.
@@ -200,14 +259,17 @@ def test_failed_and_cancelled_jobs(slurm, tmp_path):
     inputs.mkdir()
     (inputs / "bad.npz").write_bytes(b"this is not an npz archive\n" * 20)  # fails inside the job
     os.mkfifo(inputs / "hang.npz")  # the job blocks reading it until cancelled
-    config = write_config(tmp_path / "config.yaml", {
-        "cells": {
-            "good": {"source": "simulate", "simulate": {"system": "lotka_volterra", "n_cells": 40}},
-            "bad": {"source": "npz", "path": str(inputs / "bad.npz")},
-            "hang": {"source": "npz", "path": str(inputs / "hang.npz")},
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "cells": {
+                "good": {"source": "simulate", "simulate": {"system": "lotka_volterra", "n_cells": 40}},
+                "bad": {"source": "npz", "path": str(inputs / "bad.npz")},
+                "hang": {"source": "npz", "path": str(inputs / "hang.npz")},
+            },
+            "resources": {"default": {"mem_mb": 500, "runtime": 10}},
         },
-        "resources": {"default": {"mem_mb": 500, "runtime": 10}},
-    })
+    )
     # One wave of three jobs: a simulation that succeeds, an ingestion that fails, one that hangs.
     targets = ["results/raw/cells/good.npz"] + [f"results/data/cells/{name}.zarr" for name in ("bad", "hang")]
     proc = smk_popen(tmp_path, config, *SLURM_ARGS, "--keep-going", *targets)
@@ -274,24 +336,49 @@ def test_resources_from_config(tmp_path):
     """The config's `resources:` become the resources the SLURM plugin reads (no cluster
     needed: the dry run prints each job's resources): a rule's entry over `default` over
     the rule's built-in value; GPUs on SR training/sampling unless the device is cpu."""
-    config = write_config(tmp_path / "config.yaml", {
-        "era5": TINY["era5"],
-        "sr": {"gpu": {"era5": "tiny"},
-               "cpu": {"era5": "tiny", "train": {"device": "cpu"}, "sample": {"device": "cpu"}}},
-        "resources": {"default": {"account": "proj", "partition": "short", "runtime": 20},
-                      "sr_train": {"gpus": 2, "gpu_model": "a100", "nodes": 2, "cpus": 8, "partition": "gpu", "mem_mb": 64000}},
-    })
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "era5": TINY["era5"],
+            "sr": {
+                "gpu": {"era5": "tiny"},
+                "cpu": {"era5": "tiny", "train": {"device": "cpu"}, "sample": {"device": "cpu"}},
+            },
+            "resources": {
+                "default": {"account": "proj", "partition": "short", "runtime": 20},
+                "sr_train": {
+                    "gpus": 2,
+                    "gpu_model": "a100",
+                    "nodes": 2,
+                    "cpus": 8,
+                    "partition": "gpu",
+                    "mem_mb": 64000,
+                },
+            },
+        },
+    )
     proc = smk(tmp_path, config, "-n", "results/sr/gpu/samples.zarr", "results/sr/cpu/samples.zarr")
     jobs = {}
     for rule, wildcards, resources in re.findall(
-            r"^rule (\w+):\n(?:    (?!resources).*\n)*?(?:    wildcards: (.*)\n)(?:    .*\n)*?    resources: (.*)$",
-            proc.stdout, flags=re.M):
+        r"^rule (\w+):\n(?:    (?!resources).*\n)*?(?:    wildcards: (.*)\n)(?:    .*\n)*?    resources: (.*)$",
+        proc.stdout,
+        flags=re.M,
+    ):
         jobs[(rule, wildcards)] = dict(item.split("=", 1) for item in resources.split(", "))
     train_gpu = jobs[("sr_train", "experiment=gpu")]
-    assert {k: train_gpu.get(k) for k in ("gpu", "gpu_model", "nodes", "cpus_per_task", "slurm_partition",
-                                            "slurm_account", "runtime", "mem_mb")} == {
-        "gpu": "2", "gpu_model": "a100", "nodes": "2", "cpus_per_task": "8", "slurm_partition": "gpu",
-        "slurm_account": "proj", "runtime": "20", "mem_mb": "64000"}
+    assert {
+        k: train_gpu.get(k)
+        for k in ("gpu", "gpu_model", "nodes", "cpus_per_task", "slurm_partition", "slurm_account", "runtime", "mem_mb")
+    } == {
+        "gpu": "2",
+        "gpu_model": "a100",
+        "nodes": "2",
+        "cpus_per_task": "8",
+        "slurm_partition": "gpu",
+        "slurm_account": "proj",
+        "runtime": "20",
+        "mem_mb": "64000",
+    }
     assert "tasks" not in train_gpu  # sbatch --nodes gives a GPU job one task per node
     train_cpu = jobs[("sr_train", "experiment=cpu")]
     assert train_cpu["gpu"] == "0" and "gpu_model" not in train_cpu  # the config says CPU: no GPU asked
@@ -300,4 +387,9 @@ def test_resources_from_config(tmp_path):
     assert jobs[("sr_sample", "experiment=cpu")]["gpu"] == "0"
     ingest = jobs[("era5_ingest", "dataset=tiny")]
     assert (ingest["slurm_partition"], ingest["slurm_account"], ingest["runtime"], ingest["mem_mb"], ingest["gpu"]) == (
-        "short", "proj", "20", "4000", "0")
+        "short",
+        "proj",
+        "20",
+        "4000",
+        "0",
+    )

@@ -99,9 +99,14 @@ def test_resolve_periodic(tmp_path):
     assert resolve_periodic(regional, _model({"periodic": "auto"}), None) == []
     glob = _with_lon(path, np.arange(16) * 22.5 - 180.0)  # 16 x 22.5 degrees = the whole circle
     assert resolve_periodic(glob, _model({"periodic": "auto"}), None) == ["longitude"]
-    assert resolve_periodic(glob, _model({"periodic": "auto"}), [4, 8]) == []  # crops narrower than the circle have edges
+    assert (
+        resolve_periodic(glob, _model({"periodic": "auto"}), [4, 8]) == []
+    )  # crops narrower than the circle have edges
     assert resolve_periodic(glob, _model({"periodic": "auto"}), [4, 16]) == ["longitude"]
-    assert resolve_periodic(regional, _model({"periodic": ["longitude", "latitude"]}), None) == ["latitude", "longitude"]
+    assert resolve_periodic(regional, _model({"periodic": ["longitude", "latitude"]}), None) == [
+        "latitude",
+        "longitude",
+    ]
     with pytest.raises(ConfigError, match="periodic"):
         resolve_periodic(regional, _model({"periodic": ["latitude"]}), [4, 16])
     den = build_denoiser(2, _model({"base": 8, "mults": [1], "periodic": ["longitude"]}), 1.0)
@@ -115,7 +120,11 @@ def test_random_shift_rolls_whole_samples(tmp_path):
     ch = resolve_channels(ds)
     norm = normalisation_of(ds, ch)
     plain = FieldBatcher(ds, ch, np.arange(6), norm).batch(torch.Generator().manual_seed(3), 8).numpy()
-    rolled = FieldBatcher(ds, ch, np.arange(6), norm, shift=("latitude", "longitude")).batch(torch.Generator().manual_seed(3), 8).numpy()
+    rolled = (
+        FieldBatcher(ds, ch, np.arange(6), norm, shift=("latitude", "longitude"))
+        .batch(torch.Generator().manual_seed(3), 8)
+        .numpy()
+    )
     moved = 0
     for a, b in zip(plain, rolled):
         hits = [(i, j) for i in range(8) for j in range(12) if np.array_equal(np.roll(a, (i, j), (-2, -1)), b)]
@@ -147,8 +156,18 @@ def test_anomalies_training_stores_the_time_mean_field(tmp_path):
     from scorebridge.sr.train import train_prior
 
     path = write_toy_era5(tmp_path / "toy.zarr", ntime=8, nlat=8, nlon=12, seed=4)
-    spec = {"era5": "toy", "seed": 0, "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "threads": 1, "anomalies": True,
-                                                 "model": {"base": 8, "mults": [1, 2]}}}
+    spec = {
+        "era5": "toy",
+        "seed": 0,
+        "train": {
+            "steps": 2,
+            "batch_size": 2,
+            "checkpoint_every": 0,
+            "threads": 1,
+            "anomalies": True,
+            "model": {"base": 8, "mults": [1, 2]},
+        },
+    }
     train_prior(resolve_spec(spec), path, None, tmp_path / "ck.pt")
     prior = load_prior(tmp_path / "ck.pt", "cpu")
     ds = open_era5(path)

@@ -50,7 +50,9 @@ def test_spread_skill_of_a_reliable_ensemble_is_one():
     truth = centre[:, 0] + rng.standard_normal((T, 1, 1, 1))
     assert metrics.spread_skill(ens, truth)[0] == pytest.approx(1.0, abs=0.05)
     assert metrics.spread(ens)[0] == pytest.approx(1.0, abs=0.05)
-    assert metrics.spread_skill(0.5 * (ens - ens.mean(1, keepdims=True)) + ens.mean(1, keepdims=True), truth)[0] == pytest.approx(0.5, abs=0.05)
+    assert metrics.spread_skill(0.5 * (ens - ens.mean(1, keepdims=True)) + ens.mean(1, keepdims=True), truth)[
+        0
+    ] == pytest.approx(0.5, abs=0.05)
 
 
 def test_rank_histogram_counts():

@@ -19,8 +19,14 @@ LON = np.linspace(-10.0, 11.0, 8)
 
 
 def _points(**kw):
-    base = dict(latitude=[33.1, 40.0, 36.0, 31.0], longitude=[-5.5, 2.0, 0.0, 7.0], pressure_pa=[70000.0, 85000.0, 60000.0, 50000.0],
-                variable=["t", "u", "t", "t2m"], values=[1.0, 2.0, 3.0, 4.0], station=["A", "B", "C", "D"])
+    base = dict(
+        latitude=[33.1, 40.0, 36.0, 31.0],
+        longitude=[-5.5, 2.0, 0.0, 7.0],
+        pressure_pa=[70000.0, 85000.0, 60000.0, 50000.0],
+        variable=["t", "u", "t", "t2m"],
+        values=[1.0, 2.0, 3.0, 4.0],
+        station=["A", "B", "C", "D"],
+    )
     base.update(kw)
     return build_point_obs(CHANNELS, LAT, LON, **base)
 
@@ -79,7 +85,9 @@ def test_non_dividing_factor_pads_with_warning_or_errors():
 
 def test_point_exact_at_grid_points_and_levels():
     x = torch.randn(1, 5, 8, 8)
-    op, y, kept, rep = build_point_obs(CHANNELS, LAT, LON, [LAT[3], LAT[5]], [LON[2], LON[7]], [85000.0, 50000.0], ["t", "u"], [0.0, 0.0])
+    op, y, kept, rep = build_point_obs(
+        CHANNELS, LAT, LON, [LAT[3], LAT[5]], [LON[2], LON[7]], [85000.0, 50000.0], ["t", "u"], [0.0, 0.0]
+    )
     out = op(x)[0]
     assert torch.isclose(out[0], x[0, 0, 3, 2]) and torch.isclose(out[1], x[0, 3, 5, 7])
     assert rep.n_used == 2
@@ -125,7 +133,9 @@ def test_longitude_conventions_and_periodic_wrap():
     lat = np.array([-10.0, 0.0, 10.0])
     ch = [("t2m", None)]
     x = torch.randn(1, 1, 3, 8)
-    op, _, kept, rep = build_point_obs(ch, lat, lon360, [0.0, 0.0], [-45.0, 337.5], [np.nan, np.nan], ["t2m", "t2m"], [1.0, 1.0])
+    op, _, kept, rep = build_point_obs(
+        ch, lat, lon360, [0.0, 0.0], [-45.0, 337.5], [np.nan, np.nan], ["t2m", "t2m"], [1.0, 1.0]
+    )
     assert rep.n_used == 2
     out = op(x)[0]
     assert torch.isclose(out[0], x[0, 0, 1, 7])  # -45 -> 315

@@ -27,12 +27,29 @@ def setup():
     torch.set_num_threads(1)
     truth_prior = GaussianPrior(_cov(1.0), (1, N, N))
     fields = 280.0 + 3.0 * truth_prior.sample(40, torch.Generator().manual_seed(0)).numpy()[:, 0]
-    ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), fields.astype(np.float32))},
-                    coords={"time": np.datetime64("2020-01-01") + np.arange(40) * np.timedelta64(6, "h"), "latitude": np.linspace(40, 47, N), "longitude": np.linspace(0, 7, N)})
-    cfg = {"members": 8, "steps": 12, "batch_size": 256, "coarse": {"factor": 2, "sigma_y": {"t2m": 0.05}, "gamma": 0.5},
-           "calibrate": {"times": 16, "gammas": [0.3, 1.0], "inflation": True, "inflation_range": [0.5, 4.0]}}
+    ds = xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), fields.astype(np.float32))},
+        coords={
+            "time": np.datetime64("2020-01-01") + np.arange(40) * np.timedelta64(6, "h"),
+            "latitude": np.linspace(40, 47, N),
+            "longitude": np.linspace(0, 7, N),
+        },
+    )
+    cfg = {
+        "members": 8,
+        "steps": 12,
+        "batch_size": 256,
+        "coarse": {"factor": 2, "sigma_y": {"t2m": 0.05}, "gamma": 0.5},
+        "calibrate": {"times": 16, "gammas": [0.3, 1.0], "inflation": True, "inflation_range": [0.5, 4.0]},
+    }
     narrow = GaussianPrior(_cov(0.25), (1, N, N))  # a misspecified, too narrow prior: over-confident posteriors
-    cond = Conditioner(ds, [("t2m", None)], np.array([280.0], np.float32), np.array([3.0], np.float32), options.build(SampleOptions, cfg))
+    cond = Conditioner(
+        ds,
+        [("t2m", None)],
+        np.array([280.0], np.float32),
+        np.array([3.0], np.float32),
+        options.build(SampleOptions, cfg),
+    )
     return narrow, cond
 
 

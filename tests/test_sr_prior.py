@@ -32,7 +32,9 @@ from scorebridge.sr.unet import UNet, count_parameters
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return write_toy_era5(tmp_path_factory.mktemp("era5") / "toy.zarr", ntime=16, nlat=12, nlon=16, single=("t2m",), seed=1)
+    return write_toy_era5(
+        tmp_path_factory.mktemp("era5") / "toy.zarr", ntime=16, nlat=12, nlon=16, single=("t2m",), seed=1
+    )
 
 
 # --- EDM ---------------------------------------------------------------------------------
@@ -128,7 +130,15 @@ def test_training_lowers_the_denoising_loss(toy):
         y = batcher.batch(g, 16)
         return edm_loss(m, y[part], sample_sigma(16, generator=g)[part], torch.randn(y.shape, generator=g)[part])
 
-    _, ema, res = fit(den, loss_fn, options.build(TrainOptions, {"steps": 120, "batch_size": 16, "lr": 5e-3, "lr_warmup": 10, "ema": {"decay": 0.95}}), device=torch.device("cpu"), identity={})
+    _, ema, res = fit(
+        den,
+        loss_fn,
+        options.build(
+            TrainOptions, {"steps": 120, "batch_size": 16, "lr": 5e-3, "lr_warmup": 10, "ema": {"decay": 0.95}}
+        ),
+        device=torch.device("cpu"),
+        identity={},
+    )
     losses = np.array([v for _, v in res.losses])
     assert losses[:10].mean() > 0.8
     assert losses[-30:].mean() < 0.85 * losses[:10].mean()
@@ -137,7 +147,9 @@ def test_training_lowers_the_denoising_loss(toy):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         held = edm_loss(ema.module, y, torch.full((4,), 0.5), torch.randn(y.shape, generator=g))
-        untrained = edm_loss(EDMPrecond(UNet(len(ch), base=8, mults=(1, 2))), y, torch.full((4,), 0.5), torch.randn(y.shape, generator=g))
+        untrained = edm_loss(
+            EDMPrecond(UNet(len(ch), base=8, mults=(1, 2))), y, torch.full((4,), 0.5), torch.randn(y.shape, generator=g)
+        )
     assert held.item() < 0.7 * untrained.item()
 
 
@@ -207,7 +219,9 @@ def test_nan_in_training_fields_is_named(tmp_path):
     ds.to_zarr(tmp_path / "nan2.zarr", consolidated=False)
     ds = open_era5(tmp_path / "nan2.zarr")
     ch = resolve_channels(ds)
-    with pytest.raises(InputError, match=r"nan2.zarr: NaN in training field 'u' at 500 hPa at time 2020-01-01T18:00:00"):
+    with pytest.raises(
+        InputError, match=r"nan2.zarr: NaN in training field 'u' at 500 hPa at time 2020-01-01T18:00:00"
+    ):
         FieldBatcher(ds, ch, np.arange(6), normalisation_of(ds, ch))
     # the NaN outside the training times is not an error
     FieldBatcher(ds, ch, [0, 1, 2], normalisation_of(ds, ch))
@@ -233,7 +247,14 @@ def test_batches_crops_and_members(tmp_path):
     # every sample is a window of some (time, member)
     full = load_fields(ds, ch, [0, 1, 2, 3], norm)  # (T, M, C, H, W)
     x = a[0].numpy()
-    hits = [(t, m) for t in range(4) for m in range(3) for i in range(7) for j in range(7) if np.array_equal(full[t, m, :, i : i + 4, j : j + 6], x)]
+    hits = [
+        (t, m)
+        for t in range(4)
+        for m in range(3)
+        for i in range(7)
+        for j in range(7)
+        if np.array_equal(full[t, m, :, i : i + 4, j : j + 6], x)
+    ]
     assert hits
     with pytest.raises(ConfigError, match="crop 11x4 does not fit"):
         FieldBatcher(ds, ch, [0], norm, crop=[11, 4])
@@ -243,7 +264,14 @@ def test_batches_crops_and_members(tmp_path):
 
 
 def _spec(**train):
-    base = {"steps": 12, "batch_size": 4, "checkpoint_every": 5, "model": {"base": 8, "mults": [1, 2]}, "log_every": 4, "threads": 1}
+    base = {
+        "steps": 12,
+        "batch_size": 4,
+        "checkpoint_every": 5,
+        "model": {"base": 8, "mults": [1, 2]},
+        "log_every": 4,
+        "threads": 1,
+    }
     base.update(train)
     return {"era5": "toy", "seed": 3, "train": base}
 
@@ -268,7 +296,9 @@ def test_train_and_load_prior(toy, tmp_path):
     with pytest.raises(ValueError, match="expects"):
         prior.denoise(torch.randn(1, 3, 8, 8), 1.0)
     # the same experiment asks for other channels -> clear error
-    with pytest.raises(ConfigError, match=r"trained on channels \['t/850', 't/500', 'u/850', 'u/500'\].*asks for \['t/850'\]"):
+    with pytest.raises(
+        ConfigError, match=r"trained on channels \['t/850', 't/500', 'u/850', 'u/500'\].*asks for \['t/850'\]"
+    ):
         load_prior(out, "cpu", channels=[("t", 850)])
     load_prior(out, "cpu", channels=[("t", 850), ("t", 500), ("u", 850), ("u", 500)])
     with pytest.raises(InputError, match="not an SR prior checkpoint"):
@@ -291,7 +321,18 @@ def test_bad_input_errors(toy, tmp_path):
     from conftest import run_cli
 
     # through the CLI: a clean one-line error naming the key, exit 1, no output
-    proc = run_cli("sr-train", "--spec", json.dumps(_spec(variables=["nope"])), "--experiment", "x", "--era5", str(toy), "--out", str(tmp_path / "o.pt"), check=False)
+    proc = run_cli(
+        "sr-train",
+        "--spec",
+        json.dumps(_spec(variables=["nope"])),
+        "--experiment",
+        "x",
+        "--era5",
+        str(toy),
+        "--out",
+        str(tmp_path / "o.pt"),
+        check=False,
+    )
     assert proc.returncode == 1 and "sr.train.variables" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.pt").exists()
     with pytest.raises(ConfigError, match="train.lr"):
@@ -311,7 +352,11 @@ def test_real_era5_ensemble_smoke(shared, tmp_path):
     from scorebridge.data.era5.ingest import ingest
 
     grib = shared("era5", "era5-levels-members.grib")
-    store = ingest({"source": "local", "variables": ["t", "z"], "levels": [850, 500], "hours": [0, 12]}, tmp_path / "real.zarr", [grib])
+    store = ingest(
+        {"source": "local", "variables": ["t", "z"], "levels": [850, 500], "hours": [0, 12]},
+        tmp_path / "real.zarr",
+        [grib],
+    )
     spec = _spec(crop=[24, 32], steps=6, checkpoint_every=0, split={"train_fraction": 0.5})
     summary = train_prior(resolve_spec(spec), store, None, tmp_path / "real.pt")
     assert np.isfinite(summary["final_loss"]) and summary["val_loss"]

@@ -40,17 +40,37 @@ def test_scorecard_compares_like_with_like():
     main = truth[:, None] + noise(0.25)
     bicubic = truth + rng.standard_normal((T, C, H, W)) * std.reshape(1, C, 1, 1)
     names = ["a", "b"]
-    out, card = scorecard((main, main), (coarse_only, coarse_only), bicubic, truth, std, None, names, ["coarse", "radiosondes"])
+    out, card = scorecard(
+        (main, main), (coarse_only, coarse_only), bicubic, truth, std, None, names, ["coarse", "radiosondes"]
+    )
     r_co, r_main, r_bi = (metrics.rmse(x, truth) for x in (coarse_only.mean(1), main.mean(1), bicubic))
     # the headline ratio is coarse-only against bicubic, pooled in normalised units
     assert out["summary/rmse_ratio"] == pytest.approx(metrics.pooled(r_co, std) / metrics.pooled(r_bi, std))
-    assert out["summary/rmse_ratio_radiosondes"] == pytest.approx(metrics.pooled(r_main, std) / metrics.pooled(r_co, std))
-    assert out["rmse_ratio/b"] == pytest.approx(r_co[1] / r_bi[1]) and out["rmse_ratio_radiosondes/a"] == pytest.approx(r_main[0] / r_co[0])
-    assert out["summary/rmse_ratio"] != pytest.approx(np.mean(r_main / r_bi))  # not the old mean of per-channel ratios of the main posterior
-    assert set(card["channels"]["a"]) >= {"bicubic", "coarse", "coarse / bicubic", "coarse+radiosondes / coarse", "spread_skill_raw", "spread_skill"}
+    assert out["summary/rmse_ratio_radiosondes"] == pytest.approx(
+        metrics.pooled(r_main, std) / metrics.pooled(r_co, std)
+    )
+    assert out["rmse_ratio/b"] == pytest.approx(r_co[1] / r_bi[1]) and out["rmse_ratio_radiosondes/a"] == pytest.approx(
+        r_main[0] / r_co[0]
+    )
+    assert out["summary/rmse_ratio"] != pytest.approx(
+        np.mean(r_main / r_bi)
+    )  # not the old mean of per-channel ratios of the main posterior
+    assert set(card["channels"]["a"]) >= {
+        "bicubic",
+        "coarse",
+        "coarse / bicubic",
+        "coarse+radiosondes / coarse",
+        "spread_skill_raw",
+        "spread_skill",
+    }
     # the coarse field alone: the main ensemble is the coarse-only one
-    out1, _ = scorecard((coarse_only, coarse_only), (coarse_only, coarse_only), bicubic, truth, std, None, names, ["coarse"])
-    assert out1["summary/rmse_ratio"] == pytest.approx(out["summary/rmse_ratio"]) and "summary/rmse_ratio_radiosondes" not in out1
+    out1, _ = scorecard(
+        (coarse_only, coarse_only), (coarse_only, coarse_only), bicubic, truth, std, None, names, ["coarse"]
+    )
+    assert (
+        out1["summary/rmse_ratio"] == pytest.approx(out["summary/rmse_ratio"])
+        and "summary/rmse_ratio_radiosondes" not in out1
+    )
 
 
 def test_baselines_wrap_on_periodic_axes():
@@ -62,7 +82,9 @@ def test_baselines_wrap_on_periodic_axes():
     wrapped = up(np.roll(c, 3, axis=-1), (False, True))
     assert np.allclose(wrapped, np.roll(up(c, (False, True)), 3 * k, axis=-1), atol=1e-5)
     # ... which clamped edges do not
-    assert not np.allclose(up(np.roll(c, 3, axis=-1), (False, False)), np.roll(up(c, (False, False)), 3 * k, axis=-1), atol=1e-2)
+    assert not np.allclose(
+        up(np.roll(c, 3, axis=-1), (False, False)), np.roll(up(c, (False, False)), 3 * k, axis=-1), atol=1e-2
+    )
     # latitude is left alone: the same as clamped along it, and the interior away from the seams unchanged
     assert np.allclose(up(c, (False, True))[..., :, 8:24], up(c, (False, False))[..., :, 8:24], atol=1e-5)
     # a smooth periodic field is recovered better at the seam
@@ -91,7 +113,9 @@ def test_spectrum_windowed_on_non_periodic_axes():
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((200, n, n))
     _, pn = metrics.power_spectrum(noise, (False, False))
-    assert pn.sum() == pytest.approx(noise.var() * np.pi / 4, rel=0.1)  # the corner wavenumbers > n/2 are cut off (disc / square)
+    assert pn.sum() == pytest.approx(
+        noise.var() * np.pi / 4, rel=0.1
+    )  # the corner wavenumbers > n/2 are cut off (disc / square)
 
 
 def test_conjugate_gradient_solves_in_n_steps():
@@ -124,16 +148,30 @@ def test_surface_records_observe_single_level_channels(tmp_path):
     from scorebridge.sr.point_obs import build_point_obs
 
     times = np.datetime64("2020-01-01") + np.arange(2) * np.timedelta64(6, "h")
-    era5 = xr.Dataset(coords={"time": times, "level": [850.0, 500.0], "latitude": np.linspace(40, 43, 4), "longitude": np.linspace(0, 3, 4)})
+    era5 = xr.Dataset(
+        coords={
+            "time": times,
+            "level": [850.0, 500.0],
+            "latitude": np.linspace(40, 43, 4),
+            "longitude": np.linspace(0, 3, 4),
+        }
+    )
     # one sounding: the surface record at 1013 hPa (outside the levels), 850 and 500 hPa
     n = 3
-    igra = xr.Dataset({
-        "station": ("obs", np.array(["S1"] * n, dtype=object)), "time": ("obs", np.array([times[0]] * n)),
-        "latitude": ("obs", np.full(n, 41.5)), "longitude": ("obs", np.full(n, 1.5)),
-        "pressure": ("obs", np.array([101300.0, 85000.0, 50000.0])), "temperature": ("obs", np.array([288.0, 280.0, 255.0])),
-        "u": ("obs", np.array([2.0, 5.0, 15.0])), "v": ("obs", np.array([-1.0, 0.0, 1.0])), "gph": ("obs", np.array([10.0, 1500.0, 5600.0])),
-        "lvltyp2": ("obs", np.array([1, 0, 0])),
-    })
+    igra = xr.Dataset(
+        {
+            "station": ("obs", np.array(["S1"] * n, dtype=object)),
+            "time": ("obs", np.array([times[0]] * n)),
+            "latitude": ("obs", np.full(n, 41.5)),
+            "longitude": ("obs", np.full(n, 1.5)),
+            "pressure": ("obs", np.array([101300.0, 85000.0, 50000.0])),
+            "temperature": ("obs", np.array([288.0, 280.0, 255.0])),
+            "u": ("obs", np.array([2.0, 5.0, 15.0])),
+            "v": ("obs", np.array([-1.0, 0.0, 1.0])),
+            "gph": ("obs", np.array([10.0, 1500.0, 5600.0])),
+            "lvltyp2": ("obs", np.array([1, 0, 0])),
+        }
+    )
     col = collocate(igra, era5_grid(era5), 3.0)
     assert list(col["surface"].values) == [True, False, False] and col.sizes["obs"] == 3  # the surface record is kept
     col.to_zarr(tmp_path / "obs.zarr", consolidated=False)
@@ -141,7 +179,16 @@ def test_surface_records_observe_single_level_channels(tmp_path):
     table = read_obs(tmp_path / "obs.zarr", sorted({v for v, _ in channels}))
     got = {(v, None if np.isnan(p) else float(p)): x for v, p, x in zip(table.variable, table.pressure, table.value)}
     assert got == {("t2m", None): 288.0, ("u10", None): 2.0, ("t", 85000.0): 280.0, ("t", 50000.0): 255.0}
-    op, y, kept, rep = build_point_obs(channels, era5.latitude.values, era5.longitude.values, table.latitude, table.longitude, table.pressure, table.variable, table.value)
+    op, y, kept, rep = build_point_obs(
+        channels,
+        era5.latitude.values,
+        era5.longitude.values,
+        table.latitude,
+        table.longitude,
+        table.pressure,
+        table.variable,
+        table.value,
+    )
     assert rep.n_used == 4 and rep.n_outside_vertical == 0
     field = torch.zeros(1, 4, 4, 4)
     field[0, 0] = 288.0  # t2m everywhere: the surface t observes channel 0

@@ -48,7 +48,13 @@ def test_new_cds_layout_and_cf_attributes(tmp_path):
         assert ds.t2m.dims == ("valid_time", "latitude", "longitude")
         assert np.all(np.diff(ds.latitude.values) < 0), "CDS writes latitude descending"
         assert ds.pressure_level.attrs["units"] == "hPa"
-        assert [ds[v].attrs["units"] for v in ("t", "u", "z", "q", "t2m")] == ["K", "m s**-1", "m**2 s**-2", "kg kg**-1", "K"]
+        assert [ds[v].attrs["units"] for v in ("t", "u", "z", "q", "t2m")] == [
+            "K",
+            "m s**-1",
+            "m**2 s**-2",
+            "kg kg**-1",
+            "K",
+        ]
         assert all(ds[v].dtype == np.float32 for v in ds.data_vars)
         assert ds.valid_time.encoding["units"].startswith("seconds since 1970")
         assert "expver" in ds.coords and "number" in ds.coords
@@ -66,7 +72,11 @@ def test_values_are_physical(fields):
     eddy = float(fields.v.sel(pressure_level=500).std())
     assert 4 < eddy < 20
     q = fields.q.values
-    assert q.min() > 0 and q.max() < 0.03 and np.all(np.diff(fields.q.mean(("valid_time", "latitude", "longitude")).values) < 0)
+    assert (
+        q.min() > 0
+        and q.max() < 0.03
+        and np.all(np.diff(fields.q.mean(("valid_time", "latitude", "longitude")).values) < 0)
+    )
     assert float(fields.r.min()) >= 5.0 and float(fields.r.max()) <= 100.0
     assert 95000 < float(fields.msl.min()) and float(fields.msl.max()) < 106000
 

@@ -37,7 +37,6 @@ N_STEPS = 1200  # > 1000: the curve needs two log_batch requests
 SECRETS = [CDS_KEY, CDS_KEY.split(":")[1], RC_KEY.split(":")[1], TOKEN, PASSWORD, "alice:"]
 
 
-
 def job(experiments, kind: str, name: str, rule: str, out, spec: dict):
     """What a model job does with the tracking API: a training curve, final metrics,
     metrics.json, a text artifact holding secrets, a figure. Returns the run."""
@@ -51,14 +50,23 @@ def job(experiments, kind: str, name: str, rule: str, out, spec: dict):
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data.txt"
     data.write_text(f"dataset of {kind}/{name}\n")
-    with tracked_run(experiments=experiments, kind=kind, experiment=name, rule=rule, wildcards={"experiment": name},
-                     spec=spec, datasets={"inputs": str(data)}) as run:
+    with tracked_run(
+        experiments=experiments,
+        kind=kind,
+        experiment=name,
+        rule=rule,
+        wildcards={"experiment": name},
+        spec=spec,
+        datasets={"inputs": str(data)},
+    ) as run:
         for step in range(N_STEPS):
             run.log_metrics({"train/loss": 1.0 / (step + 1), "train/lr": 0.001}, step=step)
         run.log_metrics({"rmse/t/850": 1.5, "rmse/t/500": 2.5})
         write_json(out / "metrics.json", {"rmse": {"t": {"850": 1.5, "500": 2.5}}, "who": f"{kind}/{name}"})
         run.log_artifact(out / "metrics.json")
-        (out / "notes.txt").write_text("key used: " + os.environ.get("CDSAPI_KEY", "") + "\nurl " + spec["source_url"] + "\n")
+        (out / "notes.txt").write_text(
+            "key used: " + os.environ.get("CDSAPI_KEY", "") + "\nurl " + spec["source_url"] + "\n"
+        )
         run.log_artifact(out / "notes.txt")
         fig, ax = plt.subplots()
         ax.plot(range(10))
@@ -94,9 +102,16 @@ def job_env(tmp: Path, invocation: str) -> dict:
     rc = tmp / "cdsapirc"
     rc.write_text(f"url: https://cds.climate.copernicus.eu/api\nkey: {RC_KEY}\n")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update({"CDSAPI_KEY": CDS_KEY, "CDSAPI_RC": str(rc), "SCOREBRIDGE_INVOCATION": invocation,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    env.update(
+        {
+            "CDSAPI_KEY": CDS_KEY,
+            "CDSAPI_RC": str(rc),
+            "SCOREBRIDGE_INVOCATION": invocation,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg",
+        }
+    )
     return env
 
 
@@ -113,8 +128,19 @@ KINDS = {"sr": ["alpha", "beta", "gamma", "delta"], "bridge": ["lv", "rep", "ou"
 
 def init_store(tmp: Path, tracking: dict, env: dict) -> dict:
     out = tmp / "results" / "mlflow" / "experiments.json"
-    run_cli("tracking-init", "--tracking", json.dumps(tracking), "--sr", ",".join(KINDS["sr"]),
-            "--bridge", ",".join(KINDS["bridge"]), "--out", out, cwd=tmp, env=env)
+    run_cli(
+        "tracking-init",
+        "--tracking",
+        json.dumps(tracking),
+        "--sr",
+        ",".join(KINDS["sr"]),
+        "--bridge",
+        ",".join(KINDS["bridge"]),
+        "--out",
+        out,
+        cwd=tmp,
+        env=env,
+    )
     return json.loads(out.read_text())
 
 
@@ -134,7 +160,11 @@ def run_workers(tmp: Path, experiments: Path, env: dict) -> dict:
         for name in names:
             spec = {**SPEC, "cds_key": CDS_KEY, "name": name}
             rule = "sr_train" if kind == "sr" else "bridge_fit"
-            procs.append(ctx.Process(target=_forked_job, args=(env, q, experiments, kind, name, rule, tmp / "out" / kind / name, spec)))
+            procs.append(
+                ctx.Process(
+                    target=_forked_job, args=(env, q, experiments, kind, name, rule, tmp / "out" / kind / name, spec)
+                )
+            )
     for p in procs:
         p.start()
     results = []
@@ -223,9 +253,26 @@ def mlflow_server(tmp_path_factory):
     db = tmp / "server.db"
     art = tmp / "server-artifacts"
     log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(art)],
-                            cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            bin_path("mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(art),
+        ],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         import urllib.request
 
@@ -256,16 +303,48 @@ def mlflow_server(tmp_path_factory):
 
 
 def test_secret_key_matching_is_precise():
-    secret = ["key", "KEY", "api_key", "CDSAPI_KEY", "cdsApiKey", "token", "hf_token", "MLFLOW_TRACKING_TOKEN", "password",
-              "db.passwd", "aws_secret_access_key", "client_secret", "credentials", "auth", "private_key"]
-    plain = ["time_key", "sort_key", "keys", "monkey", "tokens_per_batch", "author", "level_key", "keyframe", "n_tokens"]
+    secret = [
+        "key",
+        "KEY",
+        "api_key",
+        "CDSAPI_KEY",
+        "cdsApiKey",
+        "token",
+        "hf_token",
+        "MLFLOW_TRACKING_TOKEN",
+        "password",
+        "db.passwd",
+        "aws_secret_access_key",
+        "client_secret",
+        "credentials",
+        "auth",
+        "private_key",
+    ]
+    plain = [
+        "time_key",
+        "sort_key",
+        "keys",
+        "monkey",
+        "tokens_per_batch",
+        "author",
+        "level_key",
+        "keyframe",
+        "n_tokens",
+    ]
     assert [k for k in secret if not is_secret_key(k)] == []
     assert [k for k in plain if is_secret_key(k)] == []
-    assert redact({"time_key": "valid_time", "cds": {"key": "x"}, "token": 1}) == {"time_key": "valid_time", "cds": {"key": "***"}, "token": "***"}
+    assert redact({"time_key": "valid_time", "cds": {"key": "x"}, "token": 1}) == {
+        "time_key": "valid_time",
+        "cds": {"key": "***"},
+        "token": "***",
+    }
 
 
 def test_strip_credentials_and_scrubber(monkeypatch):
-    assert strip_credentials("postgresql://u:p@db:5432/ml and https://tok@h/x") == "postgresql://***@db:5432/ml and https://***@h/x"
+    assert (
+        strip_credentials("postgresql://u:p@db:5432/ml and https://tok@h/x")
+        == "postgresql://***@db:5432/ml and https://***@h/x"
+    )
     assert strip_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     monkeypatch.setenv("MY_SERVICE_TOKEN", "abcdef123456")
     monkeypatch.setenv("CDSAPI_KEY", CDS_KEY)
@@ -276,8 +355,13 @@ def test_strip_credentials_and_scrubber(monkeypatch):
 
 
 def test_flatten_dotted_keys():
-    assert flatten({"a": {"b": 1, "c": [850, 500]}, "d": None, "e": [{"x": 1}], "f": "s"}) == \
-        {"a.b": "1", "a.c": "[850, 500]", "d": "null", "e.0.x": "1", "f": "s"}
+    assert flatten({"a": {"b": 1, "c": [850, 500]}, "d": None, "e": [{"x": 1}], "f": "s"}) == {
+        "a.b": "1",
+        "a.c": "[850, 500]",
+        "d": "null",
+        "e.0.x": "1",
+        "f": "s",
+    }
 
 
 def test_uri_precedence_config_env_default(tmp_path, monkeypatch):
@@ -333,8 +417,24 @@ def test_tracking_init_is_idempotent(sqlite_store):
 
     tmp, info, env, _ = sqlite_store
     again = tmp / "again.json"
-    assert main(["tracking-init", "--tracking", "{}", "--sr", "alpha,new", "--bridge", "", "--results", str(tmp / "results"),
-                 "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "tracking-init",
+                "--tracking",
+                "{}",
+                "--sr",
+                "alpha,new",
+                "--bridge",
+                "",
+                "--results",
+                str(tmp / "results"),
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     info2 = json.loads(again.read_text())
     assert info2["experiments"]["sr"]["alpha"] == info["experiments"]["sr"]["alpha"]
     assert info2["experiments"]["sr"]["new"] not in info["experiments"]["sr"].values()
@@ -384,8 +484,10 @@ def test_unreachable_store_warns_writes_outputs_and_pending(sqlite_store, tmp_pa
     assert main(["tracking-sync", "--uri", info["uri"], str(pending)]) == 0
     assert "logged to run" in capsys.readouterr().out and not pending.exists()
     client = MlflowClient(info["uri"])
-    (replayed,) = client.search_runs([info["experiments"]["sr"]["alpha"]],
-                                     f"tags.`scorebridge.invocation` = '{invocation}' and tags.`scorebridge.replayed` != ''")
+    (replayed,) = client.search_runs(
+        [info["experiments"]["sr"]["alpha"]],
+        f"tags.`scorebridge.invocation` = '{invocation}' and tags.`scorebridge.replayed` != ''",
+    )
     assert replayed.data.params["train.steps"] == "1200" and replayed.data.metrics["rmse/t/850"] == 1.5
     assert len(client.get_metric_history(replayed.info.run_id, "train/loss")) == N_STEPS
     assert "figures" in {a.path for a in client.list_artifacts(replayed.info.run_id)}
@@ -441,8 +543,14 @@ def test_failed_job_marks_run_failed(sqlite_store, monkeypatch):
     tmp, info, env, _ = sqlite_store
     monkeypatch.chdir(tmp)
     with pytest.raises(ZeroDivisionError):
-        with tracked_run(tmp / "results" / "mlflow" / "experiments.json", kind="bridge", experiment="toy", rule="bridge_fit",
-                         wildcards={"experiment": "toy"}, spec={"seed": 1}) as run:
+        with tracked_run(
+            tmp / "results" / "mlflow" / "experiments.json",
+            kind="bridge",
+            experiment="toy",
+            rule="bridge_fit",
+            wildcards={"experiment": "toy"},
+            spec={"seed": 1},
+        ) as run:
             run.log_metrics({"train/loss": 3.0}, step=7)
             1 / 0
     r = MlflowClient(info["uri"]).get_run(run.run_id)
@@ -460,8 +568,14 @@ def test_runs_carry_mlflow_context_tags(sqlite_store, monkeypatch):
 
     tmp, info, env, _ = sqlite_store
     monkeypatch.chdir(tmp)
-    job = {"kind": "sr", "experiment": "alpha", "rule": "sr_train", "wildcards": {"experiment": "alpha"},
-           "spec": {"seed": 1}, "datasets": {}}
+    job = {
+        "kind": "sr",
+        "experiment": "alpha",
+        "rule": "sr_train",
+        "wildcards": {"experiment": "alpha"},
+        "spec": {"seed": 1},
+        "datasets": {},
+    }
     with job_run(None, **job) as run:
         assert isinstance(run, UntrackedRun)
         run.log_metrics({"x": 1.0})
@@ -487,8 +601,14 @@ def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch
 
     tmp, info, env, _ = sqlite_store
     monkeypatch.chdir(tmp)
-    with tracked_run(tmp / "results" / "mlflow" / "experiments.json", kind="sr", experiment="beta", rule="sr_sample",
-                     wildcards={"experiment": "beta"}, spec={"a": 1}) as run:
+    with tracked_run(
+        tmp / "results" / "mlflow" / "experiments.json",
+        kind="sr",
+        experiment="beta",
+        rule="sr_sample",
+        wildcards={"experiment": "beta"},
+        spec={"a": 1},
+    ) as run:
         run.log_params({"a": 2, "b": 3})
         with pytest.warns(UserWarning, match="not a number"):
             run.log_metrics({"/odd//name/": 1.0, "../up": 2.0, "nan": float("nan"), "text": "x"}, step=2)
@@ -537,7 +657,9 @@ def _long_job(experiments: str, ready: str) -> None:
     from scorebridge.tracking import tracked_run
 
     SqlAlchemyStore._engine_map.clear()
-    with tracked_run(experiments, kind="sr", experiment="gamma", rule="sr_train", wildcards={"experiment": "gamma"}) as run:
+    with tracked_run(
+        experiments, kind="sr", experiment="gamma", rule="sr_train", wildcards={"experiment": "gamma"}
+    ) as run:
         for step in range(5):
             run.log_metrics({"train/loss": float(step)}, step=step)  # buffered, not yet sent
         Path(ready).write_text(run.run_id)
@@ -554,7 +676,9 @@ def test_sigterm_flushes_and_marks_run_killed(sqlite_store, tmp_path):
 
     tmp, info, env, _ = sqlite_store
     ready = tmp_path / "ready"
-    proc = mp.get_context("fork").Process(target=_long_job, args=(str(tmp / "results" / "mlflow" / "experiments.json"), str(ready)))
+    proc = mp.get_context("fork").Process(
+        target=_long_job, args=(str(tmp / "results" / "mlflow" / "experiments.json"), str(ready))
+    )
     proc.start()
     deadline = time.monotonic() + 120
     while not ready.exists():

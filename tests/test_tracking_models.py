@@ -23,8 +23,12 @@ from scorebridge.tracking.options import ENV_TRACKING, TrackingOptions
 from scorebridge.tracking.store import write_experiments
 
 SETTINGS = {"register": True, "system_metrics": {"enabled": True, "interval": 0.5}}
-SR_SPEC = {"era5": "toy", "seed": 3, "sample": {"steps": 3},
-           "train": {"steps": 6, "batch_size": 2, "log_every": 2, "threads": 1, "model": {"base": 8, "mults": [1, 2]}}}
+SR_SPEC = {
+    "era5": "toy",
+    "seed": 3,
+    "sample": {"steps": 3},
+    "train": {"steps": 6, "batch_size": 2, "log_every": 2, "threads": 1, "model": {"base": 8, "mults": [1, 2]}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,24 @@ def trained(store):
     env = os.environ.get(ENV_TRACKING)
     os.environ[ENV_TRACKING] = json.dumps(SETTINGS)
     try:
-        assert main(["sr-train", "--spec", json.dumps(SR_SPEC), "--experiment", "toy", "--era5", str(toy),
-                     "--experiments", str(experiments), "--out", str(ck)]) == 0
+        assert (
+            main(
+                [
+                    "sr-train",
+                    "--spec",
+                    json.dumps(SR_SPEC),
+                    "--experiment",
+                    "toy",
+                    "--era5",
+                    str(toy),
+                    "--experiments",
+                    str(experiments),
+                    "--out",
+                    str(ck),
+                ]
+            )
+            == 0
+        )
     finally:
         os.environ.pop(ENV_TRACKING) if env is None else os.environ.__setitem__(ENV_TRACKING, env)
     (run,) = MlflowClient(info["uri"]).search_runs([info["experiments"]["sr"]["toy"]])
@@ -140,8 +160,11 @@ def test_training_run_has_system_metrics(store, trained):
     ck, run = trained
     client = MlflowClient(info["uri"])
     metrics = run.data.metrics
-    for name in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
-                 "system/system_memory_usage_percentage"):
+    for name in (
+        "system/cpu_utilization_percentage",
+        "system/system_memory_usage_megabytes",
+        "system/system_memory_usage_percentage",
+    ):
         assert name in metrics, sorted(metrics)
     cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
     assert len(cpu) >= 1 and sorted(m.step for m in cpu) == list(range(len(cpu)))  # one per sample, the last at the end
@@ -173,8 +196,16 @@ def test_fitted_bridge_logged_as_a_model_that_samples(store, settings, tmp_path)
 
     tmp, experiments, info = store
     model_pt = _fit_tiny_bridge(tmp_path / "model.pt")
-    with job_run(experiments, kind="bridge", experiment="tiny", rule="bridge_fit", wildcards={"experiment": "tiny"},
-                 spec={"cells": "tiny"}, datasets={}, system_metrics=True) as run:
+    with job_run(
+        experiments,
+        kind="bridge",
+        experiment="tiny",
+        rule="bridge_fit",
+        wildcards={"experiment": "tiny"},
+        spec={"cells": "tiny"},
+        datasets={},
+        system_metrics=True,
+    ) as run:
         logged = log_bridge_model(run, model_pt)
     assert logged["registered"] == "scorebridge-bridge-tiny" and logged["version"] == "1"
     loaded = mlflow.pyfunc.load_model(logged["uri"])
@@ -193,7 +224,9 @@ def test_fitted_bridge_logged_as_a_model_that_samples(store, settings, tmp_path)
 
     result, _ = load_model(model_pt)
     mode = result.options.predict
-    direct = result.bridge.sample_at(0.5, 5, torch.Generator().manual_seed(1), noise=float(mode.noise), coupling=mode.coupling)
+    direct = result.bridge.sample_at(
+        0.5, 5, torch.Generator().manual_seed(1), noise=float(mode.noise), coupling=mode.coupling
+    )
     np.testing.assert_allclose(out[["gene_a", "gene_b"]].to_numpy()[:5], direct.numpy())
     with pytest.raises(Exception, match=r"missing inputs \['t'\]"):  # the signature is enforced
         loaded.predict(pd.DataFrame({"n": [3]}))
@@ -207,11 +240,21 @@ def test_system_metrics_off_and_untracked_runs_log_nothing(store, monkeypatch):
 
     tmp, experiments, info = store
     monkeypatch.setenv(ENV_TRACKING, json.dumps({"system_metrics": {"enabled": False}}))
-    with job_run(experiments, kind="sr", experiment="toy", rule="sr_sample", wildcards={"experiment": "toy"}, spec={},
-                 datasets={}, system_metrics=True) as run:
+    with job_run(
+        experiments,
+        kind="sr",
+        experiment="toy",
+        rule="sr_sample",
+        wildcards={"experiment": "toy"},
+        spec={},
+        datasets={},
+        system_metrics=True,
+    ) as run:
         run.log_metrics({"x": 1.0})
     assert not [k for k in MlflowClient(info["uri"]).get_run(run.run_id).data.metrics if k.startswith("system/")]
-    with job_run(None, kind="sr", experiment="toy", rule="sr_train", wildcards={}, spec={}, datasets={}, system_metrics=True) as run:
+    with job_run(
+        None, kind="sr", experiment="toy", rule="sr_train", wildcards={}, spec={}, datasets={}, system_metrics=True
+    ) as run:
         assert log_prior_model(run, tmp / "nothing.pt") is None and log_bridge_model(run, tmp / "nothing.pt") is None
 
 
@@ -220,7 +263,11 @@ def test_models_module_needs_no_user_pickle(store):
     names), never the weights: those come from the checkpoint at load time."""
     from scorebridge.tracking.models import BridgeSampler, PriorSampler
 
-    p = PriorSampler({"steps": 3, "churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0, "rho": 7.0}, (8, 12), ["t/850"])
+    p = PriorSampler(
+        {"steps": 3, "churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0, "rho": 7.0},
+        (8, 12),
+        ["t/850"],
+    )
     assert set(vars(p)) == {"sampler", "grid", "channels"}
     assert set(vars(BridgeSampler(["a"]))) == {"features"}
     shutil.rmtree(store[0] / "dl", ignore_errors=True)

@@ -33,9 +33,30 @@ def test_two_workflows_create_one_fresh_sqlite_store_at_once(tmp_path):
         work = tmp_path / name
         work.mkdir()
         out = work / "results" / "mlflow" / "experiments.json"
-        procs.append((out, subprocess.Popen([bin_path("scorebridge"), "tracking-init", "--tracking", tracking, "--sr", "x,y",
-                                             "--bridge", "z", "--out", str(out)], cwd=work, env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        procs.append(
+            (
+                out,
+                subprocess.Popen(
+                    [
+                        bin_path("scorebridge"),
+                        "tracking-init",
+                        "--tracking",
+                        tracking,
+                        "--sr",
+                        "x,y",
+                        "--bridge",
+                        "z",
+                        "--out",
+                        str(out),
+                    ],
+                    cwd=work,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+            )
+        )
     for out, proc in procs:
         text, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, text[-3000:]
@@ -51,12 +72,21 @@ def test_store_lock_waits_then_names_the_lock_file(tmp_path):
     from scorebridge.tracking.options import TrackingError
 
     db = tmp_path / "m.db"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
-        "from scorebridge.tracking.store import store_lock\n"
-        f"with store_lock({str(db)!r}):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\n"
+                "from scorebridge.tracking.store import store_lock\n"
+                f"with store_lock({str(db)!r}):\n"
+                "    print('held', flush=True)\n"
+                "    time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
@@ -76,20 +106,31 @@ def test_store_identity_is_where_the_runs_go(monkeypatch):
     assert store_identity({}) == {"uri": None, "artifact_root": None, "experiment_prefix": "scorebridge"}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://u:secret@host:5000")
     assert store_identity({"on_error": "fail"})["uri"] == "http://***@host:5000"  # env when the config has none
-    assert store_identity({"uri": "http://a:5000", "experiment_prefix": "p", "system_metrics": {"interval": 1}}) == \
-        {"uri": "http://a:5000", "artifact_root": None, "experiment_prefix": "p"}
+    assert store_identity({"uri": "http://a:5000", "experiment_prefix": "p", "system_metrics": {"interval": 1}}) == {
+        "uri": "http://a:5000",
+        "artifact_root": None,
+        "experiment_prefix": "p",
+    }
 
 
 def test_job_settings_from_the_workflow_env_else_experiments_json(monkeypatch):
-    info = {"uri": "sqlite:////x.db", "experiment_prefix": "pre", "on_error": "fail", "experiments": {},
-            "system_metrics": {"enabled": False, "interval": 3}, "register": True}
+    info = {
+        "uri": "sqlite:////x.db",
+        "experiment_prefix": "pre",
+        "on_error": "fail",
+        "experiments": {},
+        "system_metrics": {"enabled": False, "interval": 3},
+        "register": True,
+    }
     monkeypatch.delenv(ENV_TRACKING, raising=False)
     s = job_settings(info)
     assert (s.on_error, s.system_metrics.enabled, s.system_metrics.interval, s.register) == ("fail", False, 3, True)
     old = {k: info[k] for k in ("uri", "experiment_prefix", "on_error", "experiments")}  # an older experiments.json
     s = job_settings(old)
     assert (s.system_metrics.enabled, s.system_metrics.interval, s.register) == (True, 10, False)  # the schema's
-    monkeypatch.setenv(ENV_TRACKING, json.dumps({"uri": "http://elsewhere", "on_error": "warn", "system_metrics": {"interval": 2}}))
+    monkeypatch.setenv(
+        ENV_TRACKING, json.dumps({"uri": "http://elsewhere", "on_error": "warn", "system_metrics": {"interval": 2}})
+    )
     s = job_settings(info)
     assert (s.on_error, s.system_metrics.interval, s.register, s.experiment_prefix) == ("warn", 2, False, "pre")
     assert s.uri is None  # where runs go is experiments.json's, never the environment's
@@ -124,8 +165,11 @@ def test_run_links_of_one_invocation(tmp_path, monkeypatch, capsys):
     info = json.loads(experiments.read_text())
     mine, other = uuid.uuid4().hex, uuid.uuid4().hex
     runs = {}
-    for invocation, kind, name, rule in [(mine, "sr", "alpha", "sr_train"), (mine, "bridge", "lv", "bridge_fit"),
-                                         (other, "sr", "beta", "sr_train")]:
+    for invocation, kind, name, rule in [
+        (mine, "sr", "alpha", "sr_train"),
+        (mine, "bridge", "lv", "bridge_fit"),
+        (other, "sr", "beta", "sr_train"),
+    ]:
         monkeypatch.setenv("SCOREBRIDGE_INVOCATION", invocation)
         with tracked_run(experiments, kind, name, rule, wildcards={"experiment": name}) as run:
             run.log_metrics({"x": 1.0})

@@ -31,12 +31,21 @@ BASE = {"tracking": {"on_error": "warn"}, "cells": CELLS, "bridge": {"ou": BRIDG
 def snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> str:
     path = workdir / f"config-{abs(hash(json.dumps(config, sort_keys=True)))}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("MLFLOW_TRACKING_URI", "SCOREBRIDGE_TRACKING", "SCOREBRIDGE_INVOCATION")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "SCOREBRIDGE_TRACKING", "SCOREBRIDGE_INVOCATION")
+    }
     clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
     clean.update(env or {})
-    proc = subprocess.run([bin_path("snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(path),
-                           *args], cwd=workdir, capture_output=True, text=True, env=clean, timeout=900)
+    proc = subprocess.run(
+        [bin_path("snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(path), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     return out
@@ -48,7 +57,9 @@ def finished(out: str) -> list[str]:
 
 def planned(out: str) -> dict[str, int]:
     block = out.split("Job stats:", 1)[1].split("\n\n", 1)[0] if "Job stats:" in out else ""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m.group(1) != "total"}
+    return {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m.group(1) != "total"
+    }
 
 
 def targets(*names: str) -> list[str]:
@@ -110,9 +121,15 @@ def test_changed_prefix_and_new_experiment_run_in_one_call(done, tmp_path):
     copy = tmp_path / "wf"
     shutil.copytree(work, copy, symlinks=True)  # the other tests keep the finished state
     # the store's absolute path moves with the copy: point the copy at its own database
-    changed = {**BASE, "tracking": {"on_error": "warn", "experiment_prefix": "renamed",
-                                    "uri": f"sqlite:///{copy / 'results' / 'mlflow' / 'mlflow.db'}"},
-               "bridge": {"ou": BRIDGE, "ou2": BRIDGE}}
+    changed = {
+        **BASE,
+        "tracking": {
+            "on_error": "warn",
+            "experiment_prefix": "renamed",
+            "uri": f"sqlite:///{copy / 'results' / 'mlflow' / 'mlflow.db'}",
+        },
+        "bridge": {"ou": BRIDGE, "ou2": BRIDGE},
+    }
     out = snakemake(copy, changed, "--cores", "2", *targets("ou", "ou2"))
     assert finished(out) == ["bridge_fit", "bridge_fit", "tracking_init"], out[-5000:]
     assert "cells_simulate" not in finished(out)  # the data are kept

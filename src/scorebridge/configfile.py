@@ -41,7 +41,9 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> tuple[str, int | None]:
         if opened is not None and opened.index < end:
             return f"not valid YAML: {problem} ({context}: it opens on this line and is never closed)", opened.line + 1
         last = text[:end].count("\n") + 1 if end else 1
-        return f"not valid YAML: the file ends inside an open bracket, quote or block: {problem}" + (f" ({context})" if context else ""), last
+        return f"not valid YAML: the file ends inside an open bracket, quote or block: {problem}" + (
+            f" ({context})" if context else ""
+        ), last
     return msg, (mark.line + 1 if mark is not None else None)
 
 
@@ -80,8 +82,12 @@ def _no_repeated_keys(node, path) -> None:
                 name = k.value if isinstance(k, yaml.ScalarNode) else None
                 key = f"{where}.{name}" if where else str(name)
                 if name is not None and name in seen:
-                    raise ConfigError(key, f"given twice (lines {seen[name]} and {k.start_mark.line + 1}); the second would silently replace the first: merge them",
-                                      file=path, line=k.start_mark.line + 1)
+                    raise ConfigError(
+                        key,
+                        f"given twice (lines {seen[name]} and {k.start_mark.line + 1}); the second would silently replace the first: merge them",
+                        file=path,
+                        line=k.start_mark.line + 1,
+                    )
                 if name is not None:
                     seen[name] = k.start_mark.line + 1
                 stack.append((v, key))

@@ -15,7 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "remove_stale_partials", "write_json", "read_json", "remove", "open_store", "strings_as_object"]
+__all__ = [
+    "atomic_path",
+    "remove_stale_partials",
+    "write_json",
+    "read_json",
+    "remove",
+    "open_store",
+    "strings_as_object",
+]
 
 
 def remove(path: str | os.PathLike) -> None:
@@ -47,7 +55,7 @@ def remove_stale_partials(final: Path) -> None:
     except OSError:
         return
     for p in siblings:
-        pid = p.name[len(prefix):]
+        pid = p.name[len(prefix) :]
         if p.name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             remove(p)
 

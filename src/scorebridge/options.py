@@ -19,7 +19,7 @@ import dataclasses
 import functools
 from typing import Any, TypeVar
 
-from .config import _Validator, _key, load_schema
+from .config import _key, _Validator, load_schema
 from .errors import ConfigError
 
 __all__ = ["schema_node", "defaults", "build", "OPTIONS_CLASSES", "register"]

@@ -34,7 +34,9 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float
     import matplotlib.pyplot as plt
 
     kwargs.setdefault("constrained_layout", True)
-    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=kwargs.pop("squeeze", True), **kwargs)
+    return plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=kwargs.pop("squeeze", True), **kwargs
+    )
 
 
 def save_figure(fig, path: str | os.PathLike, run=None, dpi: int = DPI, artifact_path: str = "figures") -> Path:
@@ -99,9 +101,10 @@ def metrics_table_html(metrics: Mapping[str, Any], title: str) -> str:
     table. Arrays (spectra, histograms) are listed by size only: they are in the figures.
     """
     flat = flatten_metrics(metrics)
-    if all(k.startswith("metrics/") for k in flat if not isinstance(flat[k], str) or not flat[k].startswith("[")) and \
-            any(k.startswith("metrics/") for k in flat):
-        flat = {(k[len("metrics/"):] if k.startswith("metrics/") else k): v for k, v in flat.items()}
+    if all(
+        k.startswith("metrics/") for k in flat if not isinstance(flat[k], str) or not flat[k].startswith("[")
+    ) and any(k.startswith("metrics/") for k in flat):
+        flat = {(k[len("metrics/") :] if k.startswith("metrics/") else k): v for k, v in flat.items()}
     scalars: dict[str, Any] = {}
     arrays: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
@@ -116,24 +119,35 @@ def metrics_table_html(metrics: Mapping[str, Any], title: str) -> str:
             scalars[k] = v
     rows_of = {g: set(items) for g, items in groups.items()}
     pivot = [g for g in groups if any(rows_of[g] & rows_of[h] for h in groups if h != g)]
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-             f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin:0 0 1.5em}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "th{background:#eee}caption{font-weight:bold;text-align:left;padding:4px 0}</style></head><body>",
-             f"<h3>{html.escape(title)}</h3>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin:0 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "th{background:#eee}caption{font-weight:bold;text-align:left;padding:4px 0}</style></head><body>",
+        f"<h3>{html.escape(title)}</h3>",
+    ]
     if scalars:
         parts.append(_table("overall", ["metric", "value"], [[k, _fmt(v)] for k, v in sorted(scalars.items())]))
     if pivot:
         cols = sorted(pivot)
         rows = sorted(set().union(*(rows_of[g] for g in pivot)), key=_row_key)
         body = [[r] + [_fmt(groups[c].get(r)) for c in cols] for r in rows]
-        parts.append(_table("by variable / level (columns: metric; rows ending in a name: that baseline)", [""] + cols, body))
+        parts.append(
+            _table("by variable / level (columns: metric; rows ending in a name: that baseline)", [""] + cols, body)
+        )
     for g in sorted(set(groups) - set(pivot)):
-        parts.append(_table(g, ["", "value"], [[k, _fmt(v)] for k, v in sorted(groups[g].items(), key=lambda kv: _row_key(kv[0]))]))
+        parts.append(
+            _table(
+                g, ["", "value"], [[k, _fmt(v)] for k, v in sorted(groups[g].items(), key=lambda kv: _row_key(kv[0]))]
+            )
+        )
     if arrays:
-        parts.append("<p>Arrays in metrics.json (shown in the figures): " +
-                     ", ".join(f"<code>{html.escape(k)}</code> {html.escape(v)}" for k, v in sorted(arrays.items())) + "</p>")
+        parts.append(
+            "<p>Arrays in metrics.json (shown in the figures): "
+            + ", ".join(f"<code>{html.escape(k)}</code> {html.escape(v)}" for k, v in sorted(arrays.items()))
+            + "</p>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -11,18 +11,71 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["package_versions", "sha256_file", "sha256_tree", "config_hash", "git_state", "SECRET_KEYS", "is_secret_key", "redact"]
+__all__ = [
+    "package_versions",
+    "sha256_file",
+    "sha256_tree",
+    "config_hash",
+    "git_state",
+    "SECRET_KEYS",
+    "is_secret_key",
+    "redact",
+]
 
-PACKAGES = ("scorebridge", "numpy", "xarray", "zarr", "dask", "torch", "pot", "mlflow", "snakemake", "cfgrib", "eccodes", "netCDF4", "pandas", "scipy")
+PACKAGES = (
+    "scorebridge",
+    "numpy",
+    "xarray",
+    "zarr",
+    "dask",
+    "torch",
+    "pot",
+    "mlflow",
+    "snakemake",
+    "cfgrib",
+    "eccodes",
+    "netCDF4",
+    "pandas",
+    "scipy",
+)
 
 # Words that make a key secret wherever they appear in it (as a whole word of the key,
 # split at _ - . space and camelCase): `token`, `hf_token`, `aws_secret_access_key`.
-SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth",
-               "authorization", "apikey", "passphrase", "cookie")
+SECRET_KEYS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "apikey",
+    "passphrase",
+    "cookie",
+)
 # `key` alone is ambiguous (`time_key`, `sort_key` are not secrets): secret only as the whole
 # name (`key`) or after one of these words (`api_key`, `cdsapi_key`, `access_key`).
-SECRET_KEY_QUALIFIERS = ("api", "cds", "cdsapi", "access", "private", "secret", "ssh", "client", "signing",
-                         "encryption", "account", "license", "licence", "auth", "service", "master", "ecmwf")
+SECRET_KEY_QUALIFIERS = (
+    "api",
+    "cds",
+    "cdsapi",
+    "access",
+    "private",
+    "secret",
+    "ssh",
+    "client",
+    "signing",
+    "encryption",
+    "account",
+    "license",
+    "licence",
+    "auth",
+    "service",
+    "master",
+    "ecmwf",
+)
 
 
 def is_secret_key(name: object) -> bool:
@@ -82,7 +135,13 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict[str, str]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": "unknown", "dirty": "unknown"}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": commit.stdout.strip(), "dirty": str(bool(status.stdout.strip())).lower()}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": "unknown"}

@@ -45,7 +45,16 @@ import numpy as np
 
 from ..progress import progress
 
-__all__ = ["BASELINES", "Previous", "McCann", "OTCFM", "predict_previous", "make_baseline", "check_snapshots", "interval_position"]
+__all__ = [
+    "BASELINES",
+    "Previous",
+    "McCann",
+    "OTCFM",
+    "predict_previous",
+    "make_baseline",
+    "check_snapshots",
+    "interval_position",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,9 @@ def _ot_plan(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ot.emd(a, b, cdist(x, y, "sqeuclidean"), numItermax=10_000_000)
 
 
-def _minibatch_pairs(a: np.ndarray, b: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _minibatch_pairs(
+    a: np.ndarray, b: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i, j) coupled by the exact OT plan between minibatches a (n, d) and b (m, d).
 
     Equal counts: the plan is a permutation (Birkhoff), found exactly and fast by
@@ -198,12 +209,31 @@ class OTCFM:
     inside; predictions are mapped back.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 3, steps: int = 1000, lr: float = 1e-3, batch: int = 128, sigma: float = 0.1, ode_steps: int = 20, time_input: str = "interval", seed: int = 0, device: str = "cpu", **_: Any):
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 3,
+        steps: int = 1000,
+        lr: float = 1e-3,
+        batch: int = 128,
+        sigma: float = 0.1,
+        ode_steps: int = 20,
+        time_input: str = "interval",
+        seed: int = 0,
+        device: str = "cpu",
+        **_: Any,
+    ):
         if time_input not in ("interval", "tau"):
             raise ValueError(f"time_input must be 'interval' or 'tau', got {time_input!r}")
         self.time_input = time_input
         self.hidden, self.layers, self.steps, self.lr = int(hidden), int(layers), int(steps), float(lr)
-        self.batch, self.sigma, self.ode_steps, self.seed, self.device = int(batch), float(sigma), int(ode_steps), int(seed), device
+        self.batch, self.sigma, self.ode_steps, self.seed, self.device = (
+            int(batch),
+            float(sigma),
+            int(ode_steps),
+            int(seed),
+            device,
+        )
         self.net = None
         self.losses: list[float] = []
         self.fit_seconds = float("nan")
@@ -265,7 +295,13 @@ class OTCFM:
                 self.losses.append(loss.item())
                 bar.update(1)
         self.fit_seconds = _time.perf_counter() - start
-        log.info("OT-CFM: %d steps on %d intervals in %.1f s, final loss %.4f", self.steps, len(z) - 1, self.fit_seconds, np.mean(self.losses[-50:]))
+        log.info(
+            "OT-CFM: %d steps on %d intervals in %.1f s, final loss %.4f",
+            self.steps,
+            len(z) - 1,
+            self.fit_seconds,
+            np.mean(self.losses[-50:]),
+        )
         return self
 
     def _inputs(self, z, k, s):
@@ -322,7 +358,9 @@ class OTCFM:
         inner = [float(b) for b in range(1, self.times.size - 1) if min(tau0, tau1) < b < max(tau0, tau1)]
         cuts = [tau0, *(inner if direction > 0 else inner[::-1]), tau1]
         dev = next(self.net.parameters()).device
-        z = torch.as_tensor((np.asarray(x0, dtype=np.float64) - self.mean) / self.scale, dtype=torch.float32, device=dev)
+        z = torch.as_tensor(
+            (np.asarray(x0, dtype=np.float64) - self.mean) / self.scale, dtype=torch.float32, device=dev
+        )
         with torch.no_grad():
             for a, b in zip(cuts, cuts[1:]):
                 k = self._interval(a, direction)

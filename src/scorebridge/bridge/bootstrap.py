@@ -54,8 +54,17 @@ def verdict(low: float, high: float, tol: float = TOL) -> str:
     return "no difference"
 
 
-def paired_bootstrap(snapshots: list[np.ndarray], times, ev, baselines: BaselinesOptions, seed: int, replicates: int, level: float = 0.95,
-                     n_particles: int | None = None, progress=None) -> dict:
+def paired_bootstrap(
+    snapshots: list[np.ndarray],
+    times,
+    ev,
+    baselines: BaselinesOptions,
+    seed: int,
+    replicates: int,
+    level: float = 0.95,
+    n_particles: int | None = None,
+    progress=None,
+) -> dict:
     """Resample, refit and rescore `replicates` times (see the module doc); returns the
     comparison {"replicates", "level", "seconds", "times": {label: {"best_baseline",
     "baselines": {b: {"difference", "low", "high", "verdict"}}}}, "w1": {label: {method:
@@ -73,7 +82,9 @@ def paired_bootstrap(snapshots: list[np.ndarray], times, ev, baselines: Baseline
         boot = [x[rng.integers(0, x.shape[0], x.shape[0])] for x in snapshots]
         w1: dict[tuple[str, str], float] = {}
         for split_no, held in enumerate(ev.splits):
-            _, mets, _ = run_split(boot, times, held, ev.chosen[split_no], ev.vanilla, baselines, seed + 1 + r, n_particles, scores=("w1",))
+            _, mets, _ = run_split(
+                boot, times, held, ev.chosen[split_no], ev.vanilla, baselines, seed + 1 + r, n_particles, scores=("w1",)
+            )
             for (method, k), v in mets.items():
                 w1[(method, time_label(times[k]))] = v["w1"]
         methods = sorted({m for m, _ in w1})
@@ -90,7 +101,13 @@ def paired_bootstrap(snapshots: list[np.ndarray], times, ev, baselines: Baseline
             progress(r)
         log.info("bootstrap replicate %d/%d (%.0f s)", r + 1, replicates, time.perf_counter() - start)
     q = ((1 - level) / 2, (1 + level) / 2)
-    out: dict = {"replicates": int(replicates), "level": float(level), "seconds": time.perf_counter() - start, "times": {}, "w1": {}}
+    out: dict = {
+        "replicates": int(replicates),
+        "level": float(level),
+        "seconds": time.perf_counter() - start,
+        "times": {},
+        "w1": {},
+    }
     for lab in [*labels, "mean"]:
         rows = {}
         for b in ev.baselines:
@@ -123,5 +140,7 @@ def comparison_metrics(comparison: dict) -> tuple[dict[str, float], dict[str, st
         best = row["baselines"][row["best_baseline"]]
         for name, key in (("w1", "difference"), ("w1_low", "low"), ("w1_high", "high")):
             metrics[f"{name}/model_minus_best_baseline/{lab}"] = best[key]
-        tags[f"verdict/{lab}"] = f"{best['verdict']} {row['best_baseline']}" if best["verdict"] != "no interval" else "no interval"
+        tags[f"verdict/{lab}"] = (
+            f"{best['verdict']} {row['best_baseline']}" if best["verdict"] != "no interval" else "no interval"
+        )
     return metrics, tags

@@ -34,7 +34,9 @@ def subsample_indices(n: int, k: int, max_cells: int | None, seed: int) -> np.nd
     return np.sort(rng.choice(n, size=int(max_cells), replace=False))
 
 
-def subsample_snapshots(snaps: list[np.ndarray], times: list[float], max_cells: int | None, seed: int) -> tuple[list[np.ndarray], dict]:
+def subsample_snapshots(
+    snaps: list[np.ndarray], times: list[float], max_cells: int | None, seed: int
+) -> tuple[list[np.ndarray], dict]:
     """At most `max_cells` cells per snapshot: a seeded subsample without replacement of
     each larger snapshot (the same cells for bridge-fit and bridge-evaluate, given the seed).
     Returns the snapshots and a record {time label: [cells kept, cells observed]} of the
@@ -50,8 +52,13 @@ def subsample_snapshots(snaps: list[np.ndarray], times: list[float], max_cells: 
         out.append(x[keep])
         cut[f"t={t:g}"] = [int(max_cells), int(x.shape[0])]
     if cut:
-        log.warning("max_cells=%d: subsampled %d of %d snapshots (%s); set max_cells: null to use every cell",
-                    max_cells, len(cut), len(snaps), ", ".join(f"{k}: {a} of {b} cells" for k, (a, b) in cut.items()))
+        log.warning(
+            "max_cells=%d: subsampled %d of %d snapshots (%s); set max_cells: null to use every cell",
+            max_cells,
+            len(cut),
+            len(snaps),
+            ", ".join(f"{k}: {a} of {b} cells" for k, (a, b) in cut.items()),
+        )
     return out, cut
 
 
@@ -125,30 +132,59 @@ def fit_cli(argv: list[str]) -> int:
     snaps, times, attrs, feats = read_cells(a.cells)
     check_cells(snaps, times, opts, a.experiment, a.cells)  # before any fit: min_cells, holdout
     snaps, cut = subsample_snapshots(snaps, times, opts.max_cells, seed)
-    with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_fit",
-                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells}, system_metrics=True) as run:
+    with job_run(
+        a.experiments,
+        kind="bridge",
+        experiment=a.experiment,
+        rule="bridge_fit",
+        wildcards={"experiment": a.experiment},
+        spec=spec,
+        datasets={"cells": a.cells},
+        system_metrics=True,
+    ) as run:
 
         def on_iteration(it: int, rec: dict) -> None:
-            m = {"fit/objective": rec["objective"], "fit/seconds": rec["seconds"], "fit/sinkhorn_iterations": rec["sinkhorn_iterations"]}
+            m = {
+                "fit/objective": rec["objective"],
+                "fit/seconds": rec["seconds"],
+                "fit/sinkhorn_iterations": rec["sinkhorn_iterations"],
+            }
             if math.isfinite(rec["rel_change"]):
                 m["fit/rel_change"] = rec["rel_change"]
             if math.isfinite(rec["nll"]):
                 m["fit/nll"] = rec["nll"]
             m.update({f"param/{k}": v for k, v in list(rec["params"].items())[:200]})
             run.log_metrics(m, step=it)
-            log.info("iteration %d: objective %.5g, relative change %.3g, %s", it, rec["objective"], rec["rel_change"],
-                     ", ".join(f"{k}={v:.4g}" for k, v in list(rec["params"].items())[:8]))
+            log.info(
+                "iteration %d: objective %.5g, relative change %.3g, %s",
+                it,
+                rec["objective"],
+                rec["rel_change"],
+                ", ".join(f"{k}={v:.4g}" for k, v in list(rec["params"].items())[:8]),
+            )
 
         from .fit import check_snapshots
 
         check_snapshots(snaps, times, a.cells)
         selection = select_model(FitCache(snaps, times, seed), range(len(times)), opts.model)
         run.log_params(selection_params(selection.record))
-        result = fit_bridge(snaps, times, selection.options, callback=on_iteration, progress=True, where=a.cells, seed=seed)
-        extra = {"features": feats, "true_parameters": attrs.get("true_parameters"), "cells": str(a.cells), "subsampled": cut,
-                 "selection": selection.record, "configured": as_section(opts.model)}
+        result = fit_bridge(
+            snaps, times, selection.options, callback=on_iteration, progress=True, where=a.cells, seed=seed
+        )
+        extra = {
+            "features": feats,
+            "true_parameters": attrs.get("true_parameters"),
+            "cells": str(a.cells),
+            "subsampled": cut,
+            "selection": selection.record,
+            "configured": as_section(opts.model),
+        }
         save_model(result, a.out, extra)
-        final = {"fit/total_seconds": result.seconds, "fit/iterations": len(result.history), "fit/converged": float(result.converged)}
+        final = {
+            "fit/total_seconds": result.seconds,
+            "fit/iterations": len(result.history),
+            "fit/converged": float(result.converged),
+        }
         for key in ("sigma_fitted", "sigma_bootstrap"):  # σ before the bootstrap debias, and its bootstrap refit
             for i, v in enumerate(result.history[-1].get(key, []) if result.history else []):
                 final[f"fit/{key}" + (f"[{i}]" if len(result.history[-1][key]) > 1 else "")] = float(v)
@@ -161,7 +197,13 @@ def fit_cli(argv: list[str]) -> int:
         from ..tracking.models import log_bridge_model
 
         log_bridge_model(run, a.out)  # the bridge as an MLflow model that samples
-    log.info("fitted in %.1f s (%d iterations, converged: %s): %s", result.seconds, len(result.history), result.converged, result.reference.describe())
+    log.info(
+        "fitted in %.1f s (%d iterations, converged: %s): %s",
+        result.seconds,
+        len(result.history),
+        result.converged,
+        result.reference.describe(),
+    )
     return 0
 
 
@@ -195,17 +237,35 @@ def evaluate_cli(argv: list[str]) -> int:
     names = cell_names(a.cells, times, opts.max_cells, seed)  # the cells kept, by the store's names
     result, meta = load_model(a.model)
     ev_opts = opts.evaluate
-    with job_run(a.experiments, kind="bridge", experiment=a.experiment, rule="bridge_evaluate",
-                 wildcards={"experiment": a.experiment}, spec=spec, datasets={"cells": a.cells, "model": a.model},
-                 system_metrics=True) as run:
+    with job_run(
+        a.experiments,
+        kind="bridge",
+        experiment=a.experiment,
+        rule="bridge_evaluate",
+        wildcards={"experiment": a.experiment},
+        spec=spec,
+        datasets={"cells": a.cells, "model": a.model},
+        system_metrics=True,
+    ) as run:
         start = time.perf_counter()
         # per split: the settings chosen on its training snapshots (opts.model.select), never the model.pt's
         # choice, which saw every snapshot
-        ev = leave_one_out(snaps, times, opts.model, opts.baselines, opts.vanilla_sb, ev_opts.holdout, seed, ev_opts.n_particles,
-                           cache=FitCache(snaps, times, seed))
+        ev = leave_one_out(
+            snaps,
+            times,
+            opts.model,
+            opts.baselines,
+            opts.vanilla_sb,
+            ev_opts.holdout,
+            seed,
+            ev_opts.n_particles,
+            cache=FitCache(snaps, times, seed),
+        )
         metrics = dict(ev.metrics)
         metrics["evaluate/seconds"] = time.perf_counter() - start
-        comparison = paired_bootstrap(snaps, times, ev, opts.baselines, seed, ev_opts.bootstrap, ev_opts.level, ev_opts.n_particles)
+        comparison = paired_bootstrap(
+            snaps, times, ev, opts.baselines, seed, ev_opts.bootstrap, ev_opts.level, ev_opts.n_particles
+        )
         comp_metrics, verdicts = comparison_metrics(comparison)
         metrics.update(comp_metrics)
         metrics["bootstrap/seconds"] = comparison["seconds"]
@@ -218,17 +278,44 @@ def evaluate_cli(argv: list[str]) -> int:
         gen = torch.Generator().manual_seed(seed)
         ttimes, paths = result.bridge.trajectories(int(ev_opts.trajectories), 8, gen)
         selection = {"fit": meta["selection"], "splits": ev.selections}
-        fitted = {"reference": result.reference.kind, "parameters": result.reference.describe(), "converged": result.converged,
-                  "iterations": len(result.history), "seconds": result.seconds, "sigma": result.reference.sigma.detach().reshape(-1).tolist()}
-        write_anndata(a.anndata or Path(a.predictions).with_suffix(".h5ad"), ev, snaps, times, feats, names, (ttimes, paths),
-                      {"fitted": fitted, "selection": selection, "splits": [[times[k] for k in s] for s in ev.splits],
-                       "metrics": metrics, "comparison": comparison, "verdicts": verdicts, "features": feats})
+        fitted = {
+            "reference": result.reference.kind,
+            "parameters": result.reference.describe(),
+            "converged": result.converged,
+            "iterations": len(result.history),
+            "seconds": result.seconds,
+            "sigma": result.reference.sigma.detach().reshape(-1).tolist(),
+        }
+        write_anndata(
+            a.anndata or Path(a.predictions).with_suffix(".h5ad"),
+            ev,
+            snaps,
+            times,
+            feats,
+            names,
+            (ttimes, paths),
+            {
+                "fitted": fitted,
+                "selection": selection,
+                "splits": [[times[k] for k in s] for s in ev.splits],
+                "metrics": metrics,
+                "comparison": comparison,
+                "verdicts": verdicts,
+                "features": feats,
+            },
+        )
         with atomic_path(a.figures) as tmp:
             tmp.mkdir(parents=True)
-            save_figure(plot_trajectories(snaps, times, ttimes, paths, f"{a.experiment}: {result.reference.kind} reference"), tmp / "trajectories.png", run=run)
+            save_figure(
+                plot_trajectories(snaps, times, ttimes, paths, f"{a.experiment}: {result.reference.kind} reference"),
+                tmp / "trajectories.png",
+                run=run,
+            )
             save_figure(plot_marginals(ev.predictions, snaps, times, metrics), tmp / "marginals.png", run=run)
             save_figure(plot_w1_intervals(metrics, comparison), tmp / "w1.png", run=run)
-            save_figure(plot_parameters(result.history, true_values(truth) if truth else None), tmp / "parameters.png", run=run)
+            save_figure(
+                plot_parameters(result.history, true_values(truth) if truth else None), tmp / "parameters.png", run=run
+            )
         out = {
             "metrics": metrics,
             "splits": [[times[k] for k in s] for s in ev.splits],
@@ -246,6 +333,14 @@ def evaluate_cli(argv: list[str]) -> int:
         run.set_tags(verdicts)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
         run.log_artifact(a.out)
-    summary = ", ".join(f"{m} {metrics[f'w1/{m}/mean']:.3f}" for m in ("model", "vanilla_sb", "otcfm", "mccann", "previous") if f"w1/{m}/mean" in metrics)
-    log.info("mean held-out W1: %s; against the best baseline: %s", summary, ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in verdicts.items() if k.count("/") == 1))
+    summary = ", ".join(
+        f"{m} {metrics[f'w1/{m}/mean']:.3f}"
+        for m in ("model", "vanilla_sb", "otcfm", "mccann", "previous")
+        if f"w1/{m}/mean" in metrics
+    )
+    log.info(
+        "mean held-out W1: %s; against the best baseline: %s",
+        summary,
+        ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in verdicts.items() if k.count("/") == 1),
+    )
     return 0

@@ -32,7 +32,18 @@ from .options import BaselinesOptions, ModelOptions, VanillaOptions, as_section
 from .select import FitCache, predict, select_model
 from .splits import splits_from_config
 
-__all__ = ["splits_from_config", "time_label", "vanilla_options", "bridge_methods", "run_split", "leave_one_out", "parameter_recovery", "true_values", "Evaluation", "METHOD_ORDER"]
+__all__ = [
+    "splits_from_config",
+    "time_label",
+    "vanilla_options",
+    "bridge_methods",
+    "run_split",
+    "leave_one_out",
+    "parameter_recovery",
+    "true_values",
+    "Evaluation",
+    "METHOD_ORDER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +90,18 @@ def bridge_methods(vanilla: bool = True) -> list[str]:
     return ["model", "model_ot", "model_plan", *(["vanilla_sb", "vanilla_sb_ot"] if vanilla else [])]
 
 
-def run_split(snapshots, times, held: list[int], model: ModelOptions, vanilla: ModelOptions, baselines: BaselinesOptions, seed: int,
-              n_particles: int | None = None, cache: FitCache | None = None, scores: tuple[str, ...] | None = None):
+def run_split(
+    snapshots,
+    times,
+    held: list[int],
+    model: ModelOptions,
+    vanilla: ModelOptions,
+    baselines: BaselinesOptions,
+    seed: int,
+    n_particles: int | None = None,
+    cache: FitCache | None = None,
+    scores: tuple[str, ...] | None = None,
+):
     """Fit every method on the snapshots not in `held` (the model with the options `model`,
     already selected) and predict each held-out one. Returns ({(method, k): prediction},
     {(method, k): {metric: value}} (all four metrics unless `scores` names some), {method:
@@ -99,7 +120,9 @@ def run_split(snapshots, times, held: list[int], model: ModelOptions, vanilla: M
     learners = {}
     for method in baselines.methods:
         start, cpu = time.perf_counter(), time.process_time()
-        learners[method] = make_baseline(method, getattr(baselines, method, None), seed=seed).fit([snapshots[k] for k in train], [times[k] for k in train])
+        learners[method] = make_baseline(method, getattr(baselines, method, None), seed=seed).fit(
+            [snapshots[k] for k in train], [times[k] for k in train]
+        )
         seconds[method] = (time.perf_counter() - start, time.process_time() - cpu)
     preds, metrics = {}, {}
     for k in held:
@@ -120,7 +143,9 @@ def run_split(snapshots, times, held: list[int], model: ModelOptions, vanilla: M
                 log.warning("%s predicted non-finite particles at t=%g; dropping them", method, t)
                 pred = pred[np.isfinite(pred).all(1)]
             preds[(method, k)] = pred
-            metrics[(method, k)] = {"w1": wasserstein1(pred, obs)} if scores == ("w1",) else distribution_metrics(pred, obs)
+            metrics[(method, k)] = (
+                {"w1": wasserstein1(pred, obs)} if scores == ("w1",) else distribution_metrics(pred, obs)
+            )
     return preds, metrics, seconds
 
 
@@ -150,7 +175,9 @@ def leave_one_out(
     seconds: dict[str, list[tuple[float, float]]] = {}
     for split_no, held in enumerate(splits):
         train = [k for k in range(len(times)) if k not in held]
-        log.info("split %d: train on times %s, predict %s", split_no, [times[k] for k in train], [times[k] for k in held])
+        log.info(
+            "split %d: train on times %s, predict %s", split_no, [times[k] for k in train], [times[k] for k in held]
+        )
         sel = select_model(cache, train, model)
         ev.selections.append({"held_out": [times[k] for k in held], **sel.record})
         ev.chosen.append(sel.options)
@@ -194,7 +221,9 @@ def true_values(true_parameters) -> dict[str, np.ndarray]:
             return {}
     if not isinstance(true_parameters, dict):
         return {}
-    drift = true_parameters["drift"] if "drift" in true_parameters else true_parameters  # a simulator record, not config
+    drift = (
+        true_parameters["drift"] if "drift" in true_parameters else true_parameters
+    )  # a simulator record, not config
     out = {k: np.asarray(v, dtype=np.float64) for k, v in drift.items() if isinstance(v, (int, float, list))}
     if "sigma" in true_parameters and isinstance(true_parameters["sigma"], (int, float)):
         out["sigma"] = np.asarray(true_parameters["sigma"], dtype=np.float64)

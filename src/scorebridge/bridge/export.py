@@ -43,8 +43,14 @@ def observed_rows(predictions: list, snapshots: list[np.ndarray], times) -> list
     return out
 
 
-def write_predictions(path, ev, snapshots: list[np.ndarray], times, features: list[str] | None = None,
-                      cell_names: list[list[str]] | None = None) -> None:
+def write_predictions(
+    path,
+    ev,
+    snapshots: list[np.ndarray],
+    times,
+    features: list[str] | None = None,
+    cell_names: list[list[str]] | None = None,
+) -> None:
     """predictions.zarr: a flat table over `particle` with `X (particle, feature)` and the
     coordinates `method`, `time`, `split` (observed held-out cells included as method 'observed')
     and `cell` (the input's cell name of an observed cell, `cell_names[k]` for snapshot k;
@@ -67,7 +73,11 @@ def write_predictions(path, ev, snapshots: list[np.ndarray], times, features: li
             meth += ["observed"] * len(snapshots[k])
             tim += [t] * len(snapshots[k])
             spl += [split] * len(snapshots[k])
-            cells += [str(c) for c in cell_names[k]] if cell_names is not None else [f"cell{k}_{i}" for i in range(len(snapshots[k]))]
+            cells += (
+                [str(c) for c in cell_names[k]]
+                if cell_names is not None
+                else [f"cell{k}_{i}" for i in range(len(snapshots[k]))]
+            )
     X = np.concatenate(rows).astype(np.float32)
     d = X.shape[1]
     feats = list(features) if features is not None and len(features) == d else [f"f{i}" for i in range(d)]
@@ -80,7 +90,10 @@ def write_predictions(path, ev, snapshots: list[np.ndarray], times, features: li
             "cell": ("particle", np.asarray(cells, dtype=str)),
             "feature": np.asarray(feats, dtype=str),
         },
-        attrs={"description": "predicted particles per method and held-out time; method 'observed' holds the held-out cells", "splits": json.dumps(ev.splits)},
+        attrs={
+            "description": "predicted particles per method and held-out time; method 'observed' holds the held-out cells",
+            "splits": json.dumps(ev.splits),
+        },
     )
     with atomic_path(path) as tmp:
         ds.to_zarr(tmp, mode="w", consolidated=False)
@@ -90,13 +103,25 @@ def _plain(value):
     """A value anndata writes natively: numbers, strings, lists of them; JSON otherwise."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return "null" if value is None else value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value:
+    if (
+        isinstance(value, (list, tuple))
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and value
+    ):
         return np.asarray(value, dtype=np.float64)
     return json.dumps(value, default=str)
 
 
-def write_anndata(path, ev, snapshots: list[np.ndarray], times, features: list[str] | None, cell_names: list[list[str]] | None,
-                  trajectories: tuple[np.ndarray, np.ndarray] | None, uns: dict) -> None:
+def write_anndata(
+    path,
+    ev,
+    snapshots: list[np.ndarray],
+    times,
+    features: list[str] | None,
+    cell_names: list[list[str]] | None,
+    trajectories: tuple[np.ndarray, np.ndarray] | None,
+    uns: dict,
+) -> None:
     """predictions.h5ad (see the module doc). `cell_names[k]`: the names of snapshot k's
     cells (None: `cell<k>_<i>`); `trajectories`: (times (T,), paths (n, T, d)) or None;
     `uns`: entries of `uns["bridge"]` (made plain: nested values as JSON strings)."""
@@ -107,7 +132,11 @@ def write_anndata(path, ev, snapshots: list[np.ndarray], times, features: list[s
 
     d = snapshots[0].shape[1]
     feats = [str(f) for f in features] if features is not None and len(features) == d else [f"f{i}" for i in range(d)]
-    names = cell_names if cell_names is not None else [[f"cell{k}_{i}" for i in range(len(x))] for k, x in enumerate(snapshots)]
+    names = (
+        cell_names
+        if cell_names is not None
+        else [[f"cell{k}_{i}" for i in range(len(x))] for k, x in enumerate(snapshots)]
+    )
     blocks, cols = [], {"method": [], "time": [], "split": [], "kind": [], "cell": [], "trajectory": []}
     obs_names: list[str] = []
 
@@ -132,8 +161,16 @@ def write_anndata(path, ev, snapshots: list[np.ndarray], times, features: list[s
     if trajectories is not None:
         ttimes, paths = trajectories
         n, T, _ = paths.shape
-        add(paths.reshape(n * T, d), "trajectory", np.tile(ttimes, n), -1, "trajectory", traj=np.repeat(np.arange(n), T), tag="trajectory:")
-        obs_names[-n * T:] = [f"trajectory:{i}:{s}" for i in range(n) for s in range(T)]
+        add(
+            paths.reshape(n * T, d),
+            "trajectory",
+            np.tile(ttimes, n),
+            -1,
+            "trajectory",
+            traj=np.repeat(np.arange(n), T),
+            tag="trajectory:",
+        )
+        obs_names[-n * T :] = [f"trajectory:{i}:{s}" for i in range(n) for s in range(T)]
     X = np.concatenate(blocks)
     obs = pd.DataFrame(cols, index=pd.Index(obs_names, dtype=str))
     for c in ("method", "kind"):

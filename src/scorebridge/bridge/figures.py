@@ -47,7 +47,9 @@ def plot_trajectories(snapshots, times, traj_times, paths, title: str = "", axis
         ax.plot(z[:, 0], z[:, 1], color="0.3", lw=0.5, alpha=0.35)
     for t, x in zip(times, snapshots):
         z = _proj(x, basis)
-        ax.scatter(z[:, 0], z[:, 1], s=6, color=cmap((t - tmin) / max(tmax - tmin, 1e-12)), label=f"t = {t:g}", alpha=0.8)
+        ax.scatter(
+            z[:, 0], z[:, 1], s=6, color=cmap((t - tmin) / max(tmax - tmin, 1e-12)), label=f"t = {t:g}", alpha=0.8
+        )
     names = axis_names or (["PC 1", "PC 2"] if snapshots[0].shape[1] > 2 else ["x1", "x2"])
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
@@ -83,15 +85,20 @@ def plot_marginals(predictions, snapshots, times, metrics: dict | None = None):
     for r, t in enumerate(held):
         k = [float(x) for x in times].index(float(t))
         obs = _proj(snapshots[k], basis)
-        preds = {m: _proj(np.concatenate([p for mm, tt, _, p in predictions if mm == m and tt == t]), basis) for m in methods
-                 if any(mm == m and tt == t for mm, tt, _, _ in predictions)}
+        preds = {
+            m: _proj(np.concatenate([p for mm, tt, _, p in predictions if mm == m and tt == t]), basis)
+            for m in methods
+            if any(mm == m and tt == t for mm, tt, _, _ in predictions)
+        }
         xlim, ylim = _limits([obs, *preds.values()])
         for c, m in enumerate(methods):
             ax = axes[r, c]
             ax.scatter(background[:, 0], background[:, 1], s=2, color="0.88", label="all observed", rasterized=True)
             ax.scatter(obs[:, 0], obs[:, 1], s=3, color="0.45", label=f"observed t = {t:g}", rasterized=True)
             if m in preds:
-                ax.scatter(preds[m][:, 0], preds[m][:, 1], s=3, color="C3", alpha=0.55, label="predicted", rasterized=True)
+                ax.scatter(
+                    preds[m][:, 0], preds[m][:, 1], s=3, color="C3", alpha=0.55, label="predicted", rasterized=True
+                )
             ax.set_xlim(*xlim)
             ax.set_ylim(*ylim)
             w1 = (metrics or {}).get(f"w1/{m}/{time_label(t)}")
@@ -114,7 +121,9 @@ def plot_w1_intervals(metrics: dict, comparison: dict | None = None):
     zero: the model is better). Without replicates, points only."""
     from .evaluate import METHOD_ORDER
 
-    labels = sorted({k.split("/")[2] for k in metrics if k.startswith("w1/model/t")}, key=lambda s: float(s[1:])) + ["mean"]
+    labels = sorted({k.split("/")[2] for k in metrics if k.startswith("w1/model/t")}, key=lambda s: float(s[1:])) + [
+        "mean"
+    ]
     methods = [m for m in METHOD_ORDER if f"w1/{m}/mean" in metrics]
     intervals = comparison["w1"] if comparison else {}
     diffs = comparison["times"] if comparison else {}
@@ -130,14 +139,28 @@ def plot_w1_intervals(metrics: dict, comparison: dict | None = None):
         iv = [intervals.get(lab, {}).get(m) for lab in labels]
         if all(r is not None for r in iv) and intervals:
             lo, hi = np.array([r["low"] for r in iv]), np.array([r["high"] for r in iv])
-            ax.errorbar(pos, v, yerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)], fmt="o", ms=3, capsize=2, color=f"C{i}", label=m)
+            ax.errorbar(
+                pos,
+                v,
+                yerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)],
+                fmt="o",
+                ms=3,
+                capsize=2,
+                color=f"C{i}",
+                label=m,
+            )
         else:
             ax.plot(pos, v, "o", ms=3, color=f"C{i}", label=m)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("W1 (held-out)", fontsize=8)
     level = comparison["level"] if comparison else None
     reps = comparison["replicates"] if comparison else 0
-    ax.set_title(f"W1 per held-out time ({level:.0%} bootstrap intervals, {reps} replicates)" if reps else "W1 per held-out time (no bootstrap)", fontsize=8)
+    ax.set_title(
+        f"W1 per held-out time ({level:.0%} bootstrap intervals, {reps} replicates)"
+        if reps
+        else "W1 per held-out time (no bootstrap)",
+        fontsize=8,
+    )
     ax.legend(fontsize=6, ncol=2)
     ax.tick_params(labelsize=6)
     if baselines:
@@ -149,7 +172,16 @@ def plot_w1_intervals(metrics: dict, comparison: dict | None = None):
             lo, hi = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
             pos = x - 0.4 + width * (i + 0.5)
             if np.isfinite(lo).all():
-                ax.errorbar(pos, d, yerr=[np.maximum(d - lo, 0), np.maximum(hi - d, 0)], fmt="s", ms=3, capsize=2, color=f"C{methods.index(b)}", label=f"model − {b}")
+                ax.errorbar(
+                    pos,
+                    d,
+                    yerr=[np.maximum(d - lo, 0), np.maximum(hi - d, 0)],
+                    fmt="s",
+                    ms=3,
+                    capsize=2,
+                    color=f"C{methods.index(b)}",
+                    label=f"model − {b}",
+                )
             else:
                 ax.plot(pos, d, "s", ms=3, color=f"C{methods.index(b)}", label=f"model − {b}")
         ax.axhline(0, color="k", lw=0.8)

@@ -44,7 +44,16 @@ from .reference import DTYPE, Reference, make_reference
 from .refit import refit_reference
 from .sb import Coupling, PiecewiseBridge, static_bridge, stratified_indices
 
-__all__ = ["check_snapshots", "auto_sigma", "initial_sigma", "simulate_reference", "coupling_solver", "BridgeFitter", "fit_bridge", "FitResult"]
+__all__ = [
+    "check_snapshots",
+    "auto_sigma",
+    "initial_sigma",
+    "simulate_reference",
+    "coupling_solver",
+    "BridgeFitter",
+    "fit_bridge",
+    "FitResult",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +85,9 @@ def check_snapshots(snapshots: list, times, where: object = "snapshots") -> tupl
     return out, times
 
 
-def auto_sigma(snapshots: list[np.ndarray], times: list[float], noise: str = "additive", max_cells: int = 1000, seed: int = 0) -> float:
+def auto_sigma(
+    snapshots: list[np.ndarray], times: list[float], noise: str = "additive", max_cells: int = 1000, seed: int = 0
+) -> float:
     """A starting sigma on the data's own scale: the sigma of a driftless reference that
     would explain all of the transport between adjacent snapshots by noise,
     sqrt(mean_k W2^2(X_k, X_k+1) / (d * dt_k)) for additive noise (g = sigma), and the same
@@ -98,11 +109,15 @@ def auto_sigma(snapshots: list[np.ndarray], times: list[float], noise: str = "ad
         rates.append(w2sq / (scale * (t1 - t0)))
     value = float(np.sqrt(np.mean(rates)))
     if not np.isfinite(value) or value <= 0:
-        raise InputError(f"cannot choose sigma.init automatically: the snapshots do not move (W2 rate {value}); set model.reference.sigma.init")
+        raise InputError(
+            f"cannot choose sigma.init automatically: the snapshots do not move (W2 rate {value}); set model.reference.sigma.init"
+        )
     return value
 
 
-def initial_sigma(reference: ReferenceOptions, snapshots: list[np.ndarray], times: list[float]) -> tuple[float | list[float], dict]:
+def initial_sigma(
+    reference: ReferenceOptions, snapshots: list[np.ndarray], times: list[float]
+) -> tuple[float | list[float], dict]:
     """The reference's initial σ for these snapshots, and what to record beside the options.
 
     `sigma.init: auto` is measured on THESE snapshots (a model refitted on a training split
@@ -115,11 +130,20 @@ def initial_sigma(reference: ReferenceOptions, snapshots: list[np.ndarray], time
         return sig.init, {}
     auto = auto_sigma(snapshots, times, reference.noise)
     init = auto * float(sig.auto_scale)
-    log.info("sigma.init auto: %.4g (all displacement read as noise) x auto_scale %g = %.4g", auto, sig.auto_scale, init)
+    log.info(
+        "sigma.init auto: %.4g (all displacement read as noise) x auto_scale %g = %.4g", auto, sig.auto_scale, init
+    )
     return init, {"init": init, "init_from": "auto", "auto": auto}
 
 
-def simulate_reference(reference: Reference, x0: torch.Tensor, times: list[float], counts: list[int], generator: torch.Generator | None = None, steps_per_unit: int = 50) -> list[torch.Tensor]:
+def simulate_reference(
+    reference: Reference,
+    x0: torch.Tensor,
+    times: list[float],
+    counts: list[int],
+    generator: torch.Generator | None = None,
+    steps_per_unit: int = 50,
+) -> list[torch.Tensor]:
     """Independent snapshots of the reference SDE (the data-generating process SBIRR assumes):
     snapshot 0 is `x0` itself; every later snapshot k is its own batch of `counts[k]` particles
     drawn from x0 (stratified), integrated by Euler-Maruyama from times[0] to times[k]
@@ -130,7 +154,15 @@ def simulate_reference(reference: Reference, x0: torch.Tensor, times: list[float
         for k in range(1, len(times)):
             idx = stratified_indices(int(counts[k]), n0, generator)
             steps = max(4, int(math.ceil((times[k] - times[0]) * steps_per_unit)))
-            y = euler_maruyama(lambda z, _t: reference.drift(z), lambda z, _t: reference.diffusion(z), x0[idx], times[0], times[k], steps, generator)
+            y = euler_maruyama(
+                lambda z, _t: reference.drift(z),
+                lambda z, _t: reference.diffusion(z),
+                x0[idx],
+                times[0],
+                times[k],
+                steps,
+                generator,
+            )
             out.append(y)
     return out
 
@@ -153,7 +185,16 @@ class BridgeFitter:
     per bridge step (objective, refit NLL, relative parameter change, stage, parameters).
     """
 
-    def __init__(self, X: list[torch.Tensor], times: list[float], options: ModelOptions, callback: Callable[[int, dict], None] | None = None, bar=None, t_start: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        X: list[torch.Tensor],
+        times: list[float],
+        options: ModelOptions,
+        callback: Callable[[int, dict], None] | None = None,
+        bar=None,
+        t_start: float | None = None,
+        seed: int = 0,
+    ):
         self.X = X
         self.times = times
         self.options = options
@@ -178,19 +219,29 @@ class BridgeFitter:
             dt = times[k + 1] - times[k]
             cost = IntervalCost(reference, X[k], X[k + 1], dt, self.substeps)
             if self.solver == "dense":
-                out.append(static_bridge(reference, X[k], X[k + 1], dt, self.substeps, tol, warm=couplings[k], cost=cost.block()))
+                out.append(
+                    static_bridge(
+                        reference, X[k], X[k + 1], dt, self.substeps, tol, warm=couplings[k], cost=cost.block()
+                    )
+                )
             else:
                 mb = self.options.minibatch
                 warm = couplings[k] if isinstance(couplings[k], MinibatchCoupling) else None
                 device = select_device(mb.device, key="model.minibatch.device")
-                out.append(minibatch_bridge(cost, int(mb.batch_size), self.generator, tol, warm, per_row=not cost.shared, device=device))
+                out.append(
+                    minibatch_bridge(
+                        cost, int(mb.batch_size), self.generator, tol, warm, per_row=not cost.shared, device=device
+                    )
+                )
         return out
 
     def refit_step(self, reference: Reference, couplings: list[Coupling]) -> tuple[float, float]:
         """Refit `reference` on the bridges in place; (NLL per transition, relative parameter change)."""
         old = reference.parameter_vector().clone()
         refit = self.options.refit
-        nll = refit_reference(reference, self.X, self.times, couplings, self.substeps, int(refit.max_iter), float(refit.weight_decay))
+        nll = refit_reference(
+            reference, self.X, self.times, couplings, self.substeps, int(refit.max_iter), float(refit.weight_decay)
+        )
         new = reference.parameter_vector()
         rel = float((new - old).norm() / max(float(old.norm()), float(new.norm()), 1e-8)) if new.numel() else 0.0
         return nll, rel
@@ -216,7 +267,9 @@ class BridgeFitter:
             bar.update(1)
             bar.set_postfix(stage=stage, objective=f"{record['objective']:.4g}", change=f"{rel:.2g}")
 
-    def alternate(self, reference: Reference, couplings: list[Coupling] | None = None, stage: str = "fit") -> tuple[list[Coupling], bool]:
+    def alternate(
+        self, reference: Reference, couplings: list[Coupling] | None = None, stage: str = "fit"
+    ) -> tuple[list[Coupling], bool]:
         """Bridge and refit `reference` in place until the relative parameter change is below
         `tol` or after `max_iter` bridge steps; returns (couplings, converged)."""
         couplings = list(couplings) if couplings is not None else [None] * (len(self.X) - 1)
@@ -249,13 +302,22 @@ class BridgeFitter:
             if all(bool(torch.isfinite(y).all()) for y in Y):
                 break
         else:
-            log.warning("sigma debias: the fitted reference's simulation diverged; keeping sigma = %s", sigma_hat.tolist())
+            log.warning(
+                "sigma debias: the fitted reference's simulation diverged; keeping sigma = %s", sigma_hat.tolist()
+            )
             return couplings, bool(history and history[-1]["rel_change"] < float(self.options.tol))
         boot = copy.deepcopy(reference)
-        BridgeFitter(Y, self.times, self.options, t_start=self.t_start, seed=seed).alternate(boot, couplings, "bootstrap")
+        BridgeFitter(Y, self.times, self.options, t_start=self.t_start, seed=seed).alternate(
+            boot, couplings, "bootstrap"
+        )
         sigma_b = boot.sigma.detach()
         var = (2 * sigma_hat**2 - sigma_b**2).clamp_min(sigma_hat**2 / 100)  # σ̂² − b², b² = σ̂_b² − σ̂²
-        log.info("sigma debias: fitted %s, bootstrap refit %s -> %s", sigma_hat.tolist(), sigma_b.tolist(), var.sqrt().tolist())
+        log.info(
+            "sigma debias: fitted %s, bootstrap refit %s -> %s",
+            sigma_hat.tolist(),
+            sigma_b.tolist(),
+            var.sqrt().tolist(),
+        )
         with torch.no_grad():
             reference.log_sigma.copy_(0.5 * var.log())
         reference.log_sigma.requires_grad_(False)
@@ -309,7 +371,11 @@ def fit_bridge(
     X = [torch.as_tensor(a, dtype=DTYPE) for a in arrays]
     sigma, sigma_record = initial_sigma(options.reference, arrays, times)
     reference = make_reference(options.reference, X[0].shape[1], key="model.reference", sigma=sigma)
-    bar = progress_bar(total=int(options.max_iter), desc="bridge fit", unit="iter") if progress and progress_enabled() else None
+    bar = (
+        progress_bar(total=int(options.max_iter), desc="bridge fit", unit="iter")
+        if progress and progress_enabled()
+        else None
+    )
     fitter = BridgeFitter(X, times, options, callback, bar, t_start, seed)
     couplings, converged = fitter.alternate(reference)
     if options.reference.sigma.debias == "bootstrap" and reference.log_sigma.requires_grad:

@@ -14,7 +14,9 @@ from .splits import splits_from_config
 __all__ = ["check_cells"]
 
 
-def check_cells(snapshots: list[np.ndarray], times: list[float], opts: BridgeOptions, experiment: str, where: object) -> list[list[int]]:
+def check_cells(
+    snapshots: list[np.ndarray], times: list[float], opts: BridgeOptions, experiment: str, where: object
+) -> list[list[int]]:
     """Check the snapshots read from the cells store `where` against the experiment's
     options; return the held-out splits. InputError naming the store and the snapshot,
     ConfigError naming `bridge.<experiment>.<key>`."""
@@ -30,4 +32,6 @@ def check_cells(snapshots: list[np.ndarray], times: list[float], opts: BridgeOpt
             "a bridge is neither fitted nor scored on so few cells (lower min_cells only if so few cells can stand for a snapshot)",
             where,
         )
-    return splits_from_config(opts.evaluate.holdout, len(times), key=f"bridge.{experiment}.evaluate.holdout", where="the cells store")
+    return splits_from_config(
+        opts.evaluate.holdout, len(times), key=f"bridge.{experiment}.evaluate.holdout", where="the cells store"
+    )

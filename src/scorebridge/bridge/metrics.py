@@ -28,7 +28,15 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["MMD_SCALES", "wasserstein1", "wasserstein2", "mmd", "median_bandwidth", "energy_distance", "distribution_metrics"]
+__all__ = [
+    "MMD_SCALES",
+    "wasserstein1",
+    "wasserstein2",
+    "mmd",
+    "median_bandwidth",
+    "energy_distance",
+    "distribution_metrics",
+]
 
 MMD_SCALES = (0.5, 1.0, 2.0)
 
@@ -125,7 +133,9 @@ def _subsample(a: np.ndarray, max_points: int | None, rng: np.random.Generator) 
     return a[rng.choice(a.shape[0], size=max_points, replace=False)]
 
 
-def distribution_metrics(pred, obs, *, bandwidths: float | Sequence[float] | None = None, max_points: int | None = 5000, seed: int = 0) -> dict[str, float]:
+def distribution_metrics(
+    pred, obs, *, bandwidths: float | Sequence[float] | None = None, max_points: int | None = 5000, seed: int = 0
+) -> dict[str, float]:
     """{"w1", "w2", "mmd", "energy"} between predicted (n, d) and observed (m, d) particles.
 
     ``bandwidths``: RBF bandwidths for the MMD (None: median distance within obs × MMD_SCALES);

@@ -120,8 +120,15 @@ class SelectionOptions:
 
     @classmethod
     def from_section(cls, s: dict) -> "SelectionOptions":
-        return cls(classes=list(s["classes"]), auto_scales=[float(v) for v in s["auto_scales"]], predict=list(s["predict"]),
-                   criterion=s["criterion"], draws=s["draws"], rule=s["rule"], resamples=s["resamples"])
+        return cls(
+            classes=list(s["classes"]),
+            auto_scales=[float(v) for v in s["auto_scales"]],
+            predict=list(s["predict"]),
+            criterion=s["criterion"],
+            draws=s["draws"],
+            rule=s["rule"],
+            resamples=s["resamples"],
+        )
 
 
 @register

@@ -30,9 +30,13 @@ __all__ = ["interval_costs", "RowStats", "plan_statistics", "coupling_statistics
 log = logging.getLogger(__name__)
 
 
-def interval_costs(reference: Reference, X: list[torch.Tensor], times: list[float], substeps: int) -> list[torch.Tensor]:
+def interval_costs(
+    reference: Reference, X: list[torch.Tensor], times: list[float], substeps: int
+) -> list[torch.Tensor]:
     """Cost matrices −log p_θ(X_{k+1, j} | X_{k, i}) of every interval (dense n_k × n_{k+1})."""
-    return [IntervalCost(reference, X[k], X[k + 1], times[k + 1] - times[k], substeps).block() for k in range(len(X) - 1)]
+    return [
+        IntervalCost(reference, X[k], X[k + 1], times[k + 1] - times[k], substeps).block() for k in range(len(X) - 1)
+    ]
 
 
 @dataclass
@@ -116,7 +120,14 @@ def _nll_rows(reference: Reference, X, times, stats: list[RowStats], substeps: i
     return (w * nll).sum()
 
 
-def expected_nll(reference: Reference, X: list[torch.Tensor], times: list[float], couplings: list, substeps: int, stats: list[RowStats] | None = None) -> torch.Tensor:
+def expected_nll(
+    reference: Reference,
+    X: list[torch.Tensor],
+    times: list[float],
+    couplings: list,
+    substeps: int,
+    stats: list[RowStats] | None = None,
+) -> torch.Tensor:
     """Mean over intervals of E_{π^k}[−log p_θ(X_{k+1} | X_k)] (the refit's loss).
 
     The expectation over each plan row is taken in closed form from `RowStats`; with a
@@ -131,7 +142,15 @@ def expected_nll(reference: Reference, X: list[torch.Tensor], times: list[float]
     return _nll_rows(reference, X, times, stats, substeps) / len(couplings)
 
 
-def refit_reference(reference: Reference, X: list[torch.Tensor], times: list[float], couplings: list, substeps: int = 10, max_iter: int = 20, weight_decay: float = 0.0) -> float:
+def refit_reference(
+    reference: Reference,
+    X: list[torch.Tensor],
+    times: list[float],
+    couplings: list,
+    substeps: int = 10,
+    max_iter: int = 20,
+    weight_decay: float = 0.0,
+) -> float:
     """Maximum likelihood of the reference on the bridges' trajectories (in place, L-BFGS).
 
     Returns the mean negative log-likelihood per transition after the refit. A step that
@@ -143,13 +162,23 @@ def refit_reference(reference: Reference, X: list[torch.Tensor], times: list[flo
         with torch.no_grad():
             return float(expected_nll(reference, X, times, couplings, substeps, stats))
     backup = copy.deepcopy(reference.state_dict())
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-8, tolerance_change=1e-11)
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-8,
+        tolerance_change=1e-11,
+    )
 
     def closure():
         opt.zero_grad()
         loss = expected_nll(reference, X, times, couplings, substeps, stats)
         if weight_decay > 0:
-            loss = loss + weight_decay * sum((p**2).sum() for n, p in reference.named_parameters() if p.requires_grad and "log_sigma" not in n)
+            loss = loss + weight_decay * sum(
+                (p**2).sum() for n, p in reference.named_parameters() if p.requires_grad and "log_sigma" not in n
+            )
         if torch.isfinite(loss):
             loss.backward()
         return loss

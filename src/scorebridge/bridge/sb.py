@@ -31,10 +31,21 @@ from .reference import DTYPE, Reference
 from .refit import RowStats, plan_statistics
 from .sinkhorn import sinkhorn
 
-__all__ = ["gaussian_nll", "transition_nll", "sinkhorn", "Coupling", "static_bridge", "bridge_sample", "stratified_indices", "PiecewiseBridge"]
+__all__ = [
+    "gaussian_nll",
+    "transition_nll",
+    "sinkhorn",
+    "Coupling",
+    "static_bridge",
+    "bridge_sample",
+    "stratified_indices",
+    "PiecewiseBridge",
+]
 
 
-def transition_nll(reference: Reference, x: torch.Tensor, y: torch.Tensor, dt: float, substeps: int = 10) -> torch.Tensor:
+def transition_nll(
+    reference: Reference, x: torch.Tensor, y: torch.Tensor, dt: float, substeps: int = 10
+) -> torch.Tensor:
     """−log p_ref(y_j | x_i, dt) for all pairs: (n, d), (m, d) -> (n, m) (Gaussian moments)."""
     return IntervalCost(reference, x, y, dt, substeps).block()
 
@@ -123,7 +134,21 @@ def bridge_sample(
         return y.clone()
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if noise != 0 else None
     # rows in chunks: the (rows, d, d) moments of 100,000 particles would not fit otherwise
-    return torch.cat([_bridge_rows(reference, x[i : i + ROW_CHUNK], y[i : i + ROW_CHUNK], dt, s, substeps, noise, None if z is None else z[i : i + ROW_CHUNK]) for i in range(0, x.shape[0], ROW_CHUNK)])
+    return torch.cat(
+        [
+            _bridge_rows(
+                reference,
+                x[i : i + ROW_CHUNK],
+                y[i : i + ROW_CHUNK],
+                dt,
+                s,
+                substeps,
+                noise,
+                None if z is None else z[i : i + ROW_CHUNK],
+            )
+            for i in range(0, x.shape[0], ROW_CHUNK)
+        ]
+    )
 
 
 def _bridge_rows(reference, x, y, dt, s, substeps, noise, z):
@@ -152,7 +177,14 @@ class PiecewiseBridge:
     snapshots: list of (n_k, d) float64 tensors at increasing `times`; couplings[k] joins k, k+1.
     """
 
-    def __init__(self, snapshots: list[torch.Tensor], times: list[float], couplings: list[Coupling], reference: Reference, substeps: int = 10):
+    def __init__(
+        self,
+        snapshots: list[torch.Tensor],
+        times: list[float],
+        couplings: list[Coupling],
+        reference: Reference,
+        substeps: int = 10,
+    ):
         self.snapshots = snapshots
         self.times = [float(t) for t in times]
         self.couplings = couplings
@@ -172,7 +204,9 @@ class PiecewiseBridge:
         if coupling not in ("plan", "ot"):
             raise ValueError(f"coupling must be 'plan' or 'ot', got {coupling!r}")
         if not isinstance(self.couplings[k], Coupling):
-            raise ValueError(f"coupling {k} is a minibatch coupling of {self.couplings[k].shape} cells: it has no dense plan (sample it with chain / sample_pairs)")
+            raise ValueError(
+                f"coupling {k} is a minibatch coupling of {self.couplings[k].shape} cells: it has no dense plan (sample it with chain / sample_pairs)"
+            )
         if coupling == "plan":
             return self.couplings[k].plan
         if k not in self._ot_plans:
@@ -190,10 +224,18 @@ class PiecewiseBridge:
         """The cost of interval k under the fitted reference (kept by the coupling, else computed once)."""
         c = self.couplings[k]
         if getattr(c, "cost", None) is None:
-            c.cost = IntervalCost(self.reference, self.snapshots[k], self.snapshots[k + 1], self.times[k + 1] - self.times[k], self.substeps)
+            c.cost = IntervalCost(
+                self.reference,
+                self.snapshots[k],
+                self.snapshots[k + 1],
+                self.times[k + 1] - self.times[k],
+                self.substeps,
+            )
         return c.cost
 
-    def _step(self, k: int, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, coupling: str = "plan") -> torch.Tensor:
+    def _step(
+        self, k: int, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, coupling: str = "plan"
+    ) -> torch.Tensor:
         c = self.couplings[k]
         if not isinstance(c, Coupling):
             if coupling not in ("plan", "ot"):
@@ -204,7 +246,9 @@ class PiecewiseBridge:
         rows = rows / rows.sum(1, keepdim=True)
         return torch.multinomial(rows, 1, generator=gen)[:, 0]
 
-    def chain(self, start: int, idx: torch.Tensor, stop: int, gen: torch.Generator | None = None, coupling: str = "plan") -> dict[int, torch.Tensor]:
+    def chain(
+        self, start: int, idx: torch.Tensor, stop: int, gen: torch.Generator | None = None, coupling: str = "plan"
+    ) -> dict[int, torch.Tensor]:
         """Indices into every snapshot between `start` and `stop` reached from snapshot `start`'s
         particles `idx`, by conditional sampling of the couplings (forward or backward)."""
         out = {start: idx}
@@ -217,7 +261,9 @@ class PiecewiseBridge:
             k -= 1
         return out
 
-    def sample_pairs(self, k: int, n: int, gen: torch.Generator | None = None, coupling: str = "plan") -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_pairs(
+        self, k: int, n: int, gen: torch.Generator | None = None, coupling: str = "plan"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """n index pairs (i, j) from coupling k, stratified over the source snapshot: every
         source particle is used n // n_k or n // n_k + 1 times (i ~ μ_k without multinomial
         noise), then j ~ π(· | i). A low-variance draw of the same law as i.i.d. pairs."""
@@ -236,7 +282,15 @@ class PiecewiseBridge:
                 return k
         return len(self.times) - 1
 
-    def sample_at(self, t: float, n: int, gen: torch.Generator | None = None, from_snapshot: int | None = None, noise: float = 1.0, coupling: str = "plan") -> torch.Tensor:
+    def sample_at(
+        self,
+        t: float,
+        n: int,
+        gen: torch.Generator | None = None,
+        from_snapshot: int | None = None,
+        noise: float = 1.0,
+        coupling: str = "plan",
+    ) -> torch.Tensor:
         """n particles of the bridge's marginal at time t (any t).
 
         `coupling` ("plan" or "ot", see `plan`) and `noise` (scale of the reference bridge's
@@ -255,7 +309,16 @@ class PiecewiseBridge:
             if 0 <= k < K - 1:
                 i, j = self.sample_pairs(k, n, gen, coupling)
                 x0, x1 = self.snapshots[k][i], self.snapshots[k + 1][j]
-                return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise)
+                return bridge_sample(
+                    self.reference,
+                    x0,
+                    x1,
+                    self.times[k + 1] - self.times[k],
+                    t - self.times[k],
+                    gen,
+                    self.substeps,
+                    noise,
+                )
             src = 0 if k < 0 else K - 1
             n_s = self.snapshots[src].shape[0]
             idx = stratified_indices(n, n_s, gen)
@@ -272,7 +335,9 @@ class PiecewiseBridge:
         else:
             ids = self.chain(start, idx, k, gen, coupling)
         x0, x1 = self.snapshots[k][ids[k]], self.snapshots[k + 1][ids[k + 1]]
-        return bridge_sample(self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise)
+        return bridge_sample(
+            self.reference, x0, x1, self.times[k + 1] - self.times[k], t - self.times[k], gen, self.substeps, noise
+        )
 
     def _extrapolate(self, x: torch.Tensor, t0: float, t1: float, gen) -> torch.Tensor:
         if t1 == t0:
@@ -290,7 +355,9 @@ class PiecewiseBridge:
         n = self.snapshots[k].shape[0] if n is None else n
         return self.sample_at(t, n, gen, from_snapshot=k)
 
-    def trajectories(self, n: int, per_interval: int = 8, gen: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def trajectories(
+        self, n: int, per_interval: int = 8, gen: torch.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """n trajectories over all snapshots: (times (T,), paths (n, T, d)).
 
         Snapshot points by chaining the couplings from snapshot 0; `per_interval` − 1 interior

@@ -45,7 +45,18 @@ from .. import options
 from .fit import FitResult, fit_bridge
 from .options import ModelOptions, as_section
 
-__all__ = ["CLASSES", "PREDICT_MODES", "Candidate", "candidates", "candidate_options", "FitCache", "Selection", "select_model", "predict", "criterion_values"]
+__all__ = [
+    "CLASSES",
+    "PREDICT_MODES",
+    "Candidate",
+    "candidates",
+    "candidate_options",
+    "FitCache",
+    "Selection",
+    "select_model",
+    "predict",
+    "criterion_values",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +127,9 @@ class FitCache:
         key = (ids, _fit_key(model))
         if key not in self._fits:
             start = time.process_time()
-            self._fits[key] = fit_bridge([self.snapshots[i] for i in ids], [self.times[i] for i in ids], model, seed=self.seed)
+            self._fits[key] = fit_bridge(
+                [self.snapshots[i] for i in ids], [self.times[i] for i in ids], model, seed=self.seed
+            )
             self.cpu_seconds[key] = time.process_time() - start
         return self._fits[key]
 
@@ -128,7 +141,11 @@ def predict(fit: FitResult, t: float, n: int, seed: int, k: int, mode: str | Non
     """n particles of the fitted bridge at time t: in `mode` ('ot' or 'plan'; None: the fit's
     own `predict` options), seeded by (seed, snapshot index k, draw)."""
     gen = torch.Generator().manual_seed(seed * 1000 + k + 100_003 * draw)
-    p = PREDICT_MODES[mode] if mode is not None else {"coupling": fit.options.predict.coupling, "noise": float(fit.options.predict.noise)}
+    p = (
+        PREDICT_MODES[mode]
+        if mode is not None
+        else {"coupling": fit.options.predict.coupling, "noise": float(fit.options.predict.noise)}
+    )
     return fit.bridge.sample_at(t, n, gen, noise=float(p["noise"]), coupling=p["coupling"]).numpy().astype(np.float64)
 
 
@@ -210,9 +227,23 @@ def configured(model: ModelOptions, reason: str) -> Selection:
     """The configured settings (select: none, or the inner_loo fallback)."""
     section = as_section(model)
     section["select"] = "none"
-    mode = "ot" if model.predict.coupling == "ot" and float(model.predict.noise) == 0 else "plan" if model.predict.coupling == "plan" else "custom"
-    rec = {"mode": model.select, "chosen": {"class": model.reference.class_, "symmetric": model.reference.symmetric,
-                                             "sigma": as_section(model.reference.sigma), "predict": mode}, "reason": reason}
+    mode = (
+        "ot"
+        if model.predict.coupling == "ot" and float(model.predict.noise) == 0
+        else "plan"
+        if model.predict.coupling == "plan"
+        else "custom"
+    )
+    rec = {
+        "mode": model.select,
+        "chosen": {
+            "class": model.reference.class_,
+            "symmetric": model.reference.symmetric,
+            "sigma": as_section(model.reference.sigma),
+            "predict": mode,
+        },
+        "reason": reason,
+    }
     return Selection(options.build(ModelOptions, section, where="model"), rec)
 
 
@@ -224,7 +255,9 @@ def select_model(cache: FitCache, ids, model: ModelOptions) -> Selection:
         return configured(model, "select: none")
     inner = ids[1:-1]
     if not inner:
-        return configured(model, f"fallback: {len(ids)} snapshots have no interior snapshot to leave out; the configured settings")
+        return configured(
+            model, f"fallback: {len(ids)} snapshots have no interior snapshot to leave out; the configured settings"
+        )
     sel = model.selection
     cands = candidates(model)
     snaps, times = cache.snapshots, cache.times
@@ -278,10 +311,23 @@ def select_model(cache: FitCache, ids, model: ModelOptions) -> Selection:
         "rule": sel.rule,
         "snapshots": [times[i] for i in ids],
         "inner_holdouts": [times[j] for j in inner],
-        "scores": {c.name: {"score": float(score[n]), "se_vs_best": float(se[n]), "per_holdout": [float(v) for v in values[n]]} for n, c in enumerate(cands)},
-        "fit_cpu_seconds": float(sum(cache.seconds([i for i in ids if i != j], candidate_options(model, c)) for j in inner for c in cands)),
+        "scores": {
+            c.name: {"score": float(score[n]), "se_vs_best": float(se[n]), "per_holdout": [float(v) for v in values[n]]}
+            for n, c in enumerate(cands)
+        },
+        "fit_cpu_seconds": float(
+            sum(cache.seconds([i for i in ids if i != j], candidate_options(model, c)) for j in inner for c in cands)
+        ),
         "seconds": time.perf_counter() - start,
     }
-    log.info("select inner_loo on t=%s: %s (%s %.4f; best %s %.4f, 1 SE %.4f)", rec["snapshots"], cand.name, sel.criterion,
-             score[chosen], cands[best].name, score[best], se[chosen])
+    log.info(
+        "select inner_loo on t=%s: %s (%s %.4f; best %s %.4f, 1 SE %.4f)",
+        rec["snapshots"],
+        cand.name,
+        sel.criterion,
+        score[chosen],
+        cands[best].name,
+        score[best],
+        se[chosen],
+    )
     return Selection(candidate_options(model, cand), rec)

@@ -11,7 +11,9 @@ from ..errors import ConfigError
 __all__ = ["splits_from_config"]
 
 
-def splits_from_config(holdout, n_times: int, key: str = "evaluate.holdout", where: str = "the data") -> list[list[int]]:
+def splits_from_config(
+    holdout, n_times: int, key: str = "evaluate.holdout", where: str = "the data"
+) -> list[list[int]]:
     """'loo' -> [[1], [2], ..., [K-2]] (every interior point); [1, 3] -> [[1, 3]];
     [[1], [1, 3]] -> as given. Indices refer to the sorted snapshot times.
 
@@ -21,7 +23,10 @@ def splits_from_config(holdout, n_times: int, key: str = "evaluate.holdout", whe
     if holdout == "loo" or holdout is None:
         splits = [[k] for k in range(1, n_times - 1)]
         if not splits:
-            raise ConfigError(key, f"'loo' holds out each interior snapshot: {where} has {n_times} snapshots, nothing to predict (it needs at least 3)")
+            raise ConfigError(
+                key,
+                f"'loo' holds out each interior snapshot: {where} has {n_times} snapshots, nothing to predict (it needs at least 3)",
+            )
         return splits
     if not isinstance(holdout, list) or not holdout:
         raise ConfigError(key, f"expected 'loo', a list of snapshot indices, or a list of such lists; got {holdout!r}")
@@ -31,7 +36,9 @@ def splits_from_config(holdout, n_times: int, key: str = "evaluate.holdout", whe
             raise ConfigError(key, f"each split must be a non-empty list of snapshot indices, got {s!r}")
         bad = [h for h in s if not 0 <= h < n_times]
         if bad:
-            raise ConfigError(key, f"indices {bad} out of range: {where} has {n_times} snapshots (indices 0..{n_times - 1})")
+            raise ConfigError(
+                key, f"indices {bad} out of range: {where} has {n_times} snapshots (indices 0..{n_times - 1})"
+            )
         if n_times - len(set(s)) < 2:
             raise ConfigError(key, f"split {s} leaves fewer than 2 snapshots to fit ({where} has {n_times})")
     return [sorted(set(s)) for s in splits]

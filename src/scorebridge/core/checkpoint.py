@@ -69,7 +69,12 @@ def to_plain(obj: Any, where: str = "state") -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
         return obj
     if isinstance(obj, np.ndarray):
-        return {_ND: torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64) if obj.dtype.kind == "u" else np.ascontiguousarray(obj)), "dtype": str(obj.dtype)}
+        return {
+            _ND: torch.from_numpy(
+                np.ascontiguousarray(obj).astype(np.int64) if obj.dtype.kind == "u" else np.ascontiguousarray(obj)
+            ),
+            "dtype": str(obj.dtype),
+        }
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -108,7 +113,9 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu", what: 
     if not path.exists():
         raise InputError(f"{what} not found", path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise InputError(f"not a readable {what} (not a torch.save archive: truncated, corrupt or another format)", path)
+        raise InputError(
+            f"not a readable {what} (not a torch.save archive: truncated, corrupt or another format)", path
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

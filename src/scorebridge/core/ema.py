@@ -89,4 +89,8 @@ class EMA:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    return getattr(model, "module", model) if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    return (
+        getattr(model, "module", model)
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+        else model
+    )

@@ -236,7 +236,14 @@ def fit(
             if done % max(1, opts.log_every) == 0:
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
         if log_fn is not None and info.is_main and (done % max(1, opts.log_every) == 0 or done == opts.steps):
-            log_fn(step, {"train/loss": sum(window) / len(window), "train/lr": sched.get_last_lr()[0], "train/ema_initial_weight": ema.initial_weight()})
+            log_fn(
+                step,
+                {
+                    "train/loss": sum(window) / len(window),
+                    "train/lr": sched.get_last_lr()[0],
+                    "train/ema_initial_weight": ema.initial_weight(),
+                },
+            )
             window = []
         if opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 and done < opts.steps:
             save(done)

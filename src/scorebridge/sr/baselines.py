@@ -20,7 +20,13 @@ import torch
 __all__ = ["upsample", "haversine", "nearest_station_field", "nearest_station_at"]
 
 
-def upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int], mode: str = "bicubic", periodic: tuple[bool, bool] = (False, False)) -> np.ndarray:
+def upsample(
+    coarse: np.ndarray,
+    factor: int,
+    shape: tuple[int, int],
+    mode: str = "bicubic",
+    periodic: tuple[bool, bool] = (False, False),
+) -> np.ndarray:
     """Interpolate ``coarse[..., h, w]`` by ``factor`` (``mode``: bicubic, bilinear) and crop to
     ``shape``; ``periodic`` = (latitude, longitude) axes that wrap around."""
     c = torch.as_tensor(np.asarray(coarse, np.float32))
@@ -45,7 +51,9 @@ def haversine(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
-def nearest_station_field(table, times: np.ndarray, channels, lat: np.ndarray, lon: np.ndarray, tol_pa: float) -> np.ndarray:
+def nearest_station_field(
+    table, times: np.ndarray, channels, lat: np.ndarray, lon: np.ndarray, tol_pa: float
+) -> np.ndarray:
     """``[T, C, H, W]`` field of the nearest reporting station's value (NaN where none reported).
 
     ``table``: an :class:`~scorebridge.sr.observations.ObsTable` of the conditioning stations.
@@ -62,7 +70,9 @@ def nearest_station_field(table, times: np.ndarray, channels, lat: np.ndarray, l
             sel = at & (table.variable == v) & level & np.isfinite(table.value)
             if not sel.any():
                 continue
-            d = haversine(glat[..., None], glon[..., None], table.latitude[sel][None, None], table.longitude[sel][None, None])
+            d = haversine(
+                glat[..., None], glon[..., None], table.latitude[sel][None, None], table.longitude[sel][None, None]
+            )
             out[ti, c] = table.value[sel][np.argmin(d, axis=-1)]
     return out
 
@@ -75,7 +85,13 @@ def nearest_station_at(target, source, tol_pa: float) -> np.ndarray:
     for i in range(len(target.value)):
         p = target.pressure[i]
         level = np.isnan(source.pressure) if np.isnan(p) else (np.abs(source.pressure - p) <= tol_pa)
-        sel = (source.time == target.time[i]) & (source.variable == target.variable[i]) & level & np.isfinite(source.value) & (source.station != target.station[i])
+        sel = (
+            (source.time == target.time[i])
+            & (source.variable == target.variable[i])
+            & level
+            & np.isfinite(source.value)
+            & (source.station != target.station[i])
+        )
         if sel.any():
             d = haversine(target.latitude[i], target.longitude[i], source.latitude[sel], source.longitude[sel])
             pred[i] = source.value[sel][np.argmin(d)]

@@ -37,8 +37,16 @@ def _job(args, rule: str, exp, datasets: dict, *, active: bool = True, system_me
 
     if not active:
         return contextlib.nullcontext(None)
-    return job_run(args.experiments, kind="sr", experiment=args.experiment, rule=rule, wildcards={"experiment": args.experiment},
-                   spec=dataclasses.asdict(exp), datasets=datasets, system_metrics=system_metrics)
+    return job_run(
+        args.experiments,
+        kind="sr",
+        experiment=args.experiment,
+        rule=rule,
+        wildcards={"experiment": args.experiment},
+        spec=dataclasses.asdict(exp),
+        datasets=datasets,
+        system_metrics=system_metrics,
+    )
 
 
 def train_cli(argv: list[str]) -> int:
@@ -66,7 +74,11 @@ def train_cli(argv: list[str]) -> int:
 
             training_loss(summary["losses"], args.figure, run=run)
         if rank0:
-            print(json.dumps({k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1))
+            print(
+                json.dumps(
+                    {k: v for k, v in summary.items() if k not in ("train_times", "test_times", "losses")}, indent=1
+                )
+            )
     return 0
 
 
@@ -91,7 +103,12 @@ def sample_cli(argv: list[str]) -> int:
     if exp.sample.threads:
         torch.set_num_threads(int(exp.sample.threads))
     ds = open_era5(a.era5)
-    prior = load_prior(a.checkpoint, device=a.device or exp.sample.device, precision=exp.sample.precision, channels_last=exp.sample.channels_last)
+    prior = load_prior(
+        a.checkpoint,
+        device=a.device or exp.sample.device,
+        precision=exp.sample.precision,
+        channels_last=exp.sample.channels_last,
+    )
     with _job(a, "sr_sample", exp, {"era5": a.era5, **({"obs": a.obs} if a.obs else {})}, system_metrics=True) as run:
         run_sampling(prior, ds, exp, a.obs, device=prior.device, out=a.out, checkpoint=a.checkpoint, run=run)
     return 0
@@ -113,10 +130,16 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="metrics.json to write")
     a = p.parse_args(argv)
     exp = _experiment(a)
-    with _job(a, "sr_evaluate", exp, {"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})}) as run:
+    with _job(
+        a, "sr_evaluate", exp, {"era5": a.era5, "samples": a.samples, **({"obs": a.obs} if a.obs else {})}
+    ) as run:
         # each figure written atomically into the folder (sr_train's loss curve lives there too)
         result = evaluate(a.samples, a.era5, a.obs, options=exp.evaluate, figures=a.figures, run=run)
-        scalars = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float)) and v is not None and np.isfinite(v)}
+        scalars = {
+            k: float(v)
+            for k, v in result["metrics"].items()
+            if isinstance(v, (int, float)) and v is not None and np.isfinite(v)
+        }
         run.log_metrics(scalars)
         write_json(a.out, result)
         run.log_artifact(a.out)

@@ -78,7 +78,9 @@ def _is_field(ds, name: str) -> bool:
     return {"time", "latitude", "longitude"} <= set(da.dims)
 
 
-def resolve_channels(ds, variables: Sequence[str] | None = None, levels: Sequence[float] | None = None) -> list[Channel]:
+def resolve_channels(
+    ds, variables: Sequence[str] | None = None, levels: Sequence[float] | None = None
+) -> list[Channel]:
     """The (variable, level) channels for the chosen variables and levels (None: all)."""
     where = ds.attrs.get("source_path", "ERA5 store")
     available = [v for v in ds.data_vars if _is_field(ds, v)]
@@ -169,9 +171,13 @@ def normalisation_of(ds, channels: Sequence[Channel]) -> Normalisation:
                     m, s = m[k], s[k]
                 m, s = float(m), float(s)
             except (KeyError, IndexError, TypeError, StopIteration) as err:
-                raise InputError(f"attrs['normalisation'] has no usable mean/std for {v} at level {lv} ({err!r})", where) from None
+                raise InputError(
+                    f"attrs['normalisation'] has no usable mean/std for {v} at level {lv} ({err!r})", where
+                ) from None
         if not (np.isfinite(m) and np.isfinite(s) and s > 0):
-            raise InputError(f"normalisation of {v} (level {lv}) is mean={m}, std={s}: need finite values and std > 0", where)
+            raise InputError(
+                f"normalisation of {v} (level {lv}) is mean={m}, std={s}: need finite values and std > 0", where
+            )
         mean.append(m)
         std.append(s)
     return Normalisation(np.asarray(mean, np.float32), np.asarray(std, np.float32))
@@ -223,7 +229,9 @@ def split_times(ds, split: SplitOptions, validation: bool = False) -> tuple[np.n
         test = window(s.test_start, s.test_end, "test_start")
         overlap = np.intersect1d(train, test)
         if len(overlap):
-            raise ConfigError("sr.train.split", f"{len(overlap)} time(s) both in training and held out, e.g. {times[overlap[0]]}")
+            raise ConfigError(
+                "sr.train.split", f"{len(overlap)} time(s) both in training and held out, e.g. {times[overlap[0]]}"
+            )
     else:
         dist = np.abs(idx[:, None] - train[None, :]).min(axis=1)
         test = idx[dist > gap]
@@ -231,18 +239,26 @@ def split_times(ds, split: SplitOptions, validation: bool = False) -> tuple[np.n
         if s.test_start or s.test_end:
             why = f"test_start/test_end select none of the {n} times ({times.min()}..{times.max()})"
         else:
-            used = f"train_fraction {s.train_fraction}" if not (s.train_start or s.train_end) else "train_start/train_end"
-            why = f"{used} trains on {len(train)} of the {n} times" + (f" and gap {gap} leaves out the rest" if len(train) < n else "")
+            used = (
+                f"train_fraction {s.train_fraction}" if not (s.train_start or s.train_end) else "train_start/train_end"
+            )
+            why = f"{used} trains on {len(train)} of the {n} times" + (
+                f" and gap {gap} leaves out the rest" if len(train) < n else ""
+            )
         raise ConfigError("sr.train.split", f"no held-out times to sample and evaluate: {why}")
     nval = int(s.validation or 0)
     val = np.zeros(0, dtype=np.int64)
     if nval:
         if nval >= len(train):
-            raise ConfigError("sr.train.split.validation", f"{nval} validation times leave nothing of the {len(train)} training times")
+            raise ConfigError(
+                "sr.train.split.validation", f"{nval} validation times leave nothing of the {len(train)} training times"
+            )
         val = train[-nval:]
         train = train[train < val[0] - gap]
         if len(train) == 0:
-            raise ConfigError("sr.train.split.validation", f"no training times left before the validation block with gap {gap}")
+            raise ConfigError(
+                "sr.train.split.validation", f"no training times left before the validation block with gap {gap}"
+            )
     if validation:
         return train.astype(np.int64), val.astype(np.int64), test.astype(np.int64)
     return train.astype(np.int64), test.astype(np.int64)
@@ -266,7 +282,14 @@ def _nan_error(ds, channels, times, arr, t_axis_vals, member=None) -> None:
     )
 
 
-def load_fields(ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: Normalisation | None = None, member: int | None = None, check_nan: bool = True) -> np.ndarray:
+def load_fields(
+    ds,
+    channels: Sequence[Channel],
+    time_idx: Sequence[int],
+    norm: Normalisation | None = None,
+    member: int | None = None,
+    check_nan: bool = True,
+) -> np.ndarray:
     """Fields at `time_idx` stacked as (T, C, H, W) float32 ((T, M, C, H, W) when `ds` has
     members and `member` is None); normalised when `norm` is given. NaN -> InputError."""
     time_idx = np.asarray(time_idx, dtype=np.int64)
@@ -287,7 +310,18 @@ def load_fields(ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: 
     return np.ascontiguousarray(arr)
 
 
-def write_toy_era5(path: str | Path, ntime: int = 24, nlat: int = 16, nlon: int = 16, variables: Sequence[str] = ("t", "u"), levels: Sequence[float] = (850.0, 500.0), single: Sequence[str] = (), members: int = 0, seed: int = 0, slope: float = 3.0) -> Path:
+def write_toy_era5(
+    path: str | Path,
+    ntime: int = 24,
+    nlat: int = 16,
+    nlon: int = 16,
+    variables: Sequence[str] = ("t", "u"),
+    levels: Sequence[float] = (850.0, 500.0),
+    single: Sequence[str] = (),
+    members: int = 0,
+    seed: int = 0,
+    slope: float = 3.0,
+) -> Path:
     """A small ERA5-contract zarr of smooth random fields (for tests and benchmarks).
 
     Each (variable, level) is a Gaussian random field with isotropic power spectrum
@@ -334,8 +368,10 @@ def write_toy_era5(path: str | Path, ntime: int = 24, nlat: int = 16, nlon: int 
         arr = arr if members else arr[:, 0]
         dims = ("time",) + lead + ("level", "latitude", "longitude")
         data_vars[v] = (dims, arr.astype(np.float32) if members else arr.astype(np.float32))
-        stats[v] = {"mean": [float(x) for x in np.nanmean(arr, axis=tuple(a for a in range(arr.ndim) if a != arr.ndim - 3))],
-                    "std": [float(x) for x in np.nanstd(arr, axis=tuple(a for a in range(arr.ndim) if a != arr.ndim - 3))]}
+        stats[v] = {
+            "mean": [float(x) for x in np.nanmean(arr, axis=tuple(a for a in range(arr.ndim) if a != arr.ndim - 3))],
+            "std": [float(x) for x in np.nanstd(arr, axis=tuple(a for a in range(arr.ndim) if a != arr.ndim - 3))],
+        }
     for v in single:
         arr = 280.0 + 8.0 * field()
         arr = arr if members else arr[:, 0]

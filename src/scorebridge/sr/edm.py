@@ -40,13 +40,17 @@ def loss_weight(sigma: Tensor, sigma_data: float = 1.0) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def sample_sigma(n: int, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None, device=None) -> Tensor:
+def sample_sigma(
+    n: int, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None, device=None
+) -> Tensor:
     """n noise levels with ln σ ~ N(p_mean, p_std²)."""
     z = torch.randn(n, generator=generator, device=generator.device if generator is not None else device)
     return torch.exp(p_mean + p_std * z).to(device) if device is not None else torch.exp(p_mean + p_std * z)
 
 
-def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = True, device=None) -> Tensor:
+def edm_sigmas(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = True, device=None
+) -> Tensor:
     """The EDM time discretisation: n decreasing noise levels from σ_max to σ_min (Eq. 5).
 
     Returns a float64 tensor of length n + 1 ending in 0 (`append_zero`), else length n.
@@ -100,7 +104,9 @@ class EDMPrecond(nn.Module):
         m = self.offset if offset is None else offset.float()
         if m is not None:
             if tuple(x.shape[-2:]) != tuple(m.shape[-2:]):
-                raise ValueError(f"this prior models anomalies from a {tuple(m.shape[-2:])} mean field; got fields of {tuple(x.shape[-2:])}")
+                raise ValueError(
+                    f"this prior models anomalies from a {tuple(m.shape[-2:])} mean field; got fields of {tuple(x.shape[-2:])}"
+                )
             x = x - m
         f = self.net(c_in.view(b) * x, c_noise)
         out = c_skip.view(b) * x + c_out.view(b) * f.float()

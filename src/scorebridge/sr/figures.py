@@ -25,7 +25,15 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["EVALUATE_FIGURES", "TRAINING_FIGURE", "binned_spread_error", "rmse_table", "station_positions", "write_figures", "training_loss"]
+__all__ = [
+    "EVALUATE_FIGURES",
+    "TRAINING_FIGURE",
+    "binned_spread_error",
+    "rmse_table",
+    "station_positions",
+    "write_figures",
+    "training_loss",
+]
 
 EVALUATE_FIGURES = ("maps", "spectra", "rank_histogram", "spread_skill", "rmse_by_level", "withheld_radiosondes")
 TRAINING_FIGURE = "training_loss"
@@ -44,7 +52,9 @@ def _split(name: str) -> tuple[str, float | None]:
     return v, (float(lv) if lv else None)
 
 
-def binned_spread_error(ens: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def binned_spread_error(
+    ens: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spread-skill diagram of one channel: ``ens[T, N, H, W]`` and ``truth[T, H, W]`` pooled
     into up to `bins` bins of equal population by the ensemble variance; per bin
     ``(spread, rmse, weight)``: ``sqrt((N+1)/N * mean variance)`` (unbiased over members),
@@ -87,13 +97,15 @@ def rmse_table(metrics: dict, names: Sequence[str]) -> dict[str, dict[str, float
             row["posterior_mean"] = float(metrics[f"rmse/{c}"])
         prefix = f"rmse/{c}/"
         for k, v in metrics.items():
-            if k.startswith(prefix) and "/" not in k[len(prefix):] and v is not None and np.isfinite(v):
-                row[k[len(prefix):]] = float(v)
+            if k.startswith(prefix) and "/" not in k[len(prefix) :] and v is not None and np.isfinite(v):
+                row[k[len(prefix) :]] = float(v)
         out[c] = row
     return out
 
 
-def station_positions(obs_path, variables: Sequence[str], time, withheld: Sequence[str], lon: np.ndarray) -> dict[str, np.ndarray]:
+def station_positions(
+    obs_path, variables: Sequence[str], time, withheld: Sequence[str], lon: np.ndarray
+) -> dict[str, np.ndarray]:
     """Positions ``{'used' | 'withheld': (n, 2) lon/lat}`` of the radiosondes observed at
     `time`, their longitudes in the grid's convention (`lon`: 0..360 or -180..180)."""
     from .observations import read_obs
@@ -105,7 +117,10 @@ def station_positions(obs_path, variables: Sequence[str], time, withheld: Sequen
     at = table.select(table.time == np.datetime64(time, "ns"))
     out = dict(empty)
     lon0 = float(np.min(lon))
-    for key, keep in (("withheld", np.isin(at.station, list(withheld))), ("used", ~np.isin(at.station, list(withheld)))):
+    for key, keep in (
+        ("withheld", np.isin(at.station, list(withheld))),
+        ("used", ~np.isin(at.station, list(withheld))),
+    ):
         sub = at.select(keep)
         _, first = np.unique(sub.station, return_index=True)
         x = lon0 + np.mod(np.asarray(sub.longitude[first], np.float64) - lon0, 360.0)
@@ -129,9 +144,29 @@ def _map_panel(ax, field, ext, lon, lat, stations, with_stations: bool, **kw):
     if with_stations:
         used, held = stations["used"], stations["withheld"]
         if len(used):
-            ax.scatter(used[:, 0], used[:, 1], marker="^", s=22, c="k", edgecolors="w", linewidths=0.5, zorder=4, label=stations["used_label"])
+            ax.scatter(
+                used[:, 0],
+                used[:, 1],
+                marker="^",
+                s=22,
+                c="k",
+                edgecolors="w",
+                linewidths=0.5,
+                zorder=4,
+                label=stations["used_label"],
+            )
         if len(held):
-            ax.scatter(held[:, 0], held[:, 1], marker="o", s=26, c="w", edgecolors="k", linewidths=1.0, zorder=4, label="withheld radiosondes (scored)")
+            ax.scatter(
+                held[:, 0],
+                held[:, 1],
+                marker="o",
+                s=26,
+                c="w",
+                edgecolors="k",
+                linewidths=1.0,
+                zorder=4,
+                label="withheld radiosondes (scored)",
+            )
     return im
 
 
@@ -144,7 +179,13 @@ def _maps(fig_dir, truth, coarse, mean, ens, base, names, lat, lon, k, stations,
     ext = _extent(lon, lat)
     for r, i in enumerate(show):
         vmin, vmax = np.nanpercentile(truth[t, i], [1, 99])
-        panels = [truth[t, i], np.repeat(np.repeat(coarse[t, i], k, 0), k, 1)[: len(lat), : len(lon)], base["bicubic"][t, i], mean[t, i], ens[t, 0, i]]
+        panels = [
+            truth[t, i],
+            np.repeat(np.repeat(coarse[t, i], k, 0), k, 1)[: len(lat), : len(lon)],
+            base["bicubic"][t, i],
+            mean[t, i],
+            ens[t, 0, i],
+        ]
         for c, p in enumerate(panels):
             im = _map_panel(axes[r, c], p, ext, lon, lat, stations, c == 0, vmin=vmin, vmax=vmax, cmap="RdBu_r")
         fig.colorbar(im, ax=axes[r, 4], shrink=0.8)
@@ -166,8 +207,15 @@ def _spectra(fig_dir, names, spectra, run):
     from ..plots import new_figure, save_figure
 
     fig, axes = new_figure(1, len(names), width=3.2, height=2.8, squeeze=False)
-    styles = [("truth", "k-"), ("members", "C3-"), ("posterior_mean", "C3--"), ("coarse_only", "C1-"), ("bicubic", "C0-"), ("bilinear", "C0:"),
-              ("nearest_radiosonde", "C2:")]
+    styles = [
+        ("truth", "k-"),
+        ("members", "C3-"),
+        ("posterior_mean", "C3--"),
+        ("coarse_only", "C1-"),
+        ("bicubic", "C0-"),
+        ("bilinear", "C0:"),
+        ("nearest_radiosonde", "C2:"),
+    ]
     for i, c in enumerate(names):
         s = spectra[c]
         ax = axes[0, i]
@@ -212,7 +260,14 @@ def _spread_skill(fig_dir, ens, truth, names, lat, metrics, run):
         for j, i in enumerate(idx):
             sp, er, _ = binned_spread_error(ens[:, :, i], truth[:, i], lat)
             lv = _split(names[i])[1]
-            ax.plot(sp, er, "o-", ms=3, color=f"C{j}", label=(f"{lv:g} hPa" if lv is not None else v) + f" (ratio {metrics[f'spread_skill/{names[i]}']:.2f})")
+            ax.plot(
+                sp,
+                er,
+                "o-",
+                ms=3,
+                color=f"C{j}",
+                label=(f"{lv:g} hPa" if lv is not None else v) + f" (ratio {metrics[f'spread_skill/{names[i]}']:.2f})",
+            )
             top = max(top, float(np.nanmax(np.r_[sp, er, 0.0])))
         ax.plot([0, top * 1.05], [0, top * 1.05], "k--", lw=0.8, label="spread = error")
         ax.set_xlim(0, top * 1.05 or 1)
@@ -244,8 +299,18 @@ def _rmse_by_level(fig_dir, names, metrics, run):
         else:
             for m in methods:
                 label, style = METHOD_STYLE.get(m, (m, "C7x-"))
-                ax.plot([table[c].get(m, np.nan) for c in chans], levels, style, ms=4, lw=2 if m == "posterior_mean" else 1, label=label)
-            ax.set_ylim(max(levels) * 1.05 if len(levels) > 1 else max(levels) + 50, min(levels) * 0.95 if len(levels) > 1 else min(levels) - 50)
+                ax.plot(
+                    [table[c].get(m, np.nan) for c in chans],
+                    levels,
+                    style,
+                    ms=4,
+                    lw=2 if m == "posterior_mean" else 1,
+                    label=label,
+                )
+            ax.set_ylim(
+                max(levels) * 1.05 if len(levels) > 1 else max(levels) + 50,
+                min(levels) * 0.95 if len(levels) > 1 else min(levels) - 50,
+            )
             ax.set_ylabel("pressure (hPa)", fontsize=8)
             ax.legend(fontsize=6)
         ax.set_title(v, fontsize=9)
@@ -265,13 +330,42 @@ def _withheld(fig_dir, metrics, why_none: str, run):
         ax.set_xticks(range(len(keys)), keys, rotation=20, fontsize=7)
         ax.set_ylabel("RMSE at withheld radiosondes\n(units of each variable's std)")
     else:
-        ax.text(0.5, 0.5, f"no withheld radiosondes to score:\n{why_none}", ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no withheld radiosondes to score:\n{why_none}",
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=9,
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
     save_figure(fig, fig_dir / "withheld_radiosondes.png", run=run)
 
 
-def write_figures(fig_dir, *, truth, coarse, mean, ens, base, names, lat, lon, factor: int, hist, spectra, metrics: dict, sampling: dict,
-                  times, obs_path, map_time: int, map_channels: int, run=None) -> list[Path]:
+def write_figures(
+    fig_dir,
+    *,
+    truth,
+    coarse,
+    mean,
+    ens,
+    base,
+    names,
+    lat,
+    lon,
+    factor: int,
+    hist,
+    spectra,
+    metrics: dict,
+    sampling: dict,
+    times,
+    obs_path,
+    map_time: int,
+    map_channels: int,
+    run=None,
+) -> list[Path]:
     """Write every figure of :data:`EVALUATE_FIGURES` into `fig_dir`; returns their paths.
 
     Fields are physical: ``truth, mean[T, C, H, W]``, ``ens[T, N, C, H, W]``, ``coarse[T, C, h, w]``,
@@ -284,16 +378,38 @@ def write_figures(fig_dir, *, truth, coarse, mean, ens, base, names, lat, lon, f
     withheld = list(sampling.get("withheld_stations") or [])
     stations = station_positions(obs_path, sorted({_split(c)[0] for c in names}), np.asarray(times)[t], withheld, lon)
     conditioned = "radiosondes" in (sampling.get("conditioning") or [])
-    stations["used_label"] = "radiosondes used for conditioning" if conditioned else "radiosondes (not in this conditioning)"
+    stations["used_label"] = (
+        "radiosondes used for conditioning" if conditioned else "radiosondes (not in this conditioning)"
+    )
     when = np.datetime_as_string(np.asarray(times)[t].astype("datetime64[m]"))
-    _maps(fig_dir, truth, coarse, mean, ens, base, names, lat, lon, int(factor), stations, t, int(map_channels), run, f"{when}, conditioned on {' + '.join(sampling.get('conditioning') or ['nothing'])}")
+    _maps(
+        fig_dir,
+        truth,
+        coarse,
+        mean,
+        ens,
+        base,
+        names,
+        lat,
+        lon,
+        int(factor),
+        stations,
+        t,
+        int(map_channels),
+        run,
+        f"{when}, conditioned on {' + '.join(sampling.get('conditioning') or ['nothing'])}",
+    )
     _spectra(fig_dir, names, spectra, run)
     _rank_histogram(fig_dir, names, hist, metrics, run)
     _spread_skill(fig_dir, ens, truth, names, lat, metrics, run)
     _rmse_by_level(fig_dir, names, metrics, run)
-    why = ("no collocated radiosondes were given to sr-evaluate" if obs_path is None else
-           "no station was withheld (sample.radiosondes.withheld_fraction / withheld_stations)" if not withheld else
-           f"the withheld stations {withheld} have no observation at the sampled times")
+    why = (
+        "no collocated radiosondes were given to sr-evaluate"
+        if obs_path is None
+        else "no station was withheld (sample.radiosondes.withheld_fraction / withheld_stations)"
+        if not withheld
+        else f"the withheld stations {withheld} have no observation at the sampled times"
+    )
     _withheld(fig_dir, metrics, why, run)
     return [fig_dir / f"{name}.png" for name in EVALUATE_FIGURES]
 
@@ -309,14 +425,26 @@ def training_loss(losses: Sequence[tuple[int, float]], path, run=None) -> Path:
         k = max(1, len(vals) // 50)
         if k > 1:
             ax.plot(steps, vals, lw=0.6, alpha=0.4, label="per step")
-            ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), lw=1.5, label=f"running mean of {k} steps")
+            ax.plot(
+                steps[k - 1 :],
+                np.convolve(vals, np.ones(k) / k, mode="valid"),
+                lw=1.5,
+                label=f"running mean of {k} steps",
+            )
         else:
             ax.plot(steps, vals, "o-", ms=2.5, lw=1.0, label="per step")
         if np.all(vals > 0):
             ax.set_yscale("log")
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no training step was run (resumed from a finished checkpoint?)", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no training step was run (resumed from a finished checkpoint?)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("EDM loss")
     return save_figure(fig, path, run=run)

@@ -51,7 +51,16 @@ class FieldBatcher:
     random whole number of cells (translation augmentation on periodic axes).
     """
 
-    def __init__(self, ds, channels: Sequence[Channel], time_idx: Sequence[int], norm: Normalisation, crop: int | Sequence[int] | None = None, max_memory_mb: float = 2048, shift: Sequence[str] = ()):
+    def __init__(
+        self,
+        ds,
+        channels: Sequence[Channel],
+        time_idx: Sequence[int],
+        norm: Normalisation,
+        crop: int | Sequence[int] | None = None,
+        max_memory_mb: float = 2048,
+        shift: Sequence[str] = (),
+    ):
         self.ds = ds
         self.channels = list(channels)
         self.time_idx = np.asarray(time_idx, dtype=np.int64)
@@ -145,7 +154,12 @@ class FieldBatcher:
         """One normalised sample (C, h, w) read from the store: one read per variable."""
         ch, cw = self.crop
         x = np.empty((len(self.channels), ch, cw), np.float32)
-        index: dict[str, Any] = {"time": t, "latitude": slice(i0, i0 + ch), "longitude": slice(j0, j0 + cw), "number": m}
+        index: dict[str, Any] = {
+            "time": t,
+            "latitude": slice(i0, i0 + ch),
+            "longitude": slice(j0, j0 + cw),
+            "number": m,
+        }
         for v, lev, out in self._reads:
             var = self.ds[v].variable
             idx = {k: i for k, i in index.items() if k in var.dims}
@@ -153,7 +167,11 @@ class FieldBatcher:
                 idx["level"] = lev
             if self._zarr is not None:  # the store's order of dims; levels by orthogonal indexing
                 arr = np.asarray(self._zarr[v].oindex[tuple(idx[d] for d in var.dims)], dtype=np.float32)
-                arr = np.moveaxis(arr, var.dims.index("level") - sum(d in ("number", "time") for d in var.dims), 0) if lev is not None else arr
+                arr = (
+                    np.moveaxis(arr, var.dims.index("level") - sum(d in ("number", "time") for d in var.dims), 0)
+                    if lev is not None
+                    else arr
+                )
             else:
                 dims = (["level"] if lev is not None else []) + ["latitude", "longitude"]
                 arr = np.asarray(var.isel(idx).transpose(*dims).values, dtype=np.float32)

@@ -71,29 +71,43 @@ def _axes_except_channel(ndim: int, channel_axis: int | None) -> tuple[int, ...]
     return tuple(ax)
 
 
-def rmse(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3) -> np.ndarray:
+def rmse(
+    pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3
+) -> np.ndarray:
     """Latitude-weighted RMSE over all axes but ``channel_axis`` (``[T, C, H, W]`` -> ``[C]``)."""
     d = np.asarray(pred, np.float64) - np.asarray(truth, np.float64)
     return np.sqrt(_wmean(d**2, lat, _axes_except_channel(d.ndim, channel_axis)))
 
 
-def mae(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3) -> np.ndarray:
+def mae(
+    pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3
+) -> np.ndarray:
     d = np.asarray(pred, np.float64) - np.asarray(truth, np.float64)
     return _wmean(np.abs(d), lat, _axes_except_channel(d.ndim, channel_axis))
 
 
-def bias(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3) -> np.ndarray:
+def bias(
+    pred: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, channel_axis: int | None = -3
+) -> np.ndarray:
     d = np.asarray(pred, np.float64) - np.asarray(truth, np.float64)
     return _wmean(d, lat, _axes_except_channel(d.ndim, channel_axis))
 
 
-def spread(ens: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1, channel_axis: int | None = -3) -> np.ndarray:
+def spread(
+    ens: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1, channel_axis: int | None = -3
+) -> np.ndarray:
     """``sqrt(weighted mean of the unbiased variance over members)``; ``ens[T, N, C, H, W]`` -> ``[C]``."""
     var = np.var(np.asarray(ens, np.float64), axis=member_axis, ddof=1)
     return np.sqrt(_wmean(var, lat, _axes_except_channel(var.ndim, channel_axis)))
 
 
-def spread_skill(ens: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1, channel_axis: int | None = -3) -> np.ndarray:
+def spread_skill(
+    ens: np.ndarray,
+    truth: np.ndarray,
+    lat: np.ndarray | None = None,
+    member_axis: int = 1,
+    channel_axis: int | None = -3,
+) -> np.ndarray:
     """``sqrt((N+1)/N) * spread / rmse(ensemble mean)`` per channel (``ens[T, N, C, H, W]``, ``truth[T, C, H, W]``)."""
     ens = np.asarray(ens, np.float64)
     n = ens.shape[member_axis]
@@ -116,13 +130,21 @@ def _fair_crps_points(ens: np.ndarray, truth: np.ndarray, member_axis: int) -> n
     return skill - pair / (2.0 * n * (n - 1))
 
 
-def fair_crps(ens: np.ndarray, truth: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1, channel_axis: int | None = -3) -> np.ndarray:
+def fair_crps(
+    ens: np.ndarray,
+    truth: np.ndarray,
+    lat: np.ndarray | None = None,
+    member_axis: int = 1,
+    channel_axis: int | None = -3,
+) -> np.ndarray:
     """Latitude-weighted mean fair CRPS per channel (``ens[T, N, C, H, W]`` -> ``[C]``)."""
     c = _fair_crps_points(ens, truth, member_axis)
     return _wmean(c, lat, _axes_except_channel(c.ndim, channel_axis))
 
 
-def rank_histogram(ens: np.ndarray, truth: np.ndarray, member_axis: int = 1, channel_axis: int | None = -3, seed: int = 0) -> np.ndarray:
+def rank_histogram(
+    ens: np.ndarray, truth: np.ndarray, member_axis: int = 1, channel_axis: int | None = -3, seed: int = 0
+) -> np.ndarray:
     """Counts of the truth's rank among the members, ``[C, N + 1]`` (``[N + 1]`` if no channel axis).
 
     Ties (truth equal to members) are broken uniformly at random (seeded).
@@ -206,7 +228,9 @@ def pooled(per_channel: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x**2)))
 
 
-def pooled_spread_skill(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1) -> float:
+def pooled_spread_skill(
+    ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray | None = None, member_axis: int = 1
+) -> float:
     """Spread-skill ratio of all channels together in normalised units:
     ``sqrt((N+1)/N) * pooled(spread) / pooled(rmse of the ensemble mean)``."""
     ens = np.asarray(ens, np.float64)

@@ -24,7 +24,16 @@ from .point_obs import build_point_obs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODALITIES", "SURFACE_VARIABLES", "sigma_for", "coarse_observation", "ObsTable", "read_obs", "choose_withheld", "radiosonde_observation"]
+__all__ = [
+    "MODALITIES",
+    "SURFACE_VARIABLES",
+    "sigma_for",
+    "coarse_observation",
+    "ObsTable",
+    "read_obs",
+    "choose_withheld",
+    "radiosonde_observation",
+]
 
 MODALITIES = ("coarse", "radiosondes")
 
@@ -48,7 +57,9 @@ def coarse_observation(truth: torch.Tensor, channels, std: np.ndarray, opts: Coa
         warnings.simplefilter("ignore")  # warned once by the caller
         op = CoarseGrain(int(opts.factor), (H, W), pad=opts.pad)
     y = op(truth)
-    sig = torch.tensor([sigma_for(v, s, opts) for (v, _), s in zip(channels, std)], dtype=torch.float32).reshape(1, -1, 1, 1)
+    sig = torch.tensor([sigma_for(v, s, opts) for (v, _), s in zip(channels, std)], dtype=torch.float32).reshape(
+        1, -1, 1, 1
+    )
     return Observation("coarse", op, y, sig, float(opts.gamma), float(opts.zeta))
 
 
@@ -91,11 +102,14 @@ def read_obs(path: str | Path, variables: Sequence[str]) -> ObsTable:
         raise InputError(f"missing {missing} (collocated observations data contract)", path)
     base = {n: np.asarray(ds[n].values) for n in need}
     base["station"] = np.array([str(x) for x in base["station"]], dtype=object)
-    surface = np.asarray(ds["surface"].values, bool) if "surface" in ds.variables else np.zeros(len(base["pressure"]), bool)
+    surface = (
+        np.asarray(ds["surface"].values, bool) if "surface" in ds.variables else np.zeros(len(base["pressure"]), bool)
+    )
     wanted = set(variables)
     cols = {f: [] for f in _TABLE_FIELDS}
-    for column in [c for c in ("t", "u", "v", "z") if c in ds.variables and ds[c].dims == ds["station"].dims] + \
-                  [v for v in variables if v not in ("t", "u", "v", "z") and v in ds.variables and ds[v].dims == ds["station"].dims]:
+    for column in [c for c in ("t", "u", "v", "z") if c in ds.variables and ds[c].dims == ds["station"].dims] + [
+        v for v in variables if v not in ("t", "u", "v", "z") and v in ds.variables and ds[v].dims == ds["station"].dims
+    ]:
         vals = np.asarray(ds[column].values, dtype=np.float64)
         for name, rows in ((column, ~surface), (SURFACE_VARIABLES.get(column), surface)):
             if name is None or name not in wanted or not rows.any():
@@ -133,7 +147,15 @@ def choose_withheld(stations: Sequence[str], opts: RadiosondeOptions, seed: int)
     return sorted(rng.choice(stations, size=n, replace=False).tolist())
 
 
-def radiosonde_observation(table: ObsTable, times: np.ndarray, channels, lat: np.ndarray, lon: np.ndarray, std: np.ndarray, opts: RadiosondeOptions) -> tuple[Observation, dict]:
+def radiosonde_observation(
+    table: ObsTable,
+    times: np.ndarray,
+    channels,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    std: np.ndarray,
+    opts: RadiosondeOptions,
+) -> tuple[Observation, dict]:
     """Per-time point operators (stacked, batch = len(times)) for the soundings in ``table``."""
     ops, ys, sigs = [], [], []
     reports = []
@@ -147,12 +169,26 @@ def radiosonde_observation(table: ObsTable, times: np.ndarray, channels, lat: np
                 all_missing += 1
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            op, y, kept, rep = build_point_obs(channels, lat, lon, sub.latitude, sub.longitude, sub.pressure, sub.variable, sub.value, sub.station, outside=opts.outside, source=table.path)
+            op, y, kept, rep = build_point_obs(
+                channels,
+                lat,
+                lon,
+                sub.latitude,
+                sub.longitude,
+                sub.pressure,
+                sub.variable,
+                sub.value,
+                sub.station,
+                outside=opts.outside,
+                source=table.path,
+            )
         for w in caught:
             log.warning("%s: %s", np.datetime_as_string(t, "m"), w.message)
         if rep.n_used == 0:
             n_empty_times += 1
-        sig = np.array([sigma_for(v, 1.0, opts) if v in opts.sigma_y else np.nan for v in sub.variable[kept]], dtype=np.float64)
+        sig = np.array(
+            [sigma_for(v, 1.0, opts) if v in opts.sigma_y else np.nan for v in sub.variable[kept]], dtype=np.float64
+        )
         ops.append(op)
         ys.append(y)
         sigs.append(sig)

@@ -45,6 +45,7 @@ __all__ = [
     "coarse_coords",
 ]
 
+
 class Operator:
     """A linear map ``x[B, C, H, W] -> y[B, ...]`` with a mask of valid observations."""
 
@@ -106,7 +107,9 @@ def coarse_grain(x: torch.Tensor, k: int, pad: str = "edge") -> torch.Tensor:
                 "use a dividing factor or set sr.<experiment>.sample.coarse.pad: edge",
             )
         lead = x.shape[:-2]
-        x = torch.nn.functional.pad(x.reshape(-1, 1, H, W), (0, pw, 0, ph), mode="replicate").reshape(*lead, H + ph, W + pw)
+        x = torch.nn.functional.pad(x.reshape(-1, 1, H, W), (0, pw, 0, ph), mode="replicate").reshape(
+            *lead, H + ph, W + pw
+        )
     H2, W2 = x.shape[-2:]
     return x.reshape(*x.shape[:-2], H2 // k, k, W2 // k, k).mean(dim=(-3, -1))
 
@@ -167,7 +170,9 @@ class CoarseGrain(Operator):
         cj = torch.arange(W, device=v.device) // k
         lead = v.shape[:-2]
         tmp = torch.zeros(*lead, (H + ph) // k, W, dtype=v.dtype, device=v.device).index_add(v.dim() - 2, ci, contrib)
-        return torch.zeros(*lead, (H + ph) // k, (W + pw) // k, dtype=v.dtype, device=v.device).index_add(v.dim() - 1, cj, tmp)
+        return torch.zeros(*lead, (H + ph) // k, (W + pw) // k, dtype=v.dtype, device=v.device).index_add(
+            v.dim() - 1, cj, tmp
+        )
 
 
 class PointObs(Operator):
@@ -179,9 +184,13 @@ class PointObs(Operator):
 
     name = "radiosondes"
 
-    def __init__(self, index: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor, field_shape: tuple[int, int, int]):
+    def __init__(
+        self, index: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor, field_shape: tuple[int, int, int]
+    ):
         if index.shape != weight.shape or index.shape[:2] != valid.shape:
-            raise ValueError(f"index {tuple(index.shape)}, weight {tuple(weight.shape)}, valid {tuple(valid.shape)} do not agree")
+            raise ValueError(
+                f"index {tuple(index.shape)}, weight {tuple(weight.shape)}, valid {tuple(valid.shape)} do not agree"
+            )
         self.index = index.long()
         self.weight = weight
         self.valid = valid.bool()
@@ -216,10 +225,20 @@ class PointObs(Operator):
     def repeat_interleave(self, n: int) -> "PointObs":
         if self.index.shape[0] == 1:
             return self
-        return PointObs(self.index.repeat_interleave(n, 0), self.weight.repeat_interleave(n, 0), self.valid.repeat_interleave(n, 0), self.field_shape)
+        return PointObs(
+            self.index.repeat_interleave(n, 0),
+            self.weight.repeat_interleave(n, 0),
+            self.valid.repeat_interleave(n, 0),
+            self.field_shape,
+        )
 
     def to(self, device, dtype=None) -> "PointObs":
-        return PointObs(self.index.to(device), self.weight.to(device=device, dtype=dtype or self.weight.dtype), self.valid.to(device), self.field_shape)
+        return PointObs(
+            self.index.to(device),
+            self.weight.to(device=device, dtype=dtype or self.weight.dtype),
+            self.valid.to(device),
+            self.field_shape,
+        )
 
     @staticmethod
     def stack(ops: Sequence["PointObs"]) -> "PointObs":
@@ -269,7 +288,14 @@ class Observation:
         return Observation(self.name, self.operator.repeat_interleave(n), rep(self.y), sy, self.gamma, self.zeta)
 
     def to(self, device, dtype=torch.float32) -> "Observation":
-        return Observation(self.name, self.operator.to(device, dtype), self.y.to(device, dtype), self.sigma_y.to(device, dtype), self.gamma, self.zeta)
+        return Observation(
+            self.name,
+            self.operator.to(device, dtype),
+            self.y.to(device, dtype),
+            self.sigma_y.to(device, dtype),
+            self.gamma,
+            self.zeta,
+        )
 
     def mask(self) -> torch.Tensor:
         m = self.operator.mask

@@ -119,7 +119,15 @@ class PatchDenoiser:
     the (latitude, longitude) axes the windows wrap around. `chunk`: windows per network call.
     """
 
-    def __init__(self, prior, shape: Sequence[int], size: int | Sequence[int], overlap: int, periodic: Sequence[bool] = (False, False), chunk: int = 64):
+    def __init__(
+        self,
+        prior,
+        shape: Sequence[int],
+        size: int | Sequence[int],
+        overlap: int,
+        periodic: Sequence[bool] = (False, False),
+        chunk: int = 64,
+    ):
         self.prior = prior
         self.sigma_min, self.sigma_max = prior.sigma_min, prior.sigma_max
         self.H, self.W = int(shape[-2]), int(shape[-1])
@@ -158,7 +166,12 @@ class PatchDenoiser:
         h, w = self.size
         npos = self.windows
         flat = x.reshape(B, C, H * W)
-        windows = flat.index_select(2, index.reshape(-1)).reshape(B, C, npos, h, w).permute(2, 0, 1, 3, 4).reshape(npos * B, C, h, w)
+        windows = (
+            flat.index_select(2, index.reshape(-1))
+            .reshape(B, C, npos, h, w)
+            .permute(2, 0, 1, 3, 4)
+            .reshape(npos * B, C, h, w)
+        )
         sig = sigma.repeat(npos)
         offset = self._offset()
         if offset is not None:

@@ -61,11 +61,15 @@ def periodic_flags(periodic) -> tuple[bool, bool]:
         return (False, False)
     unknown = [a for a in periodic if a not in AXES]
     if unknown:
-        raise ConfigError("sr.train.model.periodic", f"unknown axes {unknown}; expected a subset of {list(AXES)} or 'auto'")
+        raise ConfigError(
+            "sr.train.model.periodic", f"unknown axes {unknown}; expected a subset of {list(AXES)} or 'auto'"
+        )
     return ("latitude" in periodic, "longitude" in periodic)
 
 
-def build_denoiser(n_channels: int, model: ModelOptions, sigma_data: float, offset_shape: tuple[int, ...] | None = None) -> EDMPrecond:
+def build_denoiser(
+    n_channels: int, model: ModelOptions, sigma_data: float, offset_shape: tuple[int, ...] | None = None
+) -> EDMPrecond:
     """EDMPrecond(UNet) from the `train.model` options (`periodic` resolved to axis names);
     `offset_shape` (C, H, W): the denoiser models anomalies from a mean field (`train.anomalies`)."""
     net = UNet(
@@ -108,7 +112,9 @@ class Prior:
         """D(x; σ) on normalised fields (B, C, H, W); sigma (B,) or a scalar. `offset`: the
         mean field of windows of the grid (patch sampling of a prior of anomalies)."""
         if x.ndim != 4 or x.shape[1] != self.n_channels:
-            raise ValueError(f"prior.denoise expects (B, {self.n_channels}, H, W) for channels {self.channel_names}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"prior.denoise expects (B, {self.n_channels}, H, W) for channels {self.channel_names}, got {tuple(x.shape)}"
+            )
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -143,15 +149,23 @@ def _check_channels(have, want, path, what="config") -> None:
         )
 
 
-def load_prior(checkpoint_path: str | Path, device: str | torch.device | None = "auto", channels: Sequence[Channel] | None = None, precision: str = "fp32",
-               channels_last: bool = False) -> Prior:
+def load_prior(
+    checkpoint_path: str | Path,
+    device: str | torch.device | None = "auto",
+    channels: Sequence[Channel] | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> Prior:
     """Load the prior written by `scorebridge sr-train --out`; see the module docstring.
     `precision` "auto" or "bf16": the network in bf16 autocast on CUDA; `channels_last`:
     weights and inputs in the NHWC memory format."""
     dev = device if isinstance(device, torch.device) else select_device(device)
     state = load_checkpoint(checkpoint_path, map_location="cpu")
     if state.get("format") != FORMAT:
-        raise InputError(f"not an SR prior checkpoint (format {state.get('format')!r}, expected {FORMAT!r}); pass the file `sr-train --out` wrote", checkpoint_path)
+        raise InputError(
+            f"not an SR prior checkpoint (format {state.get('format')!r}, expected {FORMAT!r}); pass the file `sr-train --out` wrote",
+            checkpoint_path,
+        )
     chans = _norm_channels(state["channels"])
     if channels is not None:
         _check_channels(chans, channels, checkpoint_path)
@@ -193,7 +207,9 @@ class GaussianPrior:
     ``m = Sigma A^T (A Sigma A^T + R)^{-1} y`` and ``P = Sigma - Sigma A^T (A Sigma A^T + R)^{-1} A Sigma``.
     """
 
-    def __init__(self, cov: torch.Tensor, shape: tuple[int, int, int], sigma_min: float = 0.002, sigma_max: float = 80.0):
+    def __init__(
+        self, cov: torch.Tensor, shape: tuple[int, int, int], sigma_min: float = 0.002, sigma_max: float = 80.0
+    ):
         self.cov = cov.double()
         self.shape = tuple(shape)
         self.evals, self.evecs = torch.linalg.eigh(self.cov)

@@ -31,7 +31,9 @@ def deflate(ens: np.ndarray, factor) -> np.ndarray:
     return m + (ens - m) / f
 
 
-def _ensemble_scores(tag: str, ens: np.ndarray, raw: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray, names: list[str]) -> dict:
+def _ensemble_scores(
+    tag: str, ens: np.ndarray, raw: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.ndarray, names: list[str]
+) -> dict:
     """Per-channel and pooled scores of one ensemble; keys end in ``tag`` ("" or "/coarse_only")."""
     out: dict = {}
     rmse = M.rmse(ens.mean(1), truth, lat)
@@ -52,8 +54,16 @@ def _ensemble_scores(tag: str, ens: np.ndarray, raw: np.ndarray, truth: np.ndarr
     return out
 
 
-def scorecard(main: tuple[np.ndarray, np.ndarray], coarse_only: tuple[np.ndarray, np.ndarray] | None, bicubic: np.ndarray, truth: np.ndarray,
-              std: np.ndarray, lat: np.ndarray, names: list[str], conditioning: list[str]) -> tuple[dict, dict]:
+def scorecard(
+    main: tuple[np.ndarray, np.ndarray],
+    coarse_only: tuple[np.ndarray, np.ndarray] | None,
+    bicubic: np.ndarray,
+    truth: np.ndarray,
+    std: np.ndarray,
+    lat: np.ndarray,
+    names: list[str],
+    conditioning: list[str],
+) -> tuple[dict, dict]:
     """Metrics (flat, for metrics.json and MLflow) and the scorecard table.
 
     ``main`` and ``coarse_only`` are ``(calibrated, raw)`` ensembles ``[T, N, C, H, W]``
@@ -68,7 +78,10 @@ def scorecard(main: tuple[np.ndarray, np.ndarray], coarse_only: tuple[np.ndarray
     out["summary/rmse_normalised/bicubic"] = M.pooled(rmse_bicubic, std)
     main_tag = "+".join(conditioning) or "prior"
     rows = {c: {"bicubic": float(rmse_bicubic[i]), main_tag: float(rmse_main[i])} for i, c in enumerate(names)}
-    card: dict = {"units": "RMSE of the posterior mean (physical units per channel; pooled: normalised units)", "main": main_tag}
+    card: dict = {
+        "units": "RMSE of the posterior mean (physical units per channel; pooled: normalised units)",
+        "main": main_tag,
+    }
     if coarse_only is not None:
         is_main = coarse_only[0] is main[0]
         if not is_main:

@@ -49,8 +49,20 @@ VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 # keys of `train` that do not change what is learned (excluded from the checkpoint identity)
-_NOT_IDENTITY = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "threads", "nproc", "max_memory_mb",
-                 "prefetch", "channels_last", "compile")
+_NOT_IDENTITY = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "device",
+    "precision",
+    "threads",
+    "nproc",
+    "max_memory_mb",
+    "prefetch",
+    "channels_last",
+    "compile",
+)
 
 
 def resolve_periodic(ds, model: ModelOptions, crop) -> list[str]:
@@ -73,16 +85,23 @@ def resolve_periodic(ds, model: ModelOptions, crop) -> list[str]:
         axes = ["longitude"] if is_global_longitude(lon) else []
         dropped = [a for a in axes if cropped[a]]
         if dropped:
-            log.info("periodic %s not used: training crops (%dx%d) are narrower than the %dx%d grid", dropped, ch, cw, H, W)
+            log.info(
+                "periodic %s not used: training crops (%dx%d) are narrower than the %dx%d grid", dropped, ch, cw, H, W
+            )
         return [a for a in axes if not cropped[a]]
     axes = [str(a) for a in want]
     bad = [a for a in axes if a not in ("latitude", "longitude")]
     if bad:
-        raise ConfigError("sr.train.model.periodic", f"unknown axes {bad}; expected 'auto' or a subset of [latitude, longitude]")
+        raise ConfigError(
+            "sr.train.model.periodic", f"unknown axes {bad}; expected 'auto' or a subset of [latitude, longitude]"
+        )
     bad = [a for a in axes if cropped[a]]
     if bad:
-        raise ConfigError("sr.train.model.periodic", f"{bad} declared periodic but sr.train.crop ({ch}x{cw}) is narrower than the {H}x{W} grid along it; "
-                          "train periodic axes whole (crop = full size there) or drop them from periodic")
+        raise ConfigError(
+            "sr.train.model.periodic",
+            f"{bad} declared periodic but sr.train.crop ({ch}x{cw}) is narrower than the {H}x{W} grid along it; "
+            "train periodic axes whole (crop = full size there) or drop them from periodic",
+        )
     return sorted(set(axes), key=["latitude", "longitude"].index)
 
 
@@ -99,7 +118,9 @@ def _mean_field(batcher: FieldBatcher) -> np.ndarray:
     return (total / len(batcher.time_idx)).astype(np.float32)
 
 
-def _step_inputs(batcher: FieldBatcher, seed: int, step: int, n: int, edm, part: slice, pin: bool = False) -> tuple[torch.Tensor, ...]:
+def _step_inputs(
+    batcher: FieldBatcher, seed: int, step: int, n: int, edm, part: slice, pin: bool = False
+) -> tuple[torch.Tensor, ...]:
     """(fields, sigma, noise) of this rank's `part` of step `step`'s global batch of `n`: the
     same draws on every rank and in every run (a generator seeded by the step); only the
     part's fields are read."""
@@ -124,7 +145,14 @@ def held_out_loss(denoiser, fields: np.ndarray, sigmas, sigma_data: float, seed:
     return out
 
 
-def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | None, out: str | Path, run=None, experiment: str = "sr") -> dict:
+def train_prior(
+    exp: Experiment,
+    era5: str | Path,
+    checkpoint_dir: str | Path | None,
+    out: str | Path,
+    run=None,
+    experiment: str = "sr",
+) -> dict:
     """Train the prior of experiment `exp` (:func:`scorebridge.sr.options.resolve_spec`) and
     write `out`; returns the training summary."""
     train = exp.train
@@ -139,19 +167,34 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
         channels = resolve_channels(ds, train.variables, train.levels)
         norm = normalisation_of(ds, channels)
         train_idx, test_idx = split_times(ds, train.split)
-        for what, idx in (("training", train_idx), ("held-out", test_idx)):  # NaN/inf fail here, not after the last step
+        for what, idx in (
+            ("training", train_idx),
+            ("held-out", test_idx),
+        ):  # NaN/inf fail here, not after the last step
             check_finite(ds, idx, what, channels)
         model = dataclasses.replace(train.model, periodic=resolve_periodic(ds, train.model, train.crop))
         if train.random_shift and not model.periodic:
-            raise ConfigError("sr.train.random_shift", "random circular shifts need a periodic axis (sr.train.model.periodic)")
-        batcher = FieldBatcher(ds, channels, train_idx, norm, train.crop, train.max_memory_mb,
-                               shift=model.periodic if train.random_shift else ())
+            raise ConfigError(
+                "sr.train.random_shift", "random circular shifts need a periodic axis (sr.train.model.periodic)"
+            )
+        batcher = FieldBatcher(
+            ds,
+            channels,
+            train_idx,
+            norm,
+            train.crop,
+            train.max_memory_mb,
+            shift=model.periodic if train.random_shift else (),
+        )
         edm = train.edm
         torch.manual_seed(derive_seed(seed, "init"))  # same initial weights on every rank
         offset = None
         if train.anomalies:  # the network models anomalies from the training-period time-mean field
             if batcher.crop != (batcher.H, batcher.W):
-                raise ConfigError("sr.train.anomalies", f"a mean field needs whole-grid training; crop is {batcher.crop} on the {batcher.H}x{batcher.W} grid")
+                raise ConfigError(
+                    "sr.train.anomalies",
+                    f"a mean field needs whole-grid training; crop is {batcher.crop} on the {batcher.H}x{batcher.W} grid",
+                )
             offset = _mean_field(batcher)
         denoiser = build_denoiser(len(channels), model, edm.sigma_data, offset.shape if offset is not None else None)
         if offset is not None:
@@ -159,7 +202,9 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
         denoiser = denoiser.to(device)
         opts = train  # the shared loop's TrainOptions
         if opts.batch_size % info.world_size:
-            raise ConfigError("sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes")
+            raise ConfigError(
+                "sr.train.batch_size", f"{opts.batch_size} does not divide over {info.world_size} processes"
+            )
         times = ds["time"].values[train_idx]
         identity = {
             "channels": [[v, lv] for v, lv in channels],
@@ -173,12 +218,24 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
         ckdir = Path(checkpoint_dir) / ihash if checkpoint_dir else None
         n_params = count_parameters(denoiser)
         if info.is_main:
-            log.info("channels %s; %d training / %d held-out times; crop %s; periodic %s; %d parameters; device %s; %d process(es)",
-                     channel_names(channels), len(train_idx), len(test_idx), batcher.crop, model.periodic or "none", n_params, device, info.world_size)
+            log.info(
+                "channels %s; %d training / %d held-out times; crop %s; periodic %s; %d parameters; device %s; %d process(es)",
+                channel_names(channels),
+                len(train_idx),
+                len(test_idx),
+                batcher.crop,
+                model.periodic or "none",
+                n_params,
+                device,
+                info.world_size,
+            )
 
         part = shard(opts.batch_size, info.rank, info.world_size)
-        feed = Prefetcher(lambda step: _step_inputs(batcher, seed, step, opts.batch_size, edm, part, pin=device.type == "cuda"),
-                          opts.steps, 0 if batcher.in_memory else int(train.prefetch))
+        feed = Prefetcher(
+            lambda step: _step_inputs(batcher, seed, step, opts.batch_size, edm, part, pin=device.type == "cuda"),
+            opts.steps,
+            0 if batcher.in_memory else int(train.prefetch),
+        )
         fmt = torch.channels_last if train.channels_last else torch.contiguous_format
 
         def loss_fn(net, step: int, part: slice) -> torch.Tensor:
@@ -191,12 +248,21 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
                 run.log_metrics(metrics, step=step + 1)
 
         with feed:
-            denoiser, ema, result = fit(denoiser, loss_fn, opts, device=device, identity=identity, checkpoint_dir=ckdir,
-                                        dist_info=info, log_fn=log_fn, desc=f"sr-train {experiment}")
+            denoiser, ema, result = fit(
+                denoiser,
+                loss_fn,
+                opts,
+                device=device,
+                identity=identity,
+                checkpoint_dir=ckdir,
+                dist_info=info,
+                log_fn=log_fn,
+                desc=f"sr-train {experiment}",
+            )
         summary: dict = {}
         if info.is_main:
             losses = [v for _, v in result.losses]
-            tail = losses[-max(1, len(losses) // 10):]
+            tail = losses[-max(1, len(losses) // 10) :]
             summary = {
                 "steps": result.step,
                 "seconds": result.seconds,
@@ -205,8 +271,13 @@ def train_prior(exp: Experiment, era5: str | Path, checkpoint_dir: str | Path | 
                 "world_size": info.world_size,
                 "device": str(device),
                 "final_loss": float(np.mean(tail)) if tail else None,
-                "data": {"streamed": not batcher.in_memory, "fields_mb": batcher.nbytes / 2**20, "prefetch": feed.depth,
-                         "wait_s": feed.wait_s, "wait_share": feed.wait_s / result.seconds if result.seconds > 0 else 0.0},
+                "data": {
+                    "streamed": not batcher.in_memory,
+                    "fields_mb": batcher.nbytes / 2**20,
+                    "prefetch": feed.depth,
+                    "wait_s": feed.wait_s,
+                    "wait_share": feed.wait_s / result.seconds if result.seconds > 0 else 0.0,
+                },
                 "train_times": [str(t) for t in ds["time"].values[train_idx]],
                 "test_times": [str(t) for t in ds["time"].values[test_idx]],
                 "identity_hash": ihash,

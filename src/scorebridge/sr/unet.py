@@ -65,7 +65,14 @@ class PadConv2d(nn.Conv2d):
     """A stride-1 'same' convolution whose padding is done per axis by :func:`pad2d`
     (weights and state-dict keys are those of ``nn.Conv2d``)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, periodic: tuple[bool, bool] = (False, False), padding_mode: str = "zeros"):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        periodic: tuple[bool, bool] = (False, False),
+        padding_mode: str = "zeros",
+    ):
         super().__init__(cin, cout, kernel, padding=0)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding_mode!r}")

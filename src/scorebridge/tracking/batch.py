@@ -13,8 +13,20 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..provenance import sha256_tree
 
-__all__ = ["BATCH_LIMITS", "MAX_PARAM_LENGTH", "MAX_TAG_LENGTH", "flatten", "clean_key", "is_rejection", "chunks",
-           "send_batch", "dataset_digest", "dataset_record", "send_datasets", "context_tags"]
+__all__ = [
+    "BATCH_LIMITS",
+    "MAX_PARAM_LENGTH",
+    "MAX_TAG_LENGTH",
+    "flatten",
+    "clean_key",
+    "is_rejection",
+    "chunks",
+    "send_batch",
+    "dataset_digest",
+    "dataset_record",
+    "send_datasets",
+    "context_tags",
+]
 
 # MLflow's log_batch limits per request
 BATCH_LIMITS = {"params": 100, "tags": 100, "metrics": 1000}
@@ -70,7 +82,7 @@ def chunks(items: Sequence, kind: str) -> Iterator[list]:
     """`items` in requests of at most MLflow's limit for `kind` (params, tags, metrics)."""
     size = BATCH_LIMITS[kind]
     for i in range(0, len(items), size):
-        yield list(items[i:i + size])
+        yield list(items[i : i + size])
 
 
 def send_batch(client, run_id: str, kind: str, items: Sequence) -> None:
@@ -83,8 +95,10 @@ def send_batch(client, run_id: str, kind: str, items: Sequence) -> None:
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in items])
     elif kind == "metrics":
-        client.log_batch(run_id, metrics=[Metric(k, float(v) if v is not None else float("nan"), int(t), int(s))
-                                          for k, v, t, s in items])
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v) if v is not None else float("nan"), int(t), int(s)) for k, v, t, s in items],
+        )
     else:
         raise ValueError(f"log_batch sends params, tags or metrics, not '{kind}'")
 
@@ -114,18 +128,35 @@ def dataset_record(name: str, path: str | os.PathLike, context: str) -> dict:
     """The record of one input dataset (kept in pending files as it is): name, digest,
     resolved source path, context (training / evaluation) and how the digest was taken."""
     digest, how = dataset_digest(path)
-    return {"name": name, "digest": digest, "source": str(Path(path).resolve()), "context": context,
-            "profile": {"digest_kind": how, "sha256": digest}}
+    return {
+        "name": name,
+        "digest": digest,
+        "source": str(Path(path).resolve()),
+        "context": context,
+        "profile": {"digest_kind": how, "sha256": digest},
+    }
 
 
 def send_datasets(client, run_id: str, records: Sequence[Mapping[str, Any]]) -> None:
     """Log dataset records (`dataset_record`) as the run's MLflow dataset inputs."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    client.log_inputs(run_id, datasets=[
-        DatasetInput(Dataset(name=d["name"], digest=d["digest"][:36], source_type="local",
-                             source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
-                     tags=[InputTag("mlflow.data.context", d["context"])]) for d in records])
+    client.log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(
+                Dataset(
+                    name=d["name"],
+                    digest=d["digest"][:36],
+                    source_type="local",
+                    source=json.dumps({"uri": d["source"]}),
+                    profile=json.dumps(d.get("profile", {})),
+                ),
+                tags=[InputTag("mlflow.data.context", d["context"])],
+            )
+            for d in records
+        ],
+    )
 
 
 def context_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -25,12 +25,21 @@ def _names(text: str) -> list[str]:
 def init_cli(argv: list[str]) -> int:
     """`scorebridge tracking-init --tracking JSON --sr a,b --bridge c --out experiments.json`."""
     ap = job_parser("tracking-init", init_cli.__doc__, spec=False)
-    ap.add_argument("--tracking", default=os.environ.get(ENV_TRACKING) or "{}",
-                    help="the config's `tracking` section as JSON (default: env SCOREBRIDGE_TRACKING, set by the workflow)")
-    ap.add_argument("--sr", default=os.environ.get("SCOREBRIDGE_SR_EXPERIMENTS", ""),
-                    help="comma-separated names of the sr experiments (default: env SCOREBRIDGE_SR_EXPERIMENTS)")
-    ap.add_argument("--bridge", default=os.environ.get("SCOREBRIDGE_BRIDGE_EXPERIMENTS", ""),
-                    help="comma-separated names of the bridge experiments (default: env SCOREBRIDGE_BRIDGE_EXPERIMENTS)")
+    ap.add_argument(
+        "--tracking",
+        default=os.environ.get(ENV_TRACKING) or "{}",
+        help="the config's `tracking` section as JSON (default: env SCOREBRIDGE_TRACKING, set by the workflow)",
+    )
+    ap.add_argument(
+        "--sr",
+        default=os.environ.get("SCOREBRIDGE_SR_EXPERIMENTS", ""),
+        help="comma-separated names of the sr experiments (default: env SCOREBRIDGE_SR_EXPERIMENTS)",
+    )
+    ap.add_argument(
+        "--bridge",
+        default=os.environ.get("SCOREBRIDGE_BRIDGE_EXPERIMENTS", ""),
+        help="comma-separated names of the bridge experiments (default: env SCOREBRIDGE_BRIDGE_EXPERIMENTS)",
+    )
     ap.add_argument("--results", default=None, help="results directory (default: the parent of --out's directory)")
     ap.add_argument("--out", required=True, help="experiments.json to write")
     args = ap.parse_args(argv)
@@ -53,7 +62,9 @@ def init_cli(argv: list[str]) -> int:
 def sync_cli(argv: list[str]) -> int:
     """`scorebridge tracking-sync [--uri URI] PENDING.json|DIR ...`: replay what a job could not log."""
     ap = job_parser("tracking-sync", sync_cli.__doc__, spec=False)
-    ap.add_argument("--uri", default=None, help="store to log into (default: $MLFLOW_TRACKING_URI, else the one in each file)")
+    ap.add_argument(
+        "--uri", default=None, help="store to log into (default: $MLFLOW_TRACKING_URI, else the one in each file)"
+    )
     ap.add_argument("paths", nargs="+", help="pending files, or directories searched for them (results/mlflow/pending)")
     args = ap.parse_args(argv)
     files: list[Path] = []
@@ -69,8 +80,10 @@ def sync_cli(argv: list[str]) -> int:
     for f in files:
         try:
             n = sync_pending(f, args.uri)
-            print(f"{f}: logged to run {n['run_id']} ({n['params']} params, {n['tags']} tags, {n['metrics']} metrics, "
-                  f"{n['artifacts']} artifacts, {n['datasets']} datasets)")
+            print(
+                f"{f}: logged to run {n['run_id']} ({n['params']} params, {n['tags']} tags, {n['metrics']} metrics, "
+                f"{n['artifacts']} artifacts, {n['datasets']} datasets)"
+            )
         except ScorebridgeError:
             raise
         except Exception as err:  # noqa: BLE001

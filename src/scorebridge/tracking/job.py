@@ -37,9 +37,17 @@ __all__ = ["job_run", "tracked_run", "untracked_run"]
 log = logging.getLogger(__name__)
 
 
-def job_run(experiments: str | os.PathLike | None, *, kind: str, experiment: str, rule: str,
-            wildcards: Mapping[str, Any] | None, spec: Mapping[str, Any] | None,
-            datasets: Mapping[str, str | os.PathLike] | None, system_metrics: bool = False) -> contextlib.AbstractContextManager:
+def job_run(
+    experiments: str | os.PathLike | None,
+    *,
+    kind: str,
+    experiment: str,
+    rule: str,
+    wildcards: Mapping[str, Any] | None,
+    spec: Mapping[str, Any] | None,
+    datasets: Mapping[str, str | os.PathLike] | None,
+    system_metrics: bool = False,
+) -> contextlib.AbstractContextManager:
     """The run of a job, as a context manager: a `TrackedRun` (`tracked_run`) when
     `experiments` (the experiments.json of tracking-init, the CLI's `--experiments`) is
     given, else an `UntrackedRun` that logs nothing. `system_metrics`: this job samples
@@ -48,8 +56,16 @@ def job_run(experiments: str | os.PathLike | None, *, kind: str, experiment: str
     if not experiments:
         log.info("no --experiments given: the run is not tracked in MLflow")
         return untracked_run()
-    return tracked_run(experiments, kind, experiment, rule, wildcards=wildcards, spec=spec, datasets=datasets,
-                       system_metrics=system_metrics)
+    return tracked_run(
+        experiments,
+        kind,
+        experiment,
+        rule,
+        wildcards=wildcards,
+        spec=spec,
+        datasets=datasets,
+        system_metrics=system_metrics,
+    )
 
 
 def untracked_run() -> contextlib.AbstractContextManager:
@@ -93,11 +109,20 @@ def _run_tags(kind: str, experiment: str, rule: str, wildcards: dict, spec: dict
 
 
 @contextlib.contextmanager
-def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule: str,
-                wildcards: Mapping[str, Any] | None = None, spec: Mapping[str, Any] | None = None,
-                datasets: Mapping[str, str | os.PathLike] | None = None, *, tags: Mapping[str, Any] | None = None,
-                pending: str | os.PathLike | None = None, on_error: str | None = None,
-                system_metrics: bool = False) -> Iterator[TrackedRun]:
+def tracked_run(
+    experiments: str | os.PathLike,
+    kind: str,
+    experiment: str,
+    rule: str,
+    wildcards: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
+    datasets: Mapping[str, str | os.PathLike] | None = None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    pending: str | os.PathLike | None = None,
+    on_error: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[TrackedRun]:
     """Open the MLflow run of one job: (experiment, rule, wildcards) in experiment `<prefix>/<kind>/<experiment>`.
 
     `spec` (the experiment's resolved config) becomes the run's params, flattened to dotted
@@ -152,10 +177,18 @@ def tracked_run(experiments: str | os.PathLike, kind: str, experiment: str, rule
     label = experiment_name(info["experiment_prefix"], kind, experiment)
     pending_path = Path(pending) if pending else _pending_path(exp_path, kind, experiment, rule, wildcards)
     eid = by_kind.get(experiment)
-    run = TrackedRun(uri=uri, experiment_id=None if eid is None else str(eid), experiment_label=label, on_error=mode,
-                     pending=pending_path, run_name=run_name, scrub=scrub, artifact_root=info.get("artifact_root"),
-                     meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation},
-                     settings=settings)
+    run = TrackedRun(
+        uri=uri,
+        experiment_id=None if eid is None else str(eid),
+        experiment_label=label,
+        on_error=mode,
+        pending=pending_path,
+        run_name=run_name,
+        scrub=scrub,
+        artifact_root=info.get("artifact_root"),
+        meta={"kind": kind, "experiment": experiment, "rule": rule, "wildcards": wildcards, "invocation": invocation},
+        settings=settings,
+    )
     run.start(params, tag, ds_records)
     monitor = _system_metrics(run) if system_metrics else None
     previous = _catch_sigterm()

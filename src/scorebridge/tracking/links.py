@@ -20,7 +20,16 @@ from pathlib import Path
 from .store import client, job_uri, load_experiments
 from .uri import experiment_name, is_remote, sqlite_path
 
-__all__ = ["LOCAL_UI", "dashboard", "runs_url", "run_url", "invocation_runs", "pending_files", "run_links", "print_run_links"]
+__all__ = [
+    "LOCAL_UI",
+    "dashboard",
+    "runs_url",
+    "run_url",
+    "invocation_runs",
+    "pending_files",
+    "run_links",
+    "print_run_links",
+]
 
 LOCAL_UI = "http://127.0.0.1:5000"
 
@@ -65,8 +74,12 @@ def invocation_runs(info: dict, experiments_path: str | os.PathLike, invocation:
     if not names:
         return []
     quoted = invocation.replace("'", "")
-    runs = c.search_runs(sorted(names), filter_string=f"tags.`scorebridge.invocation` = '{quoted}'", max_results=1000,
-                         order_by=["attributes.start_time ASC"])
+    runs = c.search_runs(
+        sorted(names),
+        filter_string=f"tags.`scorebridge.invocation` = '{quoted}'",
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
     return [(names[r.info.experiment_id], r.info.experiment_id, r) for r in runs]
 
 
@@ -95,8 +108,10 @@ def run_links(experiments_path: str | os.PathLike, invocation: str) -> str:
     if not runs and not pending:
         return ""
     base, serve = dashboard(info["uri"])
-    lines = [f"MLflow: {len(runs)} run(s) of this workflow run (tag scorebridge.invocation = '{invocation}') "
-             f"in {info['uri']}"]
+    lines = [
+        f"MLflow: {len(runs)} run(s) of this workflow run (tag scorebridge.invocation = '{invocation}') "
+        f"in {info['uri']}"
+    ]
     if serve:
         lines.append(f"  open the dashboard: {serve}   (then the links below)")
     by_experiment: dict[tuple[str, str], list] = {}
@@ -109,8 +124,10 @@ def run_links(experiments_path: str | os.PathLike, invocation: str) -> str:
             lines.append(f"    {r.info.run_name} ({r.info.status}): {where}")
     if pending:
         root = path.resolve().parent / "pending"
-        lines.append(f"  not logged yet: {len(pending)} run(s) kept in {root}; replay with "
-                     f"`scorebridge tracking-sync {shlex.quote(str(root))}`")
+        lines.append(
+            f"  not logged yet: {len(pending)} run(s) kept in {root}; replay with "
+            f"`scorebridge tracking-sync {shlex.quote(str(root))}`"
+        )
     return "\n".join(lines)
 
 

@@ -45,8 +45,15 @@ from ..provenance import package_versions, redact
 from .options import TrackingError
 from .store import retry_locked
 
-__all__ = ["PriorSampler", "BridgeSampler", "log_prior_model", "log_bridge_model", "registered_name", "prior_signature",
-           "bridge_signature"]
+__all__ = [
+    "PriorSampler",
+    "BridgeSampler",
+    "log_prior_model",
+    "log_bridge_model",
+    "registered_name",
+    "prior_signature",
+    "bridge_signature",
+]
 
 CHECKPOINT = "checkpoint"
 CONFIG = "config"
@@ -55,12 +62,20 @@ CONFIG = "config"
 def _rows(model_input: Any, columns: tuple[str, ...], optional: tuple[str, ...] = ("seed",)) -> pd.DataFrame:
     """The input as a DataFrame with `columns` (a dict of scalars is one row)."""
     if isinstance(model_input, dict):
-        model_input = pd.DataFrame([model_input]) if all(np.isscalar(v) for v in model_input.values()) else pd.DataFrame(model_input)
+        model_input = (
+            pd.DataFrame([model_input])
+            if all(np.isscalar(v) for v in model_input.values())
+            else pd.DataFrame(model_input)
+        )
     if not isinstance(model_input, pd.DataFrame):
-        raise InputError(f"model input must be a table (DataFrame or dict) with columns {list(columns)}, got {type(model_input).__name__}")
+        raise InputError(
+            f"model input must be a table (DataFrame or dict) with columns {list(columns)}, got {type(model_input).__name__}"
+        )
     missing = [c for c in columns if c not in model_input.columns]
     if missing:
-        raise InputError(f"model input lacks column(s) {missing}; expected {list(columns)} and optionally {list(optional)}")
+        raise InputError(
+            f"model input lacks column(s) {missing}; expected {list(columns)} and optionally {list(optional)}"
+        )
     if "n" in model_input.columns:
         bad = model_input.index[~(pd.to_numeric(model_input["n"], errors="coerce") >= 1)].tolist()
         if bad:
@@ -102,10 +117,21 @@ class PriorSampler(mlflow.pyfunc.PythonModel):
         out = []
         for _, row in rows.iterrows():
             x, _ = posterior_sample(
-                self.prior, [], int(row["n"]), steps, shape=(self.prior.n_channels, *self.grid),
-                mean=torch.as_tensor(norm.mean), std=torch.as_tensor(norm.std), guidance="none",
-                churn=float(s["churn"]), s_tmin=float(s["s_tmin"]), s_tmax=float(s["s_tmax"]), s_noise=float(s["s_noise"]),
-                rho=float(s["rho"]), generator=_generator(row), device=self.prior.device,
+                self.prior,
+                [],
+                int(row["n"]),
+                steps,
+                shape=(self.prior.n_channels, *self.grid),
+                mean=torch.as_tensor(norm.mean),
+                std=torch.as_tensor(norm.std),
+                guidance="none",
+                churn=float(s["churn"]),
+                s_tmin=float(s["s_tmin"]),
+                s_tmax=float(s["s_tmax"]),
+                s_noise=float(s["s_noise"]),
+                rho=float(s["rho"]),
+                generator=_generator(row),
+                device=self.prior.device,
             )
             out.append(x[0].cpu().numpy().astype(np.float32))
         return np.concatenate(out, axis=0)
@@ -127,8 +153,9 @@ class BridgeSampler(mlflow.pyfunc.PythonModel):
         mode = self.result.options.predict
         frames = []
         for _, row in rows.iterrows():
-            x = self.result.bridge.sample_at(float(row["t"]), int(row["n"]), _generator(row), noise=float(mode.noise),
-                                             coupling=mode.coupling).numpy()
+            x = self.result.bridge.sample_at(
+                float(row["t"]), int(row["n"]), _generator(row), noise=float(mode.noise), coupling=mode.coupling
+            ).numpy()
             frame = pd.DataFrame(x.astype(np.float64), columns=self.features)
             frame.insert(0, "t", float(row["t"]))
             frames.append(frame)
@@ -182,17 +209,30 @@ def _log(run, *, name: str, python_model, artifact: Path, config: dict, signatur
         with tempfile.TemporaryDirectory(prefix="scorebridge-model-") as tmp:
             cfg = Path(tmp) / "config.json"
             cfg.write_text(run.scrub(json.dumps(redact(config), indent=1, default=str)))
-            model = retry_locked(client.create_logged_model, run.experiment_id, name=name, source_run_id=run.run_id,
-                                 model_type=name, tags={"scorebridge.rule": run.meta["rule"],
-                                                        "scorebridge.experiment": run.meta["experiment"]})
+            model = retry_locked(
+                client.create_logged_model,
+                run.experiment_id,
+                name=name,
+                source_run_id=run.run_id,
+                model_type=name,
+                tags={"scorebridge.rule": run.meta["rule"], "scorebridge.experiment": run.meta["experiment"]},
+            )
             local = Path(tmp) / "model"
             with warnings.catch_warnings():  # the signature is explicit: no type hints or input example needed
                 warnings.filterwarnings("ignore", message=".*(type hints|input example).*", category=UserWarning)
                 mlflow.pyfunc.save_model(
-                    str(local), python_model=python_model, artifacts={CHECKPOINT: str(artifact), CONFIG: str(cfg)},
-                    signature=signature, pip_requirements=_requirements(), metadata=metadata,
-                    mlflow_model=Model(artifact_path=model.artifact_location, run_id=run.run_id, model_id=model.model_id,
-                                       model_uuid=model.model_id),
+                    str(local),
+                    python_model=python_model,
+                    artifacts={CHECKPOINT: str(artifact), CONFIG: str(cfg)},
+                    signature=signature,
+                    pip_requirements=_requirements(),
+                    metadata=metadata,
+                    mlflow_model=Model(
+                        artifact_path=model.artifact_location,
+                        run_id=run.run_id,
+                        model_id=model.model_id,
+                        model_uuid=model.model_id,
+                    ),
                 )
             retry_locked(client.log_model_artifacts, model.model_id, str(local))
         retry_locked(client.finalize_logged_model, model.model_id, LoggedModelStatus.READY)
@@ -223,8 +263,14 @@ def _register(client, name: str, model, run_id: str) -> dict:
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    version = retry_locked(client.create_model_version, name, model.artifact_location, run_id=run_id,
-                           model_id=model.model_id, await_creation_for=0)
+    version = retry_locked(
+        client.create_model_version,
+        name,
+        model.artifact_location,
+        run_id=run_id,
+        model_id=model.model_id,
+        await_creation_for=0,
+    )
     return {"registered": name, "version": str(version.version)}
 
 
@@ -232,8 +278,15 @@ def log_prior_model(run, checkpoint: str | Path) -> dict | None:
     """Log the SR prior written by `sr-train` (`checkpoint`) as a model of `run` (the job's
     run; an untracked or offline run logs nothing and returns None)."""
     if not (getattr(run, "online", False) and run.run_id):
-        return _log(run, name="scorebridge-sr-prior", python_model=None, artifact=Path(checkpoint), config={},
-                    signature=None, metadata={})
+        return _log(
+            run,
+            name="scorebridge-sr-prior",
+            python_model=None,
+            artifact=Path(checkpoint),
+            config={},
+            signature=None,
+            metadata={},
+        )
     from ..core.checkpoint import load_checkpoint
     from ..sr.data import channel_names
     from ..sr.prior import FORMAT
@@ -247,24 +300,52 @@ def log_prior_model(run, checkpoint: str | Path) -> dict | None:
     sampler["s_tmax"] = float("inf") if sample["s_tmax"] is None else float(sample["s_tmax"])
     grid = tuple(int(v) for v in state["identity"]["grid"])
     names = channel_names([(v, lv) for v, lv in state["channels"]])
-    return _log(run, name="scorebridge-sr-prior", python_model=PriorSampler(sampler, grid, names), artifact=Path(checkpoint),
-                config=config, signature=prior_signature(len(names), grid, int(sample["steps"])),
-                metadata={"format": FORMAT, "channels": names, "grid": list(grid), "units": "physical",
-                          "output": "unconditional prior samples (N, C, H, W)"})
+    return _log(
+        run,
+        name="scorebridge-sr-prior",
+        python_model=PriorSampler(sampler, grid, names),
+        artifact=Path(checkpoint),
+        config=config,
+        signature=prior_signature(len(names), grid, int(sample["steps"])),
+        metadata={
+            "format": FORMAT,
+            "channels": names,
+            "grid": list(grid),
+            "units": "physical",
+            "output": "unconditional prior samples (N, C, H, W)",
+        },
+    )
 
 
 def log_bridge_model(run, model_path: str | Path) -> dict | None:
     """Log the bridge written by `bridge-fit` (`model_path`) as a model of `run`."""
     if not (getattr(run, "online", False) and run.run_id):
-        return _log(run, name="scorebridge-bridge", python_model=None, artifact=Path(model_path), config={},
-                    signature=None, metadata={})
+        return _log(
+            run,
+            name="scorebridge-bridge",
+            python_model=None,
+            artifact=Path(model_path),
+            config={},
+            signature=None,
+            metadata={},
+        )
     from ..bridge.model_io import FORMAT, load_model
 
     result, meta = load_model(model_path)  # tensors and JSON only
     dim = int(result.bridge.dim)
     features = [str(f) for f in meta["features"]] if meta.get("features") else [f"x{i}" for i in range(dim)]
-    return _log(run, name="scorebridge-bridge", python_model=BridgeSampler(features), artifact=Path(model_path),
-                config=meta["spec"], signature=bridge_signature(features),
-                metadata={"format": FORMAT, "features": features, "times": [float(t) for t in result.bridge.times],
-                          "predict": {"coupling": result.options.predict.coupling, "noise": float(result.options.predict.noise)},
-                          "output": "particles: column t and one per feature"})
+    return _log(
+        run,
+        name="scorebridge-bridge",
+        python_model=BridgeSampler(features),
+        artifact=Path(model_path),
+        config=meta["spec"],
+        signature=bridge_signature(features),
+        metadata={
+            "format": FORMAT,
+            "features": features,
+            "times": [float(t) for t in result.bridge.times],
+            "predict": {"coupling": result.options.predict.coupling, "noise": float(result.options.predict.noise)},
+            "output": "particles: column t and one per feature",
+        },
+    )

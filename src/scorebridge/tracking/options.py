@@ -19,8 +19,16 @@ from typing import Any, Mapping
 from ..errors import ConfigError, ScorebridgeError
 from ..options import build, register
 
-__all__ = ["TrackingOptions", "SystemMetricsOptions", "TrackingError", "ENV_TRACKING", "JOB_KEYS", "STORE_KEYS",
-           "env_section", "job_settings"]
+__all__ = [
+    "TrackingOptions",
+    "SystemMetricsOptions",
+    "TrackingError",
+    "ENV_TRACKING",
+    "JOB_KEYS",
+    "STORE_KEYS",
+    "env_section",
+    "job_settings",
+]
 
 ENV_TRACKING = "SCOREBRIDGE_TRACKING"
 STORE_KEYS = ("uri", "artifact_root", "experiment_prefix")  # where the runs go
@@ -59,7 +67,9 @@ class TrackingOptions:
     @classmethod
     def from_section(cls, section: dict) -> TrackingOptions:
         values = {f.name: section[f.name] for f in dataclasses.fields(cls)}
-        values["system_metrics"] = build(SystemMetricsOptions, section["system_metrics"], where="tracking.system_metrics")
+        values["system_metrics"] = build(
+            SystemMetricsOptions, section["system_metrics"], where="tracking.system_metrics"
+        )
         return cls(**values)
 
     @classmethod

@@ -40,8 +40,9 @@ def sync_pending(path: str | os.PathLike, uri: str | None = None) -> dict:
     if not run_id:
         # ids belong to one store: resolve the experiment by name in the target store
         root = doc.get("artifact_root") if target == doc["uri"] else None
-        eid = get_or_create_experiment(mlflow_client, doc["experiment_name"], doc["kind"], doc["experiment"],
-                                       root or default_artifact_root(target))
+        eid = get_or_create_experiment(
+            mlflow_client, doc["experiment_name"], doc["kind"], doc["experiment"], root or default_artifact_root(target)
+        )
         system = {k: v for k, v in doc["tags"].items() if k.startswith("mlflow.")}
         scrub = Scrubber()
         tags = {k: scrub(v) for k, v in context_tags({**system, "scorebridge.replayed": p.name}).items()}
@@ -67,5 +68,11 @@ def sync_pending(path: str | os.PathLike, uri: str | None = None) -> dict:
     if missing:
         print(f"scorebridge: WARNING: artifacts no longer on disk, not logged: {missing}", file=sys.stderr)
     p.unlink()
-    return {"run_id": run_id, "params": len(params), "tags": len(tags), "metrics": len(metrics),
-            "artifacts": len(doc["artifacts"]) - len(missing), "datasets": len(doc["datasets"])}
+    return {
+        "run_id": run_id,
+        "params": len(params),
+        "tags": len(tags),
+        "metrics": len(metrics),
+        "artifacts": len(doc["artifacts"]) - len(missing),
+        "datasets": len(doc["datasets"]),
+    }

@@ -43,8 +43,21 @@ from .uri import sqlite_path, strip_credentials
 __all__ = ["TrackedRun", "UntrackedRun", "final_path"]
 
 FLUSH_SECONDS = 15.0  # buffered metrics are flushed at least this often
-TEXT_ARTIFACT_SUFFIXES = {".json", ".txt", ".yaml", ".yml", ".csv", ".html", ".md", ".log", ".rst", ".toml", ".cfg", ".ini",
-                          ".svg"}
+TEXT_ARTIFACT_SUFFIXES = {
+    ".json",
+    ".txt",
+    ".yaml",
+    ".yml",
+    ".csv",
+    ".html",
+    ".md",
+    ".log",
+    ".rst",
+    ".toml",
+    ".cfg",
+    ".ini",
+    ".svg",
+}
 MAX_SCRUB_BYTES = 64 << 20
 PENDING_KEYS = ("params", "tags", "metrics", "artifacts", "datasets")
 
@@ -90,9 +103,20 @@ class UntrackedRun:
 class TrackedRun:
     """A job's MLflow run. Use through `tracked_run(...)` or `job_run(...)`."""
 
-    def __init__(self, *, uri: str, experiment_id: str | None, experiment_label: str, on_error: str, pending: Path,
-                 run_name: str, scrub: Scrubber, meta: dict, artifact_root: str | None = None,
-                 settings: TrackingOptions | None = None):
+    def __init__(
+        self,
+        *,
+        uri: str,
+        experiment_id: str | None,
+        experiment_label: str,
+        on_error: str,
+        pending: Path,
+        run_name: str,
+        scrub: Scrubber,
+        meta: dict,
+        artifact_root: str | None = None,
+        settings: TrackingOptions | None = None,
+    ):
         self.uri = uri
         self.settings = settings  # how the job logs (system metrics, model registration)
         self.experiment_id = experiment_id
@@ -120,14 +144,20 @@ class TrackedRun:
         msg = f"{type(err).__name__}: {self.scrub(str(err))}"
         msg = msg if len(msg) < 600 else msg[:600] + " ..."
         if self.on_error == "fail":
-            raise TrackingError(f"MLflow logging failed ({what}) at {strip_credentials(self.uri)}: {msg} "
-                                "(set tracking.on_error: warn to keep going and log later)") from None
+            raise TrackingError(
+                f"MLflow logging failed ({what}) at {strip_credentials(self.uri)}: {msg} "
+                "(set tracking.on_error: warn to keep going and log later)"
+            ) from None
         if self.online:
             self.online = False
             self.error = f"{what}: {msg}"
-            print(f"scorebridge: WARNING: MLflow tracking at {strip_credentials(self.uri)} failed ({what}): {msg}\n"
-                  f"scorebridge: WARNING: the job continues and writes its outputs; what is not logged is kept in "
-                  f"{self.pending_path} (replay with `scorebridge tracking-sync {self.pending_path}`)", file=sys.stderr, flush=True)
+            print(
+                f"scorebridge: WARNING: MLflow tracking at {strip_credentials(self.uri)} failed ({what}): {msg}\n"
+                f"scorebridge: WARNING: the job continues and writes its outputs; what is not logged is kept in "
+                f"{self.pending_path} (replay with `scorebridge tracking-sync {self.pending_path}`)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _call(self, what: str, fn, *args, **kwargs) -> str:
         """'ok', 'offline' (the store failed: switched offline, or raised in fail mode) or
@@ -179,19 +209,29 @@ class TrackedRun:
         db = sqlite_path(self.uri)
         try:
             if db is not None and not db.exists():
-                raise FileNotFoundError(f"the SQLite store {db} does not exist (rule tracking_init creates it; "
-                                        "rerun it with `snakemake -R tracking_init`)")
+                raise FileNotFoundError(
+                    f"the SQLite store {db} does not exist (rule tracking_init creates it; "
+                    "rerun it with `snakemake -R tracking_init`)"
+                )
             self.client = retry_locked(client, self.uri)
             if self.experiment_id is None:  # tracking_init could not reach the store
                 kind, name = self.meta["kind"], self.meta["experiment"]
-                self.experiment_id = get_or_create_experiment(self.client, self.experiment_label, kind, name, self.artifact_root)
+                self.experiment_id = get_or_create_experiment(
+                    self.client, self.experiment_label, kind, name, self.artifact_root
+                )
             exp = retry_locked(self.client.get_experiment, self.experiment_id)
             if exp.name != self.experiment_label:
-                raise RuntimeError(f"experiment id {self.experiment_id} is '{exp.name}', expected '{self.experiment_label}' "
-                                   "(experiments.json is stale: rerun rule tracking_init)")
+                raise RuntimeError(
+                    f"experiment id {self.experiment_id} is '{exp.name}', expected '{self.experiment_label}' "
+                    "(experiments.json is stale: rerun rule tracking_init)"
+                )
             system = {k: v for k, v in tags.items() if k.startswith("mlflow.")}
-            run = retry_locked(self.client.create_run, self.experiment_id, tags={**system, "mlflow.runName": self.run_name},
-                               run_name=self.run_name)
+            run = retry_locked(
+                self.client.create_run,
+                self.experiment_id,
+                tags={**system, "mlflow.runName": self.run_name},
+                run_name=self.run_name,
+            )
             self.run_id = run.info.run_id
         except TrackingError:
             raise
@@ -291,8 +331,13 @@ class TrackedRun:
     @contextlib.contextmanager
     def _scrubbed(self, p: Path) -> Iterator[Path]:
         files = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]
-        dirty = [f for f in files if f.suffix.lower() in TEXT_ARTIFACT_SUFFIXES and f.stat().st_size <= MAX_SCRUB_BYTES
-                 and self.scrub.leaks(f.read_bytes())]
+        dirty = [
+            f
+            for f in files
+            if f.suffix.lower() in TEXT_ARTIFACT_SUFFIXES
+            and f.stat().st_size <= MAX_SCRUB_BYTES
+            and self.scrub.leaks(f.read_bytes())
+        ]
         if not dirty:
             yield p
             return
@@ -312,7 +357,10 @@ class TrackedRun:
         """Flush, mark the run `status` (FINISHED, FAILED, KILLED); write what is pending."""
         self.flush()
         if self.online and self.run_id:
-            if self._call("end run", self.client.set_terminated, self.run_id, status) == "ok" and not self._has_pending():
+            if (
+                self._call("end run", self.client.set_terminated, self.run_id, status) == "ok"
+                and not self._has_pending()
+            ):
                 return
         self._pending["status"] = status
         self._write_pending()
@@ -345,5 +393,10 @@ class TrackedRun:
             print(f"scorebridge: WARNING: could not write {self.pending_path}: {err}", file=sys.stderr)
             return
         n = {k: len(doc[k]) for k in PENDING_KEYS}
-        print(f"scorebridge: WARNING: not logged to MLflow ({self.error}): "
-              + ", ".join(f"{v} {k}" for k, v in n.items()) + f"; kept in {self.pending_path}", file=sys.stderr, flush=True)
+        print(
+            f"scorebridge: WARNING: not logged to MLflow ({self.error}): "
+            + ", ".join(f"{v} {k}" for k, v in n.items())
+            + f"; kept in {self.pending_path}",
+            file=sys.stderr,
+            flush=True,
+        )

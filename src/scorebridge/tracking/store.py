@@ -36,8 +36,18 @@ from .uri import (
     strip_credentials,
 )
 
-__all__ = ["ENV_INVOCATION", "retry_locked", "store_lock", "client", "store_settings", "get_or_create_experiment", "init_store",
-           "write_experiments", "load_experiments", "job_uri"]
+__all__ = [
+    "ENV_INVOCATION",
+    "retry_locked",
+    "store_lock",
+    "client",
+    "store_settings",
+    "get_or_create_experiment",
+    "init_store",
+    "write_experiments",
+    "load_experiments",
+    "job_uri",
+]
 
 ENV_INVOCATION = "SCOREBRIDGE_INVOCATION"
 SQLITE_LOCK_WAIT = 120.0  # seconds to keep retrying a locked SQLite database
@@ -54,7 +64,9 @@ def retry_locked(fn, *args, **kwargs):
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
             text = str(err).lower()
-            if ("database is locked" not in text and "database table is locked" not in text) or time.monotonic() > deadline:
+            if (
+                "database is locked" not in text and "database table is locked" not in text
+            ) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -78,8 +90,10 @@ def store_lock(db: str | os.PathLike, wait: float = STORE_LOCK_WAIT):
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise TrackingError(f"{path}: another process has held this lock for over {wait:.0f} s while "
-                                        "creating the MLflow store beside it; if none is running, delete the lock file") from None
+                    raise TrackingError(
+                        f"{path}: another process has held this lock for over {wait:.0f} s while "
+                        "creating the MLflow store beside it; if none is running, delete the lock file"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         try:
@@ -131,8 +145,14 @@ def get_or_create_experiment(mlflow_client, label: str, kind: str, name: str, ar
     if exp is None:
         location = f"{artifact_root.rstrip('/')}/{kind}/{name}" if artifact_root else None
         try:
-            return str(retry_locked(mlflow_client.create_experiment, label, artifact_location=location,
-                                    tags={"scorebridge.kind": kind, "scorebridge.experiment": name}))
+            return str(
+                retry_locked(
+                    mlflow_client.create_experiment,
+                    label,
+                    artifact_location=location,
+                    tags={"scorebridge.kind": kind, "scorebridge.experiment": name},
+                )
+            )
         except MlflowException:
             exp = retry_locked(mlflow_client.get_experiment_by_name, label)
             if exp is None:
@@ -142,8 +162,12 @@ def get_or_create_experiment(mlflow_client, label: str, kind: str, name: str, ar
     return str(exp.experiment_id)
 
 
-def init_store(tracking: TrackingOptions | Mapping[str, Any] | None, sr: list[str], bridge: list[str],
-               results: str | os.PathLike = "results") -> dict:
+def init_store(
+    tracking: TrackingOptions | Mapping[str, Any] | None,
+    sr: list[str],
+    bridge: list[str],
+    results: str | os.PathLike = "results",
+) -> dict:
     """Create the store (migrations run once, here) and every experiment; return their ids."""
     tracking = TrackingOptions.of(tracking)
     http_defaults()
@@ -152,13 +176,21 @@ def init_store(tracking: TrackingOptions | Mapping[str, Any] | None, sr: list[st
     ids: dict[str, dict[str, str | None]] = {"sr": {}, "bridge": {}}
     for kind, names in (("sr", sr), ("bridge", bridge)):
         for name in names:
-            ids[kind][name] = get_or_create_experiment(mlflow_client, experiment_name(prefix, kind, name), kind, name,
-                                                       artifact_root)
+            ids[kind][name] = get_or_create_experiment(
+                mlflow_client, experiment_name(prefix, kind, name), kind, name, artifact_root
+            )
     return _info(tracking, uri, source, prefix, artifact_root, ids)
 
 
-def _info(tracking: TrackingOptions, uri: str, source: str, prefix: str, artifact_root: str | None, ids: dict,
-          offline: str | None = None) -> dict:
+def _info(
+    tracking: TrackingOptions,
+    uri: str,
+    source: str,
+    prefix: str,
+    artifact_root: str | None,
+    ids: dict,
+    offline: str | None = None,
+) -> dict:
     return {
         "uri": strip_credentials(uri),
         "uri_source": source,
@@ -189,15 +221,20 @@ def write_experiments(tracking: TrackingOptions, sr: list[str], bridge: list[str
     except ScorebridgeError:
         raise
     except Exception as err:  # noqa: BLE001
-        msg = (f"cannot create the MLflow store/experiments at {strip_credentials(uri)}: "
-               f"{type(err).__name__}: {Scrubber()(str(err))[:500]}")
+        msg = (
+            f"cannot create the MLflow store/experiments at {strip_credentials(uri)}: "
+            f"{type(err).__name__}: {Scrubber()(str(err))[:500]}"
+        )
         if tracking.on_error == "fail" or sqlite_path(uri) is not None:
             raise TrackingError(msg) from None
         # warn: the workflow goes on. Experiments are left unresolved (id null); each job
         # looks its experiment up by name when it starts (get-or-create is safe on a running
         # server), or keeps everything in a pending file if the server is still down.
-        print(f"scorebridge: WARNING: {msg}\nscorebridge: WARNING: jobs will look up their experiments when they start, "
-              "or keep what they log in results/mlflow/pending/", file=sys.stderr)
+        print(
+            f"scorebridge: WARNING: {msg}\nscorebridge: WARNING: jobs will look up their experiments when they start, "
+            "or keep what they log in results/mlflow/pending/",
+            file=sys.stderr,
+        )
         ids = {"sr": {n: None for n in sr}, "bridge": {n: None for n in bridge}}
         info = _info(tracking, uri, source, prefix, artifact_root, ids, offline=msg)
     cred = credentials_file(out)
@@ -224,12 +261,18 @@ def load_experiments(path: str | os.PathLike) -> dict:
     try:
         info = read_json(p)
     except FileNotFoundError:
-        raise InputError("not found (rule tracking_init writes it: `snakemake results/mlflow/experiments.json`)", p) from None
+        raise InputError(
+            "not found (rule tracking_init writes it: `snakemake results/mlflow/experiments.json`)", p
+        ) from None
     except json.JSONDecodeError as err:
         raise InputError(f"not valid JSON: {err.msg}", p, err.lineno) from None
     if not isinstance(info, dict) or any(k not in info for k in _EXPERIMENTS_KEYS):
-        raise InputError("not an experiments file written by `scorebridge tracking-init` (keys "
-                         + ", ".join(_EXPERIMENTS_KEYS) + "; rerun it with `snakemake -R tracking_init`)", p)
+        raise InputError(
+            "not an experiments file written by `scorebridge tracking-init` (keys "
+            + ", ".join(_EXPERIMENTS_KEYS)
+            + "; rerun it with `snakemake -R tracking_init`)",
+            p,
+        )
     return info
 
 

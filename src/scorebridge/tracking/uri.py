@@ -10,8 +10,19 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .options import TrackingOptions
 
-__all__ = ["strip_credentials", "default_uri", "resolve_uri", "store_identity", "experiment_name", "is_sqlite", "sqlite_path", "is_remote",
-           "http_defaults", "default_artifact_root", "CRED_RE"]
+__all__ = [
+    "strip_credentials",
+    "default_uri",
+    "resolve_uri",
+    "store_identity",
+    "experiment_name",
+    "is_sqlite",
+    "sqlite_path",
+    "is_remote",
+    "http_defaults",
+    "default_artifact_root",
+    "CRED_RE",
+]
 
 # Network timeouts: a refused connection costs seconds (4 attempts, ~7 s of backoff), a
 # host that drops packets about 2 minutes, once per job (the run then goes offline); a busy
@@ -37,8 +48,9 @@ def default_uri(results: str | os.PathLike = "results") -> str:
     return f"sqlite:///{db}"
 
 
-def resolve_uri(tracking: TrackingOptions | Mapping[str, Any] | None = None,
-                results: str | os.PathLike = "results") -> tuple[str, str]:
+def resolve_uri(
+    tracking: TrackingOptions | Mapping[str, Any] | None = None, results: str | os.PathLike = "results"
+) -> tuple[str, str]:
     """(uri, source): config `tracking.uri` > env `MLFLOW_TRACKING_URI` > the SQLite default.
 
     A relative `sqlite:///rel/path.db` is made absolute (jobs may run elsewhere, e.g. on a
@@ -52,17 +64,22 @@ def resolve_uri(tracking: TrackingOptions | Mapping[str, Any] | None = None,
     else:
         return default_uri(results), "default"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rest = uri[len("sqlite:///"):]
+        rest = uri[len("sqlite:///") :]
         if rest and rest != ":memory:":
             uri = f"sqlite:///{Path(rest).resolve()}"
     elif "://" not in uri:
         if uri.endswith(".db"):
             uri = f"sqlite:///{Path(uri).resolve()}"
         else:
-            raise ConfigError("tracking.uri", f"'{strip_credentials(uri)}' is not a URI; use sqlite:///path.db or http://host:port "
-                              "(the plain ./mlruns file store is refused by MLflow >= 3.13)")
+            raise ConfigError(
+                "tracking.uri",
+                f"'{strip_credentials(uri)}' is not a URI; use sqlite:///path.db or http://host:port "
+                "(the plain ./mlruns file store is refused by MLflow >= 3.13)",
+            )
     if uri.startswith("file:") or uri.rstrip("/").endswith("mlruns"):
-        raise ConfigError("tracking.uri", f"'{uri}': the MLflow file store is refused by MLflow >= 3.13; use sqlite:///path/mlflow.db")
+        raise ConfigError(
+            "tracking.uri", f"'{uri}': the MLflow file store is refused by MLflow >= 3.13; use sqlite:///path/mlflow.db"
+        )
     return uri, source
 
 
@@ -73,9 +90,11 @@ def store_identity(tracking: TrackingOptions | Mapping[str, Any] | None = None) 
     them reruns the rule and every job that logs, so that the new store holds their runs."""
     t = TrackingOptions.of(tracking)
     uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-    return {"uri": strip_credentials(str(uri)) if uri else None,
-            "artifact_root": strip_credentials(str(t.artifact_root)) if t.artifact_root else None,
-            "experiment_prefix": t.experiment_prefix}
+    return {
+        "uri": strip_credentials(str(uri)) if uri else None,
+        "artifact_root": strip_credentials(str(t.artifact_root)) if t.artifact_root else None,
+        "experiment_prefix": t.experiment_prefix,
+    }
 
 
 def is_sqlite(uri: str) -> bool:
@@ -86,7 +105,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (None for other stores and in-memory ones)."""
     if not uri.startswith("sqlite:///"):
         return None
-    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(rest) if rest and rest != ":memory:" else None
 
 

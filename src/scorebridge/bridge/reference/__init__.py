@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 
-def make_reference(opts: ReferenceOptions, dim: int, key: str = "reference", sigma: float | list[float] | None = None) -> Reference:
+def make_reference(
+    opts: ReferenceOptions, dim: int, key: str = "reference", sigma: float | list[float] | None = None
+) -> Reference:
     """Build a reference from its typed config entry (config/README.md, `bridge.<name>.model.reference`).
 
     `sigma`: the initial noise scale when `opts.sigma.init` is `auto` (measured on the
@@ -55,11 +57,17 @@ def make_reference(opts: ReferenceOptions, dim: int, key: str = "reference", sig
     """
     sigma = opts.sigma.init if sigma is None else sigma
     if sigma == "auto":
-        raise ConfigError(f"{key}.sigma.init", "'auto' is measured on the snapshots (fit_bridge); pass the value as sigma=")
-    common = dict(sigma=sigma, learn_sigma=bool(opts.sigma.learn), sigma_per_dim=bool(opts.sigma.per_dim), noise=opts.noise)
+        raise ConfigError(
+            f"{key}.sigma.init", "'auto' is measured on the snapshots (fit_bridge); pass the value as sigma="
+        )
+    common = dict(
+        sigma=sigma, learn_sigma=bool(opts.sigma.learn), sigma_per_dim=bool(opts.sigma.per_dim), noise=opts.noise
+    )
     cls = opts.class_
     if cls not in REFERENCE_CLASSES:
-        raise ConfigError(f"{key}.class", f"unknown reference class '{cls}'; expected one of {sorted(REFERENCE_CLASSES)}")
+        raise ConfigError(
+            f"{key}.class", f"unknown reference class '{cls}'; expected one of {sorted(REFERENCE_CLASSES)}"
+        )
     try:
         if cls == "brownian":
             return Brownian(dim, **common)
@@ -68,10 +76,12 @@ def make_reference(opts: ReferenceOptions, dim: int, key: str = "reference", sig
         if cls == "potential":
             return Potential(dim, hidden=list(opts.hidden), **common)
         if not opts.drift:
-            raise ConfigError(f"{key}.drift", "the parametric class needs a drift: a built-in name or 'module:function'")
+            raise ConfigError(
+                f"{key}.drift", "the parametric class needs a drift: a built-in name or 'module:function'"
+            )
         return Parametric(dim, drift=opts.drift, params=dict(opts.params), positive=opts.positive, **common)
     except ConfigError as err:
         # re-key relative names under the experiment's key
         if not err.key.startswith(key) and err.key.startswith("reference"):
-            raise ConfigError(key + err.key[len("reference"):], str(err).split("': ", 1)[-1]) from None
+            raise ConfigError(key + err.key[len("reference") :], str(err).split("': ", 1)[-1]) from None
         raise

@@ -22,6 +22,7 @@ __all__ = ["DTYPE", "Reference"]
 DTYPE = torch.float64
 _EPS_MULT = 1e-2  # multiplicative noise floor: g(x) = σ sqrt(x² + ε²), keeps g > 0 near 0
 
+
 class Reference(nn.Module):
     """Base class: diagonal noise `g(x)`, Gaussian transition moments, parameter reporting.
 
@@ -32,7 +33,14 @@ class Reference(nn.Module):
     kind = "reference"
     linear_exact = False  # moments are exact (no LNA approximation)
 
-    def __init__(self, dim: int, sigma: float | list[float] = 1.0, learn_sigma: bool = True, noise: str = "additive", sigma_per_dim: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        sigma: float | list[float] = 1.0,
+        learn_sigma: bool = True,
+        noise: str = "additive",
+        sigma_per_dim: bool = False,
+    ):
         super().__init__()
         if noise not in ("additive", "multiplicative"):
             raise ConfigError("reference.noise", f"expected 'additive' or 'multiplicative', got {noise!r}")
@@ -94,7 +102,9 @@ class Reference(nn.Module):
         out_m, out_P, out_Phi = [], [], []
         t_prev = 0.0
         for t in times:
-            steps = max(2, int(math.ceil(substeps * (t - t_prev) / max(times[-1], 1e-12))))  # ~substeps over [0, times[-1]]
+            steps = max(
+                2, int(math.ceil(substeps * (t - t_prev) / max(times[-1], 1e-12)))
+            )  # ~substeps over [0, times[-1]]
             if t > t_prev:
                 state = rk4(field, state, t_prev, t, steps)
             m, P, Phi = state
@@ -136,7 +146,9 @@ class Reference(nn.Module):
             m, P = y
             J = self.drift_jacobian(m)
             JP = J @ P
-            return w * self.drift(m), w[:, :, None] * (JP + JP.transpose(1, 2) + torch.diag_embed(self.diffusion(m) ** 2))
+            return w * self.drift(m), w[:, :, None] * (
+                JP + JP.transpose(1, 2) + torch.diag_embed(self.diffusion(m) ** 2)
+            )
 
         m, P = rk4(field, (x, torch.zeros_like(eye)), 0.0, 1.0, max(2, int(substeps)))
         return m, 0.5 * (P + P.transpose(1, 2))

@@ -177,7 +177,10 @@ class Parametric(Reference):
         init = dict(BUILTIN_DRIFTS[drift][1]) if drift in BUILTIN_DRIFTS else {}
         init.update(params or {})
         if not init:
-            raise ConfigError("reference.params", f"drift '{drift}' needs initial parameter values (reference.params: {{name: value}})")
+            raise ConfigError(
+                "reference.params",
+                f"drift '{drift}' needs initial parameter values (reference.params: {{name: value}})",
+            )
         self.positive = bool(positive)
         self.names = sorted(init)
         vals = []
@@ -191,9 +194,13 @@ class Parametric(Reference):
         try:
             out = self.drift(torch.ones(3, dim, dtype=DTYPE))
         except Exception as err:  # the user's function raised
-            raise ConfigError("reference.drift", f"drift '{drift}' failed on a ({3}, {dim}) input: {type(err).__name__}: {err}") from None
+            raise ConfigError(
+                "reference.drift", f"drift '{drift}' failed on a ({3}, {dim}) input: {type(err).__name__}: {err}"
+            ) from None
         if tuple(out.shape) != (3, dim):
-            raise ConfigError("reference.drift", f"drift '{drift}' returned shape {tuple(out.shape)} for input (3, {dim})")
+            raise ConfigError(
+                "reference.drift", f"drift '{drift}' returned shape {tuple(out.shape)} for input (3, {dim})"
+            )
 
     def drift_jacobian(self, x):
         """Analytic for the built-in drifts; otherwise central finite differences (below)."""

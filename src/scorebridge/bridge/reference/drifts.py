@@ -60,7 +60,10 @@ def repressilator_jacobian(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch
 
 
 # name -> analytic Jacobian (faster than finite differences in the LNA's inner loop)
-BUILTIN_JACOBIANS: dict[str, Callable] = {"lotka_volterra": lotka_volterra_jacobian, "repressilator": repressilator_jacobian}
+BUILTIN_JACOBIANS: dict[str, Callable] = {
+    "lotka_volterra": lotka_volterra_jacobian,
+    "repressilator": repressilator_jacobian,
+}
 
 BUILTIN_DRIFTS: dict[str, tuple[Callable, dict[str, float]]] = {
     # name -> (function, default initial parameters: deliberately not the truth)
@@ -74,7 +77,9 @@ def resolve_drift(name: str, key: str = "reference.drift") -> Callable:
     if name in BUILTIN_DRIFTS:
         return BUILTIN_DRIFTS[name][0]
     if ":" not in name:
-        raise ConfigError(key, f"unknown drift '{name}': expected one of {sorted(BUILTIN_DRIFTS)} or an import path 'module:function'")
+        raise ConfigError(
+            key, f"unknown drift '{name}': expected one of {sorted(BUILTIN_DRIFTS)} or an import path 'module:function'"
+        )
     module, _, func = name.partition(":")
     try:
         mod = importlib.import_module(module)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 def simulate_cli(argv: list[str]) -> int:
     """`scorebridge cells-simulate --spec JSON --out X.npz`: the `simulate` block of a cells entry."""
     parser = job_parser("cells-simulate", "simulate a snapshot time course (seeded Euler-Maruyama)", spec=False)
-    parser.add_argument("--spec", required=True, help="the cells dataset's config entry as JSON (uses its `simulate` block)")
+    parser.add_argument(
+        "--spec", required=True, help="the cells dataset's config entry as JSON (uses its `simulate` block)"
+    )
     parser.add_argument("--out", required=True, help="output .npz")
     args = parser.parse_args(argv)
     spec = parse_spec(args.spec)
@@ -35,7 +37,15 @@ def simulate_cli(argv: list[str]) -> int:
     snaps, times, s = simulate(opts)
     truth = {k: s[k] for k in ("system", "drift", "sigma", "noise", "initial", "dt", "seed")}
     write_snapshots_npz(args.out, snaps, times, truth, s["features"])
-    log.info("simulated %s: %d snapshots at t=%s, %s cells, %d features -> %s", s["system"], len(snaps), s["times"], s["n_cells"], snaps[0].shape[1], args.out)
+    log.info(
+        "simulated %s: %d snapshots at t=%s, %s cells, %d features -> %s",
+        s["system"],
+        len(snaps),
+        s["times"],
+        s["n_cells"],
+        snaps[0].shape[1],
+        args.out,
+    )
     return 0
 
 
@@ -51,5 +61,14 @@ def ingest_cli(argv: list[str]) -> int:
 
     snaps = ingest(opts, args.input, args.out)
     uniq, counts = np.unique(snaps.time, return_counts=True)
-    log.info("%s: %d cells x %d features at %d times %s (cells per time %s) -> %s", args.input, snaps.X.shape[0], snaps.X.shape[1], uniq.size, uniq.tolist(), counts.tolist(), args.out)
+    log.info(
+        "%s: %d cells x %d features at %d times %s (cells per time %s) -> %s",
+        args.input,
+        snaps.X.shape[0],
+        snaps.X.shape[1],
+        uniq.size,
+        uniq.tolist(),
+        counts.tolist(),
+        args.out,
+    )
     return 0

@@ -195,7 +195,11 @@ class H5ad:
         """The embedding obsm[key] as a float64 array (a small matrix, read whole)."""
         import scipy.sparse as sp
 
-        val = self._adata.obsm[key] if self._adata is not None else self._read_elem(self._f["obsm"][key], f"obsm['{key}']")
+        val = (
+            self._adata.obsm[key]
+            if self._adata is not None
+            else self._read_elem(self._f["obsm"][key], f"obsm['{key}']")
+        )
         val = val.toarray() if sp.issparse(val) else val
         try:
             return np.asarray(val, dtype=np.float64)
@@ -226,15 +230,25 @@ class H5ad:
         elem = self._f["layers"][layer] if layer is not None else self._f["X"]
         if isinstance(elem, h5py.Dataset):
             if elem.ndim != 2 or not np.issubdtype(elem.dtype, np.number):
-                raise InputError(f"{name} has shape {elem.shape} and dtype {elem.dtype}; expected a numeric (cells, genes) matrix", self.path)
+                raise InputError(
+                    f"{name} has shape {elem.shape} and dtype {elem.dtype}; expected a numeric (cells, genes) matrix",
+                    self.path,
+                )
             return RowBlocks(elem, name=name)
         kind = _decode([elem.attrs.get("encoding-type", "")])[0]
         if kind not in ("csr_matrix", "csc_matrix"):
-            raise InputError(f"{name} is stored as '{kind}'; expected a dense array or a csr/csc sparse matrix", self.path)
+            raise InputError(
+                f"{name} is stored as '{kind}'; expected a dense array or a csr/csc sparse matrix", self.path
+            )
         if kind == "csc_matrix":
             from anndata.io import sparse_dataset
 
-            log.warning("%s: %s is stored by columns (CSC): read whole (sparse, %d stored values) as rows cannot be read in blocks; save it as CSR to read it lazily", self.path, name, elem["data"].shape[0])
+            log.warning(
+                "%s: %s is stored by columns (CSC): read whole (sparse, %d stored values) as rows cannot be read in blocks; save it as CSR to read it lazily",
+                self.path,
+                name,
+                elem["data"].shape[0],
+            )
             return RowBlocks(sparse_dataset(elem).to_memory(), name=name)
         return RowBlocks(_CSRGroup(elem, elem.attrs["shape"]), name=name)
 
@@ -257,6 +271,8 @@ def open_h5ad(path) -> H5ad:
         adata = anndata.read_h5ad(path)
     except (OSError, KeyError, ValueError) as err:
         raise InputError(f"cannot read as AnnData .h5ad: {err}", path) from None
-    log.warning("%s: no encoding-type attributes (anndata < 0.7): read whole into memory; save it with a current anndata to read it lazily", path)
+    log.warning(
+        "%s: no encoding-type attributes (anndata < 0.7): read whole into memory; save it with a current anndata to read it lazily",
+        path,
+    )
     return H5ad(path, adata=adata)
-

@@ -32,7 +32,9 @@ class BlockPCA:
     def __init__(self, components, mean, explained_variance, total_variance, solver):
         self.components_, self.mean_ = components, mean
         self.explained_variance_ = explained_variance
-        self.explained_variance_ratio_ = explained_variance / total_variance if total_variance > 0 else np.zeros_like(explained_variance)
+        self.explained_variance_ratio_ = (
+            explained_variance / total_variance if total_variance > 0 else np.zeros_like(explained_variance)
+        )
         self.solver = solver
 
     def transform_blocks(self, blocks: Callable[[], Iterator], n: int) -> np.ndarray:
@@ -119,7 +121,9 @@ def _t_times(blocks, Q: np.ndarray, mean: np.ndarray, g: int) -> np.ndarray:
     return out - np.outer(mean, Q.sum(axis=0))
 
 
-def block_pca(blocks: Callable[[], Iterator], n: int, g: int, k: int, solver: str, seed: int, n_iter: int | None = None) -> BlockPCA:
+def block_pca(
+    blocks: Callable[[], Iterator], n: int, g: int, k: int, solver: str, seed: int, n_iter: int | None = None
+) -> BlockPCA:
     """The first `k` principal components of the (n, g) matrix `blocks()` yields."""
     if solver == "auto":
         solver = "covariance" if g <= COVARIANCE_MAX_GENES else "randomized"

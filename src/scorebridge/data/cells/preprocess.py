@@ -132,7 +132,9 @@ def _bad_rows(R) -> tuple[np.ndarray, bool]:
     return np.flatnonzero(~np.all(np.isfinite(R), axis=1)), bool((R < 0).any())
 
 
-def preprocess_expression(M, genes: list[str], cfg: PreprocessOptions, path, cells: list[str] | None = None) -> tuple[np.ndarray, list[str], dict, dict]:
+def preprocess_expression(
+    M, genes: list[str], cfg: PreprocessOptions, path, cells: list[str] | None = None
+) -> tuple[np.ndarray, list[str], dict, dict]:
     """normalise total -> log1p -> HVG -> PCA (each optional) of M (cells, genes): an
     array (dense or sparse) or `RowBlocks`; returns (features, names, record, extra vars).
     Errors name the file and, for bad values, the cells (`cells`, else row numbers)."""
@@ -159,7 +161,10 @@ def preprocess_expression(M, genes: list[str], cfg: PreprocessOptions, path, cel
         names = [cells[i] for i in idx] if cells is not None else [f"row {i}" for i in idx]
         raise InputError(f"NaN or infinite expression values in {idx.size} cell(s): {_show(names)}", path)
     if (cfg.normalize_total or cfg.log1p) and negative:
-        raise InputError("the expression matrix has negative values; normalise/log1p expect counts (set preprocess.normalize_total/log1p false, or use obsm_key)", path)
+        raise InputError(
+            "the expression matrix has negative values; normalise/log1p expect counts (set preprocess.normalize_total/log1p false, or use obsm_key)",
+            path,
+        )
     record: dict[str, Any] = {"steps": []}
     extra: dict[str, Any] = {}
     if cfg.normalize_total:
@@ -170,7 +175,16 @@ def preprocess_expression(M, genes: list[str], cfg: PreprocessOptions, path, cel
     if acc is not None:
         keep = hvg_from_stats(acc.mean, acc.var, cfg.n_top_genes, cfg.hvg_bins)[0]
         genes = [genes[i] for i in keep]
-        record["steps"].append({"highly_variable_genes": {"flavor": "seurat", "n_top_genes": len(keep), "n_bins": cfg.hvg_bins, "genes": genes}})
+        record["steps"].append(
+            {
+                "highly_variable_genes": {
+                    "flavor": "seurat",
+                    "n_top_genes": len(keep),
+                    "n_bins": cfg.hvg_bins,
+                    "genes": genes,
+                }
+            }
+        )
     cols = keep if acc is not None else None
 
     def blocks():
@@ -186,7 +200,16 @@ def preprocess_expression(M, genes: list[str], cfg: PreprocessOptions, path, cel
         pca = block_pca(blocks, n, len(keep), k, cfg.pca_solver, cfg.seed)
         X = pca.transform_blocks(blocks, n)
         names = [f"PC{i + 1}" for i in range(k)]
-        record["steps"].append({"pca": {"n_pcs": k, "solver": pca.solver, "explained_variance_ratio": pca.explained_variance_ratio_.tolist(), "seed": cfg.seed}})
+        record["steps"].append(
+            {
+                "pca": {
+                    "n_pcs": k,
+                    "solver": pca.solver,
+                    "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+                    "seed": cfg.seed,
+                }
+            }
+        )
         extra["pca_components"] = (("feature", "gene"), pca.components_.astype(np.float32))
         extra["pca_mean"] = (("gene",), pca.mean_.astype(np.float32))
         extra["gene"] = (("gene",), np.asarray(genes, dtype=object))

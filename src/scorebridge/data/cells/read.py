@@ -71,7 +71,9 @@ def _check_finite(X: np.ndarray, names: list[str], path, what: str = "cell") -> 
     bad = ~np.all(np.isfinite(X), axis=1)
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise InputError(f"NaN or infinite feature values in {len(idx)} {what}(s): {_show([names[i] for i in idx])}", path)
+        raise InputError(
+            f"NaN or infinite feature values in {len(idx)} {what}(s): {_show([names[i] for i in idx])}", path
+        )
 
 
 def _check_times(times: np.ndarray, path, key: str) -> None:
@@ -80,7 +82,10 @@ def _check_times(times: np.ndarray, path, key: str) -> None:
         raise InputError(f"`{key}` has missing or non-finite values: {times.tolist()}", path)
     if np.any(np.diff(times) <= 0):
         i = int(np.flatnonzero(np.diff(times) <= 0)[0])
-        raise InputError(f"`{key}` must be strictly increasing; got {times[i]} then {times[i + 1]} at positions {i}, {i + 1}: {times.tolist()}", path)
+        raise InputError(
+            f"`{key}` must be strictly increasing; got {times[i]} then {times[i + 1]} at positions {i}, {i + 1}: {times.tolist()}",
+            path,
+        )
 
 
 def _from_snapshot_list(snaps: list[tuple[str, np.ndarray]], times, path, times_key: str, features=None) -> Snapshots:
@@ -101,12 +106,16 @@ def _from_snapshot_list(snaps: list[tuple[str, np.ndarray]], times, path, times_
             raise InputError(f"snapshot '{name}' has dtype {a.dtype}; expected real numbers", path)
         dims[name] = a.shape[1]
     if len(set(dims.values())) > 1:
-        raise InputError(f"snapshots differ in their number of features: {_show([f'{k}: {v}' for k, v in dims.items()], 20)}", path)
+        raise InputError(
+            f"snapshots differ in their number of features: {_show([f'{k}: {v}' for k, v in dims.items()], 20)}", path
+        )
     d = next(iter(dims.values()))
     for name, a in snaps:
         bad = np.flatnonzero(~np.all(np.isfinite(a), axis=1))
         if bad.size:
-            raise InputError(f"NaN or infinite feature values in snapshot '{name}', cell(s) {_show(bad.tolist())}", path)
+            raise InputError(
+                f"NaN or infinite feature values in snapshot '{name}', cell(s) {_show(bad.tolist())}", path
+            )
     X = np.concatenate([a for _, a in snaps]).astype(np.float64)
     time = np.repeat(times, [a.shape[0] for _, a in snaps])
     cells = [f"{name}_{i}" for name, a in snaps for i in range(a.shape[0])]
@@ -125,14 +134,21 @@ def read_array(path, spec: CellsOptions) -> Snapshots:
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as err:  # object arrays need pickle, which we never load from user files
-        raise InputError(f"cannot read as a numeric array ({err}); store ragged snapshots as an .npz with keys t0, t1, ...", path) from None
+        raise InputError(
+            f"cannot read as a numeric array ({err}); store ragged snapshots as an .npz with keys t0, t1, ...", path
+        ) from None
     except (OSError, EOFError) as err:
         raise InputError(f"cannot read the file: {err}", path) from None
     if isinstance(loaded, np.ndarray):
         if loaded.ndim != 3:
-            raise InputError(f"array of shape {loaded.shape}; expected 3-D (time, cells, features), or an .npz with ragged snapshots t0, t1, ...", path)
+            raise InputError(
+                f"array of shape {loaded.shape}; expected 3-D (time, cells, features), or an .npz with ragged snapshots t0, t1, ...",
+                path,
+            )
         snaps = [(f"t{k}", loaded[k]) for k in range(loaded.shape[0])]
-        return _from_snapshot_list(snaps, cfg_times, path, "times" if cfg_times is not None else "times (default 0, 1, ...)")
+        return _from_snapshot_list(
+            snaps, cfg_times, path, "times" if cfg_times is not None else "times (default 0, 1, ...)"
+        )
     with loaded as z:
         keys = list(z.keys())
         meta = {}
@@ -141,7 +157,9 @@ def read_array(path, spec: CellsOptions) -> Snapshots:
         features = z["features"] if "features" in keys else None
         file_times = z["times"] if "times" in keys else None
         ragged = sorted((k for k in keys if re.fullmatch(r"t\d+", k)), key=lambda k: int(k[1:]))
-        times, times_key = (cfg_times, "config key 'times'") if cfg_times is not None else (file_times, "npz key 'times'")
+        times, times_key = (
+            (cfg_times, "config key 'times'") if cfg_times is not None else (file_times, "npz key 'times'")
+        )
         if ragged:
             ks = [int(k[1:]) for k in ragged]
             if ks != list(range(len(ks))):
@@ -150,13 +168,20 @@ def read_array(path, spec: CellsOptions) -> Snapshots:
         elif "X" in keys and "time" in keys:
             X, t = np.asarray(z["X"], dtype=np.float64), np.asarray(z["time"], dtype=np.float64)
             if X.ndim != 2 or t.shape != (X.shape[0],):
-                raise InputError(f"flat npz needs X (cells, features) and time (cells,); got X {X.shape}, time {t.shape}", path)
+                raise InputError(
+                    f"flat npz needs X (cells, features) and time (cells,); got X {X.shape}, time {t.shape}", path
+                )
             out = _from_labels(X, t, [f"cell{i}" for i in range(X.shape[0])], path, "cell", "npz key 'time'")
-            out.features = [str(f) for f in features] if features is not None else [f"x{i + 1}" for i in range(X.shape[1])]
+            out.features = (
+                [str(f) for f in features] if features is not None else [f"x{i + 1}" for i in range(X.shape[1])]
+            )
         else:
             arrays = [k for k in keys if k not in _META_KEYS]
             if len(arrays) != 1:
-                raise InputError(f"cannot tell which arrays are the snapshots among keys {keys}; use t0, t1, ... (ragged) or one 3-D array", path)
+                raise InputError(
+                    f"cannot tell which arrays are the snapshots among keys {keys}; use t0, t1, ... (ragged) or one 3-D array",
+                    path,
+                )
             a = z[arrays[0]]
             if a.ndim != 3:
                 raise InputError(f"npz key '{arrays[0]}' has shape {a.shape}; expected (time, cells, features)", path)
@@ -190,17 +215,26 @@ def _map_labels(strings, time_map: dict | None, key: str, path, unique: list[str
     if time_map:
         unmapped = [u for u in unique if u not in time_map]
         if unmapped:
-            raise ConfigError("time_map", f"time labels ({key}) {_show(unmapped)} of {path} are not in time_map (its labels: {_show(list(time_map))})")
+            raise ConfigError(
+                "time_map",
+                f"time labels ({key}) {_show(unmapped)} of {path} are not in time_map (its labels: {_show(list(time_map))})",
+            )
         mapping = {u: float(time_map[u]) for u in unique}
     else:
         mapping = parse_time_labels(unique)
         if mapping is None:
             return None
-        log.info("time labels (%s) read as numbers: %s", key, ", ".join(f"{k} -> {v:g}" for k, v in sorted(mapping.items(), key=lambda kv: kv[1])))
+        log.info(
+            "time labels (%s) read as numbers: %s",
+            key,
+            ", ".join(f"{k} -> {v:g}" for k, v in sorted(mapping.items(), key=lambda kv: kv[1])),
+        )
     return np.asarray([mapping[v] for v in strings], dtype=float), {"time_labels": json.dumps(mapping)}
 
 
-def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, key: str, time_map: dict | None = None) -> Snapshots:
+def _from_labels(
+    X: np.ndarray, labels, cell_names: list[str], path, what: str, key: str, time_map: dict | None = None
+) -> Snapshots:
     """Flat cells with per-cell time labels: convert labels to float (numbers as they are;
     other labels through `time_map` or the number each holds), check, sort by time."""
     import pandas as pd
@@ -210,13 +244,19 @@ def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, 
     missing = labels.isna().to_numpy()
     if missing.any():
         idx = np.flatnonzero(missing)
-        raise InputError(f"missing time label ({key}) in {len(idx)} {what}(s): {_show([cell_names[i] for i in idx])}", path)
+        raise InputError(
+            f"missing time label ({key}) in {len(idx)} {what}(s): {_show([cell_names[i] for i in idx])}", path
+        )
     hint = "; give their times in the dataset's config as time_map: {label: time}"
     if isinstance(labels.dtype, pd.CategoricalDtype):
         cats = labels.cat.categories
         num = pd.to_numeric(pd.Series(cats), errors="coerce")
         strings = labels.astype(str).to_numpy()
-        mapped = None if (num.notna().all() and not time_map) else _map_labels(strings, time_map, key, path, [str(c) for c in cats])
+        mapped = (
+            None
+            if (num.notna().all() and not time_map)
+            else _map_labels(strings, time_map, key, path, [str(c) for c in cats])
+        )
         if mapped is not None:
             time, extra = mapped
         elif num.notna().all():
@@ -225,17 +265,27 @@ def _from_labels(X: np.ndarray, labels, cell_names: list[str], path, what: str, 
             time = labels.cat.codes.to_numpy().astype(float)
             extra["time_labels"] = json.dumps({str(c): float(i) for i, c in enumerate(cats)})
         else:
-            raise InputError(f"time labels ({key}) are categories that are not numbers: {_show(list(cats))}; make the category ordered or the labels numeric{hint}", path)
+            raise InputError(
+                f"time labels ({key}) are categories that are not numbers: {_show(list(cats))}; make the category ordered or the labels numeric{hint}",
+                path,
+            )
     else:
         num = pd.to_numeric(labels, errors="coerce")
         bad = num.isna().to_numpy()
         strings = labels.astype(str).to_numpy()
-        mapped = _map_labels(strings, time_map, key, path, sorted(set(strings.tolist()))) if (bad.any() or time_map) else None
+        mapped = (
+            _map_labels(strings, time_map, key, path, sorted(set(strings.tolist())))
+            if (bad.any() or time_map)
+            else None
+        )
         if mapped is not None:
             time, extra = mapped
         elif bad.any():
             idx = np.flatnonzero(bad)
-            raise InputError(f"non-numeric time label ({key}) in {len(idx)} {what}(s): {_show([f'{cell_names[i]} ({labels[i]!r})' for i in idx])}{hint}", path)
+            raise InputError(
+                f"non-numeric time label ({key}) in {len(idx)} {what}(s): {_show([f'{cell_names[i]} ({labels[i]!r})' for i in idx])}{hint}",
+                path,
+            )
         else:
             time = num.to_numpy(dtype=float)
     if not np.all(np.isfinite(time)):
@@ -285,13 +335,17 @@ def read_h5ad(path, spec: CellsOptions) -> Snapshots:
         key = spec.time_key
         obs = h.obs
         if key not in obs.columns:
-            raise ConfigError("time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(obs.columns), 30)}")
+            raise ConfigError(
+                "time_key", f"obs column '{key}' not in {path}; obs columns: {_show(list(obs.columns), 30)}"
+            )
         cells = [str(c) for c in obs.index]
         obsm_key = spec.obsm_key
         extra_vars: dict = {}
         if obsm_key:
             if obsm_key not in h.obsm_keys():
-                raise ConfigError("obsm_key", f"'{obsm_key}' not in the obsm of {path}; obsm keys: {_show(h.obsm_keys(), 30)}")
+                raise ConfigError(
+                    "obsm_key", f"'{obsm_key}' not in the obsm of {path}; obsm keys: {_show(h.obsm_keys(), 30)}"
+                )
             X = h.obsm(obsm_key)
             if X.ndim != 2:
                 raise InputError(f"obsm['{obsm_key}'] has shape {X.shape}; expected (cells, features)", path)
@@ -306,11 +360,15 @@ def read_h5ad(path, spec: CellsOptions) -> Snapshots:
         else:
             layer = spec.layer
             if layer is not None and layer not in h.layer_keys():
-                raise ConfigError("layer", f"'{layer}' not in the layers of {path}; layers: {_show(h.layer_keys(), 30)}")
+                raise ConfigError(
+                    "layer", f"'{layer}' not in the layers of {path}; layers: {_show(h.layer_keys(), 30)}"
+                )
             M = h.matrix(layer)
             genes = h.var_names
             if M.shape[0] != len(cells) or M.shape[1] != len(genes):
-                raise InputError(f"{M.name} has shape {M.shape} but obs has {len(cells)} cells and var {len(genes)} genes", path)
+                raise InputError(
+                    f"{M.name} has shape {M.shape} but obs has {len(cells)} cells and var {len(genes)} genes", path
+                )
             if spec.features is not None:
                 pos = {g: i for i, g in enumerate(genes)}
                 unknown = [g for g in spec.features if g not in pos]
@@ -318,7 +376,15 @@ def read_h5ad(path, spec: CellsOptions) -> Snapshots:
                     raise ConfigError("features", f"gene(s) {_show(unknown)} not in the var names of {path}")
                 idx = [pos[g] for g in spec.features]
                 M, genes = M.select(idx), [genes[i] for i in idx]
-            log.info("%s: %s, %d cells x %d genes (%s), read in blocks of %g MB", path, M.name, M.shape[0], M.shape[1], "sparse" if M.sparse else "dense", spec.preprocess.block_mb)
+            log.info(
+                "%s: %s, %d cells x %d genes (%s), read in blocks of %g MB",
+                path,
+                M.name,
+                M.shape[0],
+                M.shape[1],
+                "sparse" if M.sparse else "dense",
+                spec.preprocess.block_mb,
+            )
             X, names, record, extra_vars = preprocess_expression(M, genes, spec.preprocess, path, cells)
             record = {"features": f"layers['{layer}']" if layer else "X", **record}
         true_parameters = h.uns_text("true_parameters")
@@ -355,7 +421,10 @@ def read_snapshots(path, spec: CellsOptions | Mapping) -> Snapshots:
     small = counts < spec.min_cells
     if small.any():
         labels = {v: k for k, v in json.loads(snaps.extra_attrs.get("time_labels", "{}")).items()}
-        what = [f"time {t:g}" + (f" (label {labels[t]!r})" if t in labels else "") + f" has {n} cell{'s' * (n != 1)}" for t, n in zip(uniq[small].tolist(), counts[small].tolist())]
+        what = [
+            f"time {t:g}" + (f" (label {labels[t]!r})" if t in labels else "") + f" has {n} cell{'s' * (n != 1)}"
+            for t, n in zip(uniq[small].tolist(), counts[small].tolist())
+        ]
         raise InputError(
             f"{_show(what, 10)}; every snapshot needs at least min_cells = {spec.min_cells} cells "
             "(cells.<name>.min_cells: lower it only if so few cells can stand for a time point)",

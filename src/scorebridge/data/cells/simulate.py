@@ -190,20 +190,41 @@ DEFAULT_PARAMS: dict[str, dict] = {
     "proliferation": {"v": 1.0, "theta": 0.0, "rate": 0.3, "s": 0.5},
 }
 
-NOISE: dict[str, str] = {"lotka_volterra": "multiplicative", "repressilator": "multiplicative", "ou": "additive",
-                         "bifurcation": "additive", "cycle": "additive", "decelerate": "additive", "proliferation": "additive"}
+NOISE: dict[str, str] = {
+    "lotka_volterra": "multiplicative",
+    "repressilator": "multiplicative",
+    "ou": "additive",
+    "bifurcation": "additive",
+    "cycle": "additive",
+    "decelerate": "additive",
+    "proliferation": "additive",
+}
 
-FEATURES: dict[str, list[str]] = {"lotka_volterra": ["prey", "predator"], "repressilator": ["m1", "m2", "m3"], "ou": ["x1", "x2"],
-                                  "bifurcation": ["fate", "progress"], "cycle": ["x1", "x2"], "decelerate": ["progress", "x2"],
-                                  "proliferation": ["progress", "state"]}
+FEATURES: dict[str, list[str]] = {
+    "lotka_volterra": ["prey", "predator"],
+    "repressilator": ["m1", "m2", "m3"],
+    "ou": ["x1", "x2"],
+    "bifurcation": ["fate", "progress"],
+    "cycle": ["x1", "x2"],
+    "decelerate": ["progress", "x2"],
+    "proliferation": ["progress", "state"],
+}
 
 # Per-system defaults of what the config leaves null: snapshot times, noise level and
 # initial distribution (log-normal with median `mean` and log-sd `std` for the positive
 # systems, normal with mean `mean` and sd `std` for ou). The LV start (8, 1.5) lies on a
 # wide orbit around the equilibrium (γ/δ, α/β) = (4, 2.5); the times cover ~2/3 of a cycle.
 SYSTEM_DEFAULTS: dict[str, dict] = {
-    "lotka_volterra": {"times": [0, 1, 2, 3, 4, 5, 6], "sigma": 0.1, "initial": {"mean": [8.0, 1.5], "std": [0.1, 0.1]}},
-    "repressilator": {"times": [0, 1, 2, 3, 4, 5, 6], "sigma": 0.1, "initial": {"mean": [1.0, 2.0, 4.0], "std": [0.1, 0.1, 0.1]}},
+    "lotka_volterra": {
+        "times": [0, 1, 2, 3, 4, 5, 6],
+        "sigma": 0.1,
+        "initial": {"mean": [8.0, 1.5], "std": [0.1, 0.1]},
+    },
+    "repressilator": {
+        "times": [0, 1, 2, 3, 4, 5, 6],
+        "sigma": 0.1,
+        "initial": {"mean": [1.0, 2.0, 4.0], "std": [0.1, 0.1, 0.1]},
+    },
     "ou": {"times": [0, 1, 2, 3, 4], "sigma": 0.1, "initial": {"mean": [2.0, 0.0], "std": [0.2, 0.2]}},
     "bifurcation": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.15, "initial": {"mean": [0.0, 0.0], "std": [0.1, 0.1]}},
     "cycle": {"times": [0, 1, 2, 3, 4, 5], "sigma": 0.1, "initial": {"mean": [1.0, 0.0], "std": [0.1, 0.1]}},
@@ -270,7 +291,11 @@ def resolve_simulation(sim: SimulateOptions | Mapping) -> dict:
         if v is not None:
             initial[k] = v
     for k in ("mean", "std"):
-        initial[k] = [float(v) for v in np.broadcast_to(np.asarray(initial[k], dtype=float), (d,))] if np.size(initial[k]) in (1, d) else None
+        initial[k] = (
+            [float(v) for v in np.broadcast_to(np.asarray(initial[k], dtype=float), (d,))]
+            if np.size(initial[k]) in (1, d)
+            else None
+        )
         if initial[k] is None:
             raise ConfigError(_key("initial", k), f"expected 1 or {d} values")
     if NOISE[system] == "multiplicative" and min(initial["mean"]) <= 0:
@@ -336,7 +361,9 @@ def simulate(sim: SimulateOptions | Mapping) -> tuple[list[np.ndarray], np.ndarr
     return snaps, np.asarray(times, dtype=float), s
 
 
-def write_snapshots_npz(path, snaps: list[np.ndarray], times, true_parameters: dict | None = None, features: list[str] | None = None) -> None:
+def write_snapshots_npz(
+    path, snaps: list[np.ndarray], times, true_parameters: dict | None = None, features: list[str] | None = None
+) -> None:
     """Write snapshots in the ragged npz format `cells-ingest` reads (atomically)."""
     arrays: dict[str, np.ndarray] = {f"t{k}": np.asarray(s, dtype=np.float64) for k, s in enumerate(snaps)}
     arrays["times"] = np.asarray(times, dtype=np.float64)

@@ -74,7 +74,9 @@ def ingest(spec: CellsOptions | Mapping, path, out) -> Snapshots:
         "packages": package_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_cells_zarr(out, snaps, {"source": str(opts.source), "provenance": json.dumps(provenance, sort_keys=True, default=str)})
+    write_cells_zarr(
+        out, snaps, {"source": str(opts.source), "provenance": json.dumps(provenance, sort_keys=True, default=str)}
+    )
     return snaps
 
 
@@ -99,7 +101,9 @@ def read_cells(path) -> tuple[list[np.ndarray], list[float], dict, list[str] | N
         raise InputError(f"{int(np.isnan(t).sum())} cells have a missing (NaN) time label", path)
     bad = ~np.isfinite(X).all(1)
     if bad.any():
-        raise InputError(f"{int(bad.sum())} cells have NaN or infinite features (first: cell index {int(np.argmax(bad))})", path)
+        raise InputError(
+            f"{int(bad.sum())} cells have NaN or infinite features (first: cell index {int(np.argmax(bad))})", path
+        )
     times = np.unique(t)
     feats = [str(f) for f in ds["feature"].values] if "feature" in ds.coords else None
     return [X[t == v] for v in times], [float(v) for v in times], dict(ds.attrs), feats

@@ -83,15 +83,22 @@ def build_cds_requests(spec: Era5Options | Mapping) -> list[tuple[str, dict]]:
             f"no CDS name known for {unknown}; known: pressure levels {sorted(PRESSURE_LEVEL_NAMES)}, "
             f"single levels {sorted(SINGLE_LEVEL_NAMES)}",
         )
-    kinds = {"pressure": [v for v in variables if v in PRESSURE_LEVEL_NAMES], "single": [v for v in variables if v in SINGLE_LEVEL_NAMES]}
+    kinds = {
+        "pressure": [v for v in variables if v in PRESSURE_LEVEL_NAMES],
+        "single": [v for v in variables if v in SINGLE_LEVEL_NAMES],
+    }
     product = opts.product
     if product != "auto":
         kind = next((k for k, name in PRODUCTS.items() if name == product), None)
         if kind is None:
-            raise ConfigError("product", f"unknown CDS dataset {product!r}; use 'auto' or one of {sorted(PRODUCTS.values())}")
+            raise ConfigError(
+                "product", f"unknown CDS dataset {product!r}; use 'auto' or one of {sorted(PRODUCTS.values())}"
+            )
         other = "single" if kind == "pressure" else "pressure"
         if kinds[other]:
-            raise ConfigError("product", f"{product} does not serve {kinds[other]}; use product 'auto' to fetch both kinds")
+            raise ConfigError(
+                "product", f"{product} does not serve {kinds[other]}; use product 'auto' to fetch both kinds"
+            )
     levels = [float(x) for x in opts.levels]
     if kinds["pressure"] and not levels:
         raise ConfigError("levels", f"pressure levels are needed for {kinds['pressure']}")
@@ -114,7 +121,10 @@ def build_cds_requests(spec: Era5Options | Mapping) -> list[tuple[str, dict]]:
         if not kinds[kind]:
             continue
         for group in groups:
-            req = {"product_type": common["product_type"], "variable": [PRESSURE_LEVEL_NAMES.get(v) or SINGLE_LEVEL_NAMES[v] for v in kinds[kind]]}
+            req = {
+                "product_type": common["product_type"],
+                "variable": [PRESSURE_LEVEL_NAMES.get(v) or SINGLE_LEVEL_NAMES[v] for v in kinds[kind]],
+            }
             if kind == "pressure":
                 req["pressure_level"] = [f"{lev:g}" for lev in sorted(set(levels), reverse=True)]
             req.update(group)

@@ -38,7 +38,10 @@ def fetch(spec: Era5Options | Mapping, out: str | os.PathLike) -> Path:
         from .cds import build_cds_requests, retrieve_cds
 
         requests = build_cds_requests(opts)
-        with atomic_path(out) as tmp, tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as folder:
+        with (
+            atomic_path(out) as tmp,
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as folder,
+        ):
             parts = retrieve_cds(requests, Path(folder), progress=progress_enabled())
             _join_cds_parts(parts, requests, tmp)
         return out
@@ -60,7 +63,9 @@ def _write_synthetic(opts: Era5Options, out: Path) -> None:
 def _join_cds_parts(parts: list[Path], requests: list[tuple[str, dict]], tmp: Path) -> None:
     """One netCDF from the retrieved parts (concatenated by time per product, merged
     across products), recording the requests."""
-    record = json.dumps({"source": "cds", "requests": [{"dataset": p, "request": r} for p, r in requests]}, sort_keys=True)
+    record = json.dumps(
+        {"source": "cds", "requests": [{"dataset": p, "request": r} for p, r in requests]}, sort_keys=True
+    )
     if len(parts) == 1:
         ds = xr.open_dataset(parts[0], chunks={})
         if ds.attrs.get(SOURCE_ATTR) is None:

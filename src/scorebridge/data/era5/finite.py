@@ -85,7 +85,9 @@ def summarise(counts: NonFinite, times: np.ndarray) -> dict[str, dict]:
     return out
 
 
-def check_finite(ds, times, what: str, channels: Sequence[tuple[str, float | None]] | None = None, block_mb: float = 64.0) -> None:
+def check_finite(
+    ds, times, what: str, channels: Sequence[tuple[str, float | None]] | None = None, block_mb: float = 64.0
+) -> None:
     """Raise InputError at the first of `times` (positions along `time`, or time values)
     where a field of `ds` holds NaN or inf, naming the store, `what` ("training",
     "held-out"), the variable, the level and the time. `channels`: (variable, level or
@@ -144,5 +146,7 @@ def _positions(ds, times) -> np.ndarray:
     pos = index.get_indexer(times.astype("datetime64[ns]"))
     if np.any(pos < 0):
         missing = times[pos < 0][0]
-        raise InputError(f"time {_time(missing)} is not in the store", ds.attrs["source_path"] if "source_path" in ds.attrs else None)
+        raise InputError(
+            f"time {_time(missing)} is not in the store", ds.attrs["source_path"] if "source_path" in ds.attrs else None
+        )
     return np.unique(pos.astype(np.int64))

@@ -37,7 +37,9 @@ def scan_grib(path: str | Path) -> int:
             if len(head) < 8:
                 raise _truncated(path, offset, None, size - offset)
             if head[:4] != b"GRIB":
-                raise InputError(f"byte offset {offset}: {head[:8]!r} is not the start of a GRIB message (corrupt or not GRIB)", path)
+                raise InputError(
+                    f"byte offset {offset}: {head[:8]!r} is not the start of a GRIB message (corrupt or not GRIB)", path
+                )
             edition = head[7]
             if edition == 1:
                 length = int.from_bytes(head[4:7], "big")
@@ -73,7 +75,10 @@ def _truncated(path: Path, offset: int, length: int | None, left: int, header: b
         where = f"after {left} of its {length} bytes"
     else:
         where = f"{left} bytes into its header" if header else f"{left} bytes into it (eccodes cannot read it whole)"
-    return InputError(f"truncated GRIB message at byte offset {offset}: the file ends {where} (an interrupted download or copy? fetch it again)", path)
+    return InputError(
+        f"truncated GRIB message at byte offset {offset}: the file ends {where} (an interrupted download or copy? fetch it again)",
+        path,
+    )
 
 
 def _skip_padding(f, path: Path, offset: int, size: int) -> int:

@@ -137,7 +137,10 @@ def _ingest(opts: Era5Options, out: str | os.PathLike, files: Iterable[str | os.
         ds = layout.standardise(open_arco(url), url)
         sub = layout.select(ds, sel, url, need_all=True)
         if sub is None:
-            raise InputError(f"no times selected by dates {fmt_date(sel.start)}..{fmt_date(sel.end, -1)} and hours (keys 'dates', 'hours')", url)
+            raise InputError(
+                f"no times selected by dates {fmt_date(sel.start)}..{fmt_date(sel.end, -1)} and hours (keys 'dates', 'hours')",
+                url,
+            )
         ((_, data),) = harmonise_units([(url, layout.finish(sub, chunk_time))])
         data = data.chunk({"time": chunk_time})
         sources: dict = {str(v): url for v in data.data_vars}
@@ -167,12 +170,21 @@ def _ingest(opts: Era5Options, out: str | os.PathLike, files: Iterable[str | os.
 
     _remove_stale_partials(out)
     with atomic_path(out) as tmp, _dask_scheduler(opts.stream):
-        stats, counts = stream_to_zarr(data, tmp, chunk_time=chunk_time, block_mb=float(opts.stream.block_mb), after_block=after_block)
+        stats, counts = stream_to_zarr(
+            data, tmp, chunk_time=chunk_time, block_mb=float(opts.stream.block_mb), after_block=after_block
+        )
         provenance["nonfinite"] = summarise(counts, times)
         if hashing is not None:
             for item, digest in zip(provenance["inputs"], hashing.result()):
                 item["sha256"] = digest
-        _set_attrs(tmp, {"normalisation": json.dumps(stats, sort_keys=True), "provenance": json.dumps(provenance, sort_keys=True, default=str), "Conventions": "CF-1.7"})
+        _set_attrs(
+            tmp,
+            {
+                "normalisation": json.dumps(stats, sort_keys=True),
+                "provenance": json.dumps(provenance, sort_keys=True, default=str),
+                "Conventions": "CF-1.7",
+            },
+        )
     log.info("wrote %s: %s", out, {k: v for k, v in data.sizes.items()})
     return out
 
@@ -229,5 +241,3 @@ def _set_attrs(store: Path, attrs: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(str(store))
-
-

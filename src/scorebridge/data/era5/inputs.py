@@ -102,7 +102,13 @@ def _open_grib(path: Path) -> xr.Dataset:
         fields = sum(field_count(part) for part in parts)
         ds = xr.merge(parts, compat="override", join="outer", combine_attrs="drop_conflicts")
     if messages < fields:
-        log.warning("%s: %d GRIB messages for %d fields: %d fields are absent and read as NaN (an incomplete file?)", path, messages, fields, fields - messages)
+        log.warning(
+            "%s: %d GRIB messages for %d fields: %d fields are absent and read as NaN (an incomplete file?)",
+            path,
+            messages,
+            fields,
+            fields - messages,
+        )
     return ds
 
 
@@ -122,7 +128,9 @@ def _same_axis(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.allclose(a, b, atol=1e-6)
 
 
-def open_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None) -> xr.Dataset:
+def open_inputs(
+    files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None
+) -> xr.Dataset:
     """Normalise and subset each input lazily and join them along time, chunked by
     `chunk_time` steps (None: the schema's `chunks.time`); see `join_inputs`."""
     return join_inputs(files, sel, chunk_time, on_conflict).data
@@ -136,7 +144,9 @@ class Joined:
     sources: dict[str, np.ndarray]
 
 
-def join_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None) -> Joined:
+def join_inputs(
+    files: Iterable[str | os.PathLike], sel: Selection, chunk_time: int | None = None, on_conflict: str | None = None
+) -> Joined:
     """Normalise and subset each input lazily and join them along time, chunked by
     `chunk_time` steps (None: the schema's `chunks.time`).
 
@@ -173,12 +183,17 @@ def join_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
     absent = [v for v in sel.variables if not any(v in vars_ for vars_ in holdings.values())]
     if absent:
         where = "; ".join(f"{p} has: {', '.join(v) or 'nothing'}" for p, v in holdings.items())
-        raise InputError(f"no variable {', '.join(repr(v) for v in absent)} in the input ({where})", files[0] if len(files) == 1 else None)
+        raise InputError(
+            f"no variable {', '.join(repr(v) for v in absent)} in the input ({where})",
+            files[0] if len(files) == 1 else None,
+        )
     if not parts:
         covered = []
         for path in files:
             times = layout.standardise(open_file(path), str(path))["time"].values
-            covered.append(f"{path}: {np.datetime_as_string(times.min(), 'h')}..{np.datetime_as_string(times.max(), 'h')}")
+            covered.append(
+                f"{path}: {np.datetime_as_string(times.min(), 'h')}..{np.datetime_as_string(times.max(), 'h')}"
+            )
         raise InputError(
             f"no times selected by dates {fmt_date(sel.start)}..{fmt_date(sel.end, -1)} and hours "
             f"{list(sel.hours) if sel.hours is not None else 'all'} (keys 'dates', 'hours'); inputs cover {'; '.join(covered)}",
@@ -189,12 +204,25 @@ def join_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
     # grids (and levels) must agree
     ref_path, ref = parts[0]
     for path, ds in parts[1:]:
-        if not (_same_axis(ds["latitude"].values, ref["latitude"].values) and _same_axis(ds["longitude"].values, ref["longitude"].values)):
-            raise InputError(f"grid differs across files: {_describe_grid(ds)} here, {_describe_grid(ref)} in {ref_path}", path)
+        if not (
+            _same_axis(ds["latitude"].values, ref["latitude"].values)
+            and _same_axis(ds["longitude"].values, ref["longitude"].values)
+        ):
+            raise InputError(
+                f"grid differs across files: {_describe_grid(ds)} here, {_describe_grid(ref)} in {ref_path}", path
+            )
         if "level" in ds.coords and "level" in ref.coords and not _same_axis(ds["level"].values, ref["level"].values):
-            raise InputError(f"pressure levels differ across files: {ds['level'].values.tolist()} here, {ref['level'].values.tolist()} in {ref_path}", path)
-        if ("number" in ds.dims) != ("number" in ref.dims) or ("number" in ds.dims and not _same_axis(ds["number"].values, ref["number"].values)):
-            raise InputError(f"ensemble members differ across files (this file: {ds['number'].values.tolist() if 'number' in ds.dims else 'none'})", path)
+            raise InputError(
+                f"pressure levels differ across files: {ds['level'].values.tolist()} here, {ref['level'].values.tolist()} in {ref_path}",
+                path,
+            )
+        if ("number" in ds.dims) != ("number" in ref.dims) or (
+            "number" in ds.dims and not _same_axis(ds["number"].values, ref["number"].values)
+        ):
+            raise InputError(
+                f"ensemble members differ across files (this file: {ds['number'].values.tolist() if 'number' in ds.dims else 'none'})",
+                path,
+            )
 
     # group by the variables each file holds (input order kept); join each group along time
     groups: dict[tuple[str, ...], list[tuple[Path, xr.Dataset]]] = {}
@@ -207,7 +235,10 @@ def join_inputs(files: Iterable[str | os.PathLike], sel: Selection, chunk_time: 
             if common:
                 pa, pb = groups[a][0][0], groups[b][0][0]
                 lacking = sorted(set(a) ^ set(b))
-                raise InputError(f"files hold different variables: {pa} has {list(a)}, {pb} has {list(b)} (both have {common}; {lacking} missing in one)", pb)
+                raise InputError(
+                    f"files hold different variables: {pa} has {list(a)}, {pb} has {list(b)} (both have {common}; {lacking} missing in one)",
+                    pb,
+                )
     joined = []
     sources: dict[str, np.ndarray] = {}
     for key, members in groups.items():
@@ -239,5 +270,3 @@ def fmt_date(t, days: int = 0) -> str:
     if t is None:
         return "*"
     return str(np.datetime_as_string(t + np.timedelta64(days, "D"), "D"))
-
-

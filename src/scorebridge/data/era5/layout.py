@@ -133,7 +133,16 @@ class Selection:
         if grid is not None and float(grid) <= 0:
             raise ConfigError("grid", f"grid spacing must be positive; got {grid}")
         member = opts.member
-        return cls(variables, levels, area, start, end_excl, hours, None if member is None else int(member), None if grid is None else float(grid))
+        return cls(
+            variables,
+            levels,
+            area,
+            start,
+            end_excl,
+            hours,
+            None if member is None else int(member),
+            None if grid is None else float(grid),
+        )
 
 
 def _parse_date(text: str | None, key: str) -> np.datetime64 | None:
@@ -156,7 +165,9 @@ def standardise(ds: xr.Dataset, label: str) -> xr.Dataset:
     """Rename the axes and variables of any accepted layout to the contract's names.
 
     No data is read. Raises InputError naming `label` when an axis is missing."""
-    ds = ds.rename({name: _FROM_LONG[name] for name in ds.data_vars if name in _FROM_LONG and _FROM_LONG[name] not in ds})
+    ds = ds.rename(
+        {name: _FROM_LONG[name] for name in ds.data_vars if name in _FROM_LONG and _FROM_LONG[name] not in ds}
+    )
     ds = ds.rename({name: _ALIASES[name] for name in ds.data_vars if name in _ALIASES and _ALIASES[name] not in ds})
 
     # horizontal axes
@@ -269,7 +280,10 @@ def select(ds: xr.Dataset, sel: Selection, label: str, *, need_all: bool = True)
     have = sorted(str(v) for v in ds.data_vars)
     missing = [v for v in sel.variables if v not in ds.data_vars]
     if missing and need_all:
-        raise InputError(f"no variable {', '.join(repr(v) for v in missing)} (the file has: {', '.join(have) or 'no variables'})", label)
+        raise InputError(
+            f"no variable {', '.join(repr(v) for v in missing)} (the file has: {', '.join(have) or 'no variables'})",
+            label,
+        )
     keep = [v for v in sel.variables if v in ds.data_vars]
     ds = ds[keep]
     indexers: dict[str, object] = {}
@@ -279,7 +293,9 @@ def select(ds: xr.Dataset, sel: Selection, label: str, *, need_all: bool = True)
         if sel.member is not None:
             hit = np.flatnonzero(members == sel.member)
             if hit.size == 0:
-                raise InputError(f"ensemble member {sel.member} (key 'member') not present; members: {members.tolist()}", label)
+                raise InputError(
+                    f"ensemble member {sel.member} (key 'member') not present; members: {members.tolist()}", label
+                )
             ds = ds.isel(number=int(hit[0]), drop=True)
         elif ds.sizes["number"] == 1:
             ds = ds.isel(number=0, drop=True)
@@ -292,7 +308,10 @@ def select(ds: xr.Dataset, sel: Selection, label: str, *, need_all: bool = True)
             for lev in want:
                 hit = np.flatnonzero(np.isclose(have_levels, lev, atol=1e-6))
                 if hit.size == 0:
-                    raise InputError(f"pressure level {lev:g} hPa (key 'levels') not present; levels: {[float(x) for x in have_levels]}", label)
+                    raise InputError(
+                        f"pressure level {lev:g} hPa (key 'levels') not present; levels: {[float(x) for x in have_levels]}",
+                        label,
+                    )
                 idx.append(int(hit[0]))
             indexers["level"] = np.asarray(idx)
         else:
@@ -320,7 +339,9 @@ def select(ds: xr.Dataset, sel: Selection, label: str, *, need_all: bool = True)
         ratio = sel.grid / native
         if ratio > 1 + 1e-6:
             if abs(ratio - round(ratio)) > 1e-6:
-                raise ConfigError("grid", f"{sel.grid} deg is not a multiple of the native spacing {native:g} deg of {label}")
+                raise ConfigError(
+                    "grid", f"{sel.grid} deg is not a multiple of the native spacing {native:g} deg of {label}"
+                )
             lat_ok &= np.isclose(np.round(lat / sel.grid) * sel.grid, lat, atol=1e-6)
             lon_ok &= np.isclose(np.round(lon / sel.grid) * sel.grid, lon, atol=1e-6)
     indexers["latitude"] = np.flatnonzero(lat_ok)
@@ -368,7 +389,12 @@ def finish(ds: xr.Dataset, chunk_time: int) -> xr.Dataset:
     ds["time"].attrs = {"standard_name": "time", "long_name": "valid time"}
     if "level" in ds.coords:
         ds["level"] = ds["level"].astype(np.float64)
-        ds["level"].attrs = {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure", "positive": "down"}
+        ds["level"].attrs = {
+            "units": "hPa",
+            "long_name": "pressure",
+            "standard_name": "air_pressure",
+            "positive": "down",
+        }
     for c in ds.coords:
         ds[c].encoding = {}
     return ds

@@ -47,7 +47,11 @@ def join_in_time(members: Sequence[tuple[Path, xr.Dataset]], on_conflict: str) -
     if keep.size < times.size:
         _report(members, times, owner, local, order, first, on_conflict)
     datasets = [ds for _, ds in members]
-    joined = datasets[0] if len(datasets) == 1 else xr.concat(datasets, dim="time", data_vars="minimal", coords="minimal", compat="override", join="override")
+    joined = (
+        datasets[0]
+        if len(datasets) == 1
+        else xr.concat(datasets, dim="time", data_vars="minimal", coords="minimal", compat="override", join="override")
+    )
     if not np.array_equal(keep, np.arange(times.size)):
         joined = joined.isel(time=keep)
     paths = np.array([str(p) for p, _ in members], dtype=object)

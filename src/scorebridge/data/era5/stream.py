@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 def time_block(ds: xr.Dataset, chunk_time: int, block_mb: float) -> int:
     """Time steps per block: a multiple of the zarr time chunk holding about `block_mb` MB."""
-    per_step = sum(v.dtype.itemsize * math.prod(s for d, s in v.sizes.items() if d != "time") for v in ds.data_vars.values())
+    per_step = sum(
+        v.dtype.itemsize * math.prod(s for d, s in v.sizes.items() if d != "time") for v in ds.data_vars.values()
+    )
     steps = max(1, int(block_mb * 1e6 // max(per_step, 1)))
     return max(chunk_time, steps // chunk_time * chunk_time)
 
@@ -88,7 +90,9 @@ def _zarr_array(store: str, name: str, run: str):
         return arr
 
 
-def _write_chunk(x: np.ndarray, store: str, run: str, name: str, region: tuple[slice, ...], level_axis: int | None, time_axis: int):
+def _write_chunk(
+    x: np.ndarray, store: str, run: str, name: str, region: tuple[slice, ...], level_axis: int | None, time_axis: int
+):
     """Write one chunk into its region of the store and return its statistics sums and
     non-finite counts, so that the chunk is read once and dropped when this task ends."""
     x = np.ascontiguousarray(x)
@@ -110,7 +114,9 @@ def _chunk_tasks(x, store: str, run: str, name: str, dims: tuple[str, ...], time
             if axis == time_axis:
                 lo, hi = lo + time_offset, hi + time_offset
             region.append(slice(lo, hi))
-        tasks.append(dask.delayed(_write_chunk, pure=True)(blocks[idx], store, run, name, tuple(region), level_axis, time_axis))
+        tasks.append(
+            dask.delayed(_write_chunk, pure=True)(blocks[idx], store, run, name, tuple(region), level_axis, time_axis)
+        )
     return tasks
 
 
@@ -148,7 +154,10 @@ def stream_to_zarr(
         for start in range(0, nt, block):
             stop = min(nt, start + block)
             sub = ds.isel(time=slice(start, stop))
-            tasks = {name: _chunk_tasks(var.data, str(path), run, name, var.dims, start) for name, var in sub.data_vars.items()}
+            tasks = {
+                name: _chunk_tasks(var.data, str(path), run, name, var.dims, start)
+                for name, var in sub.data_vars.items()
+            }
             (values,) = dask.compute(tasks)
             for name, parts in values.items():
                 acc = sums[name]
@@ -174,7 +183,10 @@ def stream_to_zarr(
             mean = s1 / n
             std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
         if "level" in ds[name].dims:
-            stats[name] = {"mean": [float(x) for x in np.atleast_1d(mean)], "std": [float(x) for x in np.atleast_1d(std)]}
+            stats[name] = {
+                "mean": [float(x) for x in np.atleast_1d(mean)],
+                "std": [float(x) for x in np.atleast_1d(std)],
+            }
         else:
             stats[name] = {"mean": float(mean), "std": float(std)}
     return stats, counts

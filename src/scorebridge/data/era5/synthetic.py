@@ -276,14 +276,19 @@ def synthetic_era5(
     return _to_dataset(psi_nd, plev_vars, single, levels_hpa, grid, 0)[0]
 
 
-def synthetic_blocks(variables: list[str], levels: list[float], grid: SyntheticOptions, block: int) -> Iterator[xr.Dataset]:
+def synthetic_blocks(
+    variables: list[str], levels: list[float], grid: SyntheticOptions, block: int
+) -> Iterator[xr.Dataset]:
     """The dataset of `synthetic_era5` with `grid.dynamics` "stochastic", as consecutive
     time blocks of at most `block` steps (the first: `SCALE_TIMES`; memory: a few times one block's fields in
     float64), so that thousands of times on large grids stream to a store. The RMS eddy
     wind and the vorticity scale of the humidity are set by the first `SCALE_TIMES` times, so
     the blocks do not change the result."""
     if grid.dynamics != "stochastic":
-        raise ConfigError("synthetic.dynamics", "time blocks need dynamics 'stochastic' (the turbulence run is scaled by all its times at once)")
+        raise ConfigError(
+            "synthetic.dynamics",
+            "time blocks need dynamics 'stochastic' (the turbulence run is scaled by all its times at once)",
+        )
     plev_vars, single, levels_hpa = _check(variables, levels)
     dt_out = grid.step_hours / grid.turnover_hours
     stream = stochastic_streamfunction(grid.nlat, grid.nlon, grid.ntime, dt_out, seed=grid.seed, block=block)
@@ -300,8 +305,17 @@ def synthetic_blocks(variables: list[str], levels: list[float], grid: SyntheticO
 
 
 def stochastic_streamfunction(
-    ny: int, nx: int, nsteps: int, dt_out: float, *, seed: int, block: int, nmodes: int = 2,
-    k_peak: float = 1.5, advect: float = 0.6, rate: float = 0.25,
+    ny: int,
+    nx: int,
+    nsteps: int,
+    dt_out: float,
+    *,
+    seed: int,
+    block: int,
+    nmodes: int = 2,
+    k_peak: float = 1.5,
+    advect: float = 0.6,
+    rate: float = 0.25,
 ) -> Iterator[np.ndarray]:
     """Streamfunctions (n, nmodes, ny, nx) float64 in consecutive blocks of at most `block`
     steps: each vorticity Fourier coefficient an Ornstein-Uhlenbeck process about zero
@@ -342,7 +356,15 @@ def stochastic_streamfunction(
         yield _fft.irfft2(-zh * k2_inv, s=(ny, nx))
 
 
-def _to_dataset(psi_nd: np.ndarray, plev_vars: list[str], single: list[str], levels_hpa: np.ndarray, grid: SyntheticOptions, start: int, scales: dict | None = None) -> tuple[xr.Dataset, dict]:
+def _to_dataset(
+    psi_nd: np.ndarray,
+    plev_vars: list[str],
+    single: list[str],
+    levels_hpa: np.ndarray,
+    grid: SyntheticOptions,
+    start: int,
+    scales: dict | None = None,
+) -> tuple[xr.Dataset, dict]:
     """The CDS-layout dataset of non-dimensional streamfunctions `psi_nd` (n, 2, ny, nx),
     the output times `start`..`start + n`; and the `scales` it used (the RMS eddy wind per
     mode and the vorticity std of the humidity, computed from `psi_nd` when None)."""
@@ -366,7 +388,11 @@ def _to_dataset(psi_nd: np.ndarray, plev_vars: list[str], single: list[str], lev
     dpsi_dy = _fft.irfft2(1j * ky * sy * psi_h, s=psi_nd.shape[-2:])
     # vorticity only for the humidity and vo (the single-level fields are t, u, v, z at 1000 hPa)
     need_lap = bool({"q", "r", "vo"} & set(plev_vars))
-    lap = _fft.irfft2(-((kx * sx) ** 2 + (ky * sy) ** 2) * psi_h, s=psi_nd.shape[-2:]) if need_lap else np.zeros_like(psi_nd[:1])
+    lap = (
+        _fft.irfft2(-((kx * sx) ** 2 + (ky * sy) ** 2) * psi_h, s=psi_nd.shape[-2:])
+        if need_lap
+        else np.zeros_like(psi_nd[:1])
+    )
     rms = scales["rms"] if fixed else np.sqrt(np.mean(dpsi_dx**2 + dpsi_dy**2, axis=(0, 2, 3)))  # per mode
     scales["rms"] = rms
     scale = np.array([grid.eddy_wind, 0.5 * grid.eddy_wind])[: rms.size] / rms
@@ -390,7 +416,11 @@ def _to_dataset(psi_nd: np.ndarray, plev_vars: list[str], single: list[str], lev
             out["v"] = sel(dpsi_dx, a, b)
         if "z" in names:
             # geopotential: mean + geostrophic mean-flow gradient (-f0 Ubar y) + eddies (f0 psi)
-            out["z"] = _std_geopotential(p)[None, :, None, None] - f0 * ubar[None, :, None, None] * y[None, None] + f0 * sel(psi, a, b)
+            out["z"] = (
+                _std_geopotential(p)[None, :, None, None]
+                - f0 * ubar[None, :, None, None] * y[None, None]
+                + f0 * sel(psi, a, b)
+            )
         if names & {"t", "q"}:
             # hydrostatic temperature T = -(1/R) dPhi/dlnp; the mean part from the standard atmosphere
             dphi_eddy = f0 * sel(psi, da, db) - f0 * dubar[None, :, None, None] * y[None, None]
@@ -410,19 +440,54 @@ def _to_dataset(psi_nd: np.ndarray, plev_vars: list[str], single: list[str], lev
 
     data_vars = {}
     coords = {
-        "number": ((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}),
-        "valid_time": ("valid_time", times.values.astype("datetime64[ns]"), {"long_name": "time", "standard_name": "time"}),
-        "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}),
-        "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}),
+        "number": (
+            (),
+            np.int64(0),
+            {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"},
+        ),
+        "valid_time": (
+            "valid_time",
+            times.values.astype("datetime64[ns]"),
+            {"long_name": "time", "standard_name": "time"},
+        ),
+        "latitude": (
+            "latitude",
+            lat,
+            {
+                "units": "degrees_north",
+                "standard_name": "latitude",
+                "long_name": "latitude",
+                "stored_direction": "decreasing",
+            },
+        ),
+        "longitude": (
+            "longitude",
+            lon,
+            {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"},
+        ),
         "expver": ("valid_time", np.array(["0001"] * ntime, dtype=object), {"long_name": "Experiment version"}),
     }
     if plev_vars:
-        coords["pressure_level"] = ("pressure_level", levels_hpa, {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure", "positive": "down", "stored_direction": "decreasing"})
+        coords["pressure_level"] = (
+            "pressure_level",
+            levels_hpa,
+            {
+                "units": "hPa",
+                "long_name": "pressure",
+                "standard_name": "air_pressure",
+                "positive": "down",
+                "stored_direction": "decreasing",
+            },
+        )
         fields = level_fields(levels_hpa, "levels", set(plev_vars))
         for name in plev_vars:
             std_name, long_name, units = PRESSURE_VARIABLES[name]
             attrs = {"units": units, "long_name": long_name, "standard_name": std_name, "GRIB_shortName": name}
-            data_vars[name] = (("valid_time", "pressure_level", "latitude", "longitude"), fields[name].astype(np.float32), attrs)
+            data_vars[name] = (
+                ("valid_time", "pressure_level", "latitude", "longitude"),
+                fields[name].astype(np.float32),
+                attrs,
+            )
     if single:
         near = level_fields(np.array([1000.0]), "single", {_NEAR[v] for v in single})
         sfc = {

@@ -77,13 +77,41 @@ _WHOLE = {  # whole strings (lower case) that the token grammar below does not c
     "°c": (("degC", 1),),
 }
 _BASES = {
-    "k": "K", "kelvin": "K", "degk": "K", "deg_k": "K", "degrees_k": "K", "degree_kelvin": "K",
-    "degc": "degC", "deg_c": "degC", "celsius": "degC", "degree_celsius": "degC", "degrees_celsius": "degC", "°c": "degC",
-    "pa": "Pa", "pascal": "Pa", "pascals": "Pa",
-    "hpa": "hPa", "mb": "hPa", "mbar": "hPa", "millibar": "hPa", "millibars": "hPa",
-    "m": "m", "meter": "m", "metre": "m", "meters": "m", "metres": "m",
-    "s": "s", "sec": "s", "second": "s", "seconds": "s",
-    "kg": "kg", "kilogram": "kg", "kilograms": "kg", "g": "g", "km": "km", "%": "%",
+    "k": "K",
+    "kelvin": "K",
+    "degk": "K",
+    "deg_k": "K",
+    "degrees_k": "K",
+    "degree_kelvin": "K",
+    "degc": "degC",
+    "deg_c": "degC",
+    "celsius": "degC",
+    "degree_celsius": "degC",
+    "degrees_celsius": "degC",
+    "°c": "degC",
+    "pa": "Pa",
+    "pascal": "Pa",
+    "pascals": "Pa",
+    "hpa": "hPa",
+    "mb": "hPa",
+    "mbar": "hPa",
+    "millibar": "hPa",
+    "millibars": "hPa",
+    "m": "m",
+    "meter": "m",
+    "metre": "m",
+    "meters": "m",
+    "metres": "m",
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "seconds": "s",
+    "kg": "kg",
+    "kilogram": "kg",
+    "kilograms": "kg",
+    "g": "g",
+    "km": "km",
+    "%": "%",
 }
 _TOKEN = re.compile(r"\s*(/)?\s*([A-Za-z_°%]+)\s*(?:(?:\*\*|\^)\s*)?([-+]?\d+)?\s*")
 
@@ -172,8 +200,13 @@ def harmonise_units(parts: Sequence[tuple[object, xr.Dataset]]) -> list[tuple[ob
             conv = conversion(have, want)
             if conv is None:
                 if where is None:
-                    raise InputError(f"variable '{name}' is in '{have}'; ERA5 '{want}' expected (known conversions: {_KNOWN}); convert the file or leave it out", label)
-                raise InputError(f"variable '{name}' is in '{have}' but in '{want}' in {where} (known conversions: {_KNOWN})", label)
+                    raise InputError(
+                        f"variable '{name}' is in '{have}'; ERA5 '{want}' expected (known conversions: {_KNOWN}); convert the file or leave it out",
+                        label,
+                    )
+                raise InputError(
+                    f"variable '{name}' is in '{have}' but in '{want}' in {where} (known conversions: {_KNOWN})", label
+                )
             scale, offset, how = conv
             if how:
                 log.info("%s: '%s' in %s converted to %s (%s)", label, name, have, want, how)

@@ -53,7 +53,9 @@ def ingest_cli(argv: list[str]) -> int:
 def collocate_cli(argv: list[str]) -> int:
     """`scorebridge igra-collocate --spec JSON --igra X.zarr --era5 Y.zarr --out Z.zarr`."""
     p = job_parser("igra-collocate", "soundings inside an ERA5 grid, matched to its times", spec=False)
-    p.add_argument("--spec", required=True, help="the IGRA dataset's config entry as JSON (uses collocate.tolerance_hours)")
+    p.add_argument(
+        "--spec", required=True, help="the IGRA dataset's config entry as JSON (uses collocate.tolerance_hours)"
+    )
     p.add_argument("--igra", required=True, help="IGRA zarr (scorebridge igra-ingest)")
     p.add_argument("--era5", required=True, help="ERA5 zarr (data contract)")
     p.add_argument("--out", required=True, help="collocated obs zarr to write")

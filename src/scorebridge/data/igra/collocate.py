@@ -58,7 +58,9 @@ def era5_grid(ds, path="ERA5") -> dict:
     """The grid an ERA5-contract dataset lives on: times, levels (hPa), lat/lon ranges."""
     missing = [c for c in ("time", "level", "latitude", "longitude") if c not in ds.coords]
     if missing:
-        raise InputError(f"the ERA5 dataset lacks coordinate(s) {missing} (data contract: time, level, latitude, longitude)", path)
+        raise InputError(
+            f"the ERA5 dataset lacks coordinate(s) {missing} (data contract: time, level, latitude, longitude)", path
+        )
     times = ds["time"].to_numpy().astype("datetime64[ns]")
     if len(times) == 0:
         raise InputError("the ERA5 dataset has no time steps", path)
@@ -136,7 +138,9 @@ def collocate(obs, grid: dict, tolerance_hours: float):
             f"({np.datetime_as_string(t[0], 'm')}..{np.datetime_as_string(t[-1], 'm')}, {len(t)} steps); "
             f"launch times span {df['time'].min()}..{df['time'].max()}"
         )
-    snd = snd.sort_values(["station", "time_index", "dt", "time"]).drop_duplicates(["station", "time_index"], keep="first")
+    snd = snd.sort_values(["station", "time_index", "dt", "time"]).drop_duplicates(
+        ["station", "time_index"], keep="first"
+    )
     df = df.merge(snd[["station", "time", "time_index"]], on=["station", "time"], how="inner")
 
     # 3. levels within the ERA5 level range, with at least one value
@@ -163,9 +167,17 @@ def collocate(obs, grid: dict, tolerance_hours: float):
             "t": ("obs", df["temperature"].to_numpy(f32), {"units": "K", "long_name": "temperature"}),
             "u": ("obs", df["u"].to_numpy(f32), {"units": "m s-1", "long_name": "eastward wind"}),
             "v": ("obs", df["v"].to_numpy(f32), {"units": "m s-1", "long_name": "northward wind"}),
-            "z": ("obs", (df["gph"].to_numpy(np.float64) * G0).astype(f32), {"units": "m2 s-2", "long_name": "geopotential"}),
+            "z": (
+                "obs",
+                (df["gph"].to_numpy(np.float64) * G0).astype(f32),
+                {"units": "m2 s-2", "long_name": "geopotential"},
+            ),
             "launch_time": ("obs", df["time"].to_numpy().astype("datetime64[ns]")),
-            "surface": ("obs", df["surface"].to_numpy(bool), {"long_name": "surface record (IGRA LVLTYP2 = 1); t, u, v observe t2m, u10, v10"}),
+            "surface": (
+                "obs",
+                df["surface"].to_numpy(bool),
+                {"long_name": "surface record (IGRA LVLTYP2 = 1); t, u, v observe t2m, u10, v10"},
+            ),
         }
     )
     out.attrs["summary"] = json.dumps(
@@ -187,7 +199,9 @@ def _json_attr(ds, name: str):
         return str(ds.attrs.get(name))
 
 
-def collocate_stores(spec: CollocateOptions | Mapping, igra: str | os.PathLike, era5: str | os.PathLike, out: str | os.PathLike) -> dict:
+def collocate_stores(
+    spec: CollocateOptions | Mapping, igra: str | os.PathLike, era5: str | os.PathLike, out: str | os.PathLike
+) -> dict:
     """Collocate the IGRA zarr `igra` with the grid of the ERA5 zarr `era5` as the
     `collocate` block `spec` says (options, or a dict the schema fills) and write the
     collocated obs to `out` (atomically), with provenance; return the summary."""
@@ -215,8 +229,10 @@ def collocate_stores(spec: CollocateOptions | Mapping, igra: str | os.PathLike, 
         }
     )
     with atomic_path(out) as tmp:
-        enc = {"time": {"units": "seconds since 1900-01-01", "dtype": "int64"},
-               "launch_time": {"units": "seconds since 1900-01-01", "dtype": "int64"}}
+        enc = {
+            "time": {"units": "seconds since 1900-01-01", "dtype": "int64"},
+            "launch_time": {"units": "seconds since 1900-01-01", "dtype": "int64"},
+        }
         out_ds.to_zarr(tmp, mode="w", encoding=enc, consolidated=False)
     log.info("collocated %s on %s: %s -> %s", igra, era5, out_ds.attrs["summary"], out)
     return json.loads(out_ds.attrs["summary"])

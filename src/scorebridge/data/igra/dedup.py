@@ -107,7 +107,11 @@ class Deduplicator:
                 self.dropped[(prev[0], source)] += 1
                 continue
             when = np.datetime_as_string(np.datetime64(times[i], "ns"), "m")
-            what = f"{prev[3]} vs {nlev[i]} levels" if prev[3] != nlev[i] else f"the same {nlev[i]} levels with different values"
+            what = (
+                f"{prev[3]} vs {nlev[i]} levels"
+                if prev[3] != nlev[i]
+                else f"the same {nlev[i]} levels with different values"
+            )
             raise InputError(
                 f"two different soundings of station {key[0]} launched at {when}: {prev[0]}, line {prev[1]} and "
                 f"{source}, line {lines[i]} ({what}); a station's sounding at one launch time may be given once: "
@@ -124,6 +128,11 @@ class Deduplicator:
         out = []
         for (kept, dropped), n in self.dropped.items():
             where = f"earlier in {kept}" if kept == dropped else f"in {kept}"
-            log.warning("%s: %d sounding(s) repeat identical soundings (station, launch time, levels) %s; the repeats were dropped", dropped, n, where)
+            log.warning(
+                "%s: %d sounding(s) repeat identical soundings (station, launch time, levels) %s; the repeats were dropped",
+                dropped,
+                n,
+                where,
+            )
             out.append({"kept": kept, "dropped": dropped, "soundings": n})
         return out

@@ -111,11 +111,26 @@ _DD = {name: (a - 1, b) for name, a, b in DERIVED_DATA_COLUMNS}
 LEVEL_VARIABLES: dict[str, tuple[str, float, str, str]] = {
     "PRESS": ("pressure", 1.0, "Pa", "reported pressure"),
     "REPGPH": ("gph", 1.0, "m", "reported geopotential height"),
-    "CALCGPH": ("calc_gph", 1.0, "m", "calculated geopotential height (hydrostatic, from the next lower reported height)"),
+    "CALCGPH": (
+        "calc_gph",
+        1.0,
+        "m",
+        "calculated geopotential height (hydrostatic, from the next lower reported height)",
+    ),
     "TEMP": ("temperature", 0.1, "K", "reported temperature"),
-    "TEMPGRAD": ("temperature_gradient", 0.1, "K km-1", "temperature gradient to the next higher level with a temperature"),
+    "TEMPGRAD": (
+        "temperature_gradient",
+        0.1,
+        "K km-1",
+        "temperature gradient to the next higher level with a temperature",
+    ),
     "PTEMP": ("potential_temperature", 0.1, "K", "potential temperature"),
-    "PTEMPGRAD": ("potential_temperature_gradient", 0.1, "K km-1", "potential temperature gradient to the next higher level"),
+    "PTEMPGRAD": (
+        "potential_temperature_gradient",
+        0.1,
+        "K km-1",
+        "potential temperature gradient to the next higher level",
+    ),
     "VTEMP": ("virtual_temperature", 0.1, "K", "virtual temperature"),
     "VPTEMP": ("virtual_potential_temperature", 0.1, "K", "virtual potential temperature"),
     "VAPPRESS": ("vapor_pressure", 0.1, "Pa", "vapour pressure (from temperature, pressure and dew-point depression)"),
@@ -151,7 +166,10 @@ SOUNDING_VARIABLES: dict[str, tuple[str, float, str, str]] = {
     "CAPE": ("cape", 1.0, "J kg-1", "convective available potential energy"),
     "CIN": ("cin", 1.0, "J kg-1", "convective inhibition"),
 }
-DERIVED_ATTRS = {name: {"units": units, "long_name": long} for name, _, units, long in (*LEVEL_VARIABLES.values(), *SOUNDING_VARIABLES.values())}
+DERIVED_ATTRS = {
+    name: {"units": units, "long_name": long}
+    for name, _, units, long in (*LEVEL_VARIABLES.values(), *SOUNDING_VARIABLES.values())
+}
 
 
 def detect_product(data: bytes) -> str:
@@ -177,7 +195,16 @@ def _fill(width: int, columns: list[tuple[str, int, int]], values: Mapping[str, 
     return "".join(line)
 
 
-def format_derived_header(station: str, year: int, month: int, day: int, hour: int, reltime: int, numlev: int, params: Mapping[str, int] | None = None) -> str:
+def format_derived_header(
+    station: str,
+    year: int,
+    month: int,
+    day: int,
+    hour: int,
+    reltime: int,
+    numlev: int,
+    params: Mapping[str, int] | None = None,
+) -> str:
     """One derived-parameter header record (157 columns); `params` maps PW ... CIN to
     integers in the file's units (missing ones are written -99999)."""
     if len(station) > 11:
@@ -186,8 +213,16 @@ def format_derived_header(station: str, year: int, month: int, day: int, hour: i
     unknown = set(params) - set(SOUNDING_VARIABLES)
     if unknown:
         raise ValueError(f"unknown header parameter(s) {sorted(unknown)}; known: {list(SOUNDING_VARIABLES)}")
-    values = {"HEADREC": "#", "ID": station, "YEAR": f"{year:04d}", "MONTH": f"{month:02d}", "DAY": f"{day:02d}",
-              "HOUR": f"{hour:02d}", "RELTIME": f"{reltime:04d}", "NUMLEV": numlev}
+    values = {
+        "HEADREC": "#",
+        "ID": station,
+        "YEAR": f"{year:04d}",
+        "MONTH": f"{month:02d}",
+        "DAY": f"{day:02d}",
+        "HOUR": f"{hour:02d}",
+        "RELTIME": f"{reltime:04d}",
+        "NUMLEV": numlev,
+    }
     values.update({k: params.get(k, DERIVED_MISSING) for k in SOUNDING_VARIABLES})
     return _fill(DERIVED_HEADER_WIDTH, DERIVED_HEADER_COLUMNS, values)
 
@@ -211,7 +246,9 @@ def parse_derived(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraDat
     longitude are NaN until `place_stations` fills them. Errors name the line and columns."""
     source = str(source)
     if detect_product(data) == "data":
-        raise InputError(f"this is an IGRA sounding data file ({DATA_HINT}), not derived parameters; set product: data", source)
+        raise InputError(
+            f"this is an IGRA sounding data file ({DATA_HINT}), not derived parameters; set product: data", source
+        )
     rec = split_records(
         data,
         source,
@@ -237,7 +274,10 @@ def parse_derived(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraDat
     }
     for field, (name, scale, _, _) in SOUNDING_VARIABLES.items():
         soundings[name] = physical(hv[field], scale, missing=(DERIVED_MISSING,)).astype(np.float32)
-    obs = {name: physical(raw[field], scale, missing=(DERIVED_MISSING,)).astype(np.float32) for field, (name, scale, _, _) in LEVEL_VARIABLES.items()}
+    obs = {
+        name: physical(raw[field], scale, missing=(DERIVED_MISSING,)).astype(np.float32)
+        for field, (name, scale, _, _) in LEVEL_VARIABLES.items()
+    }
     return IgraData(soundings, obs, source, [source])
 
 

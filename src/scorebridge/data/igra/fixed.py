@@ -16,7 +16,17 @@ import numpy as np
 from ...errors import InputError
 from .format import MISSING, REMOVED
 
-__all__ = ["CHARS", "FieldError", "Records", "record_lines", "split_records", "int_field", "text_field", "physical", "launch_times"]
+__all__ = [
+    "CHARS",
+    "FieldError",
+    "Records",
+    "record_lines",
+    "split_records",
+    "int_field",
+    "text_field",
+    "physical",
+    "launch_times",
+]
 
 CHARS = np.array([chr(i) for i in range(256)], dtype="U1")  # byte -> one-character str
 
@@ -90,7 +100,9 @@ def text_field(buf: np.ndarray, starts: np.ndarray, name: str, cols: dict[str, t
     return np.char.strip(f.view(f"S{b - a}").ravel().astype(f"U{b - a}"))
 
 
-def physical(raw: np.ndarray, scale: float = 1.0, offset: float = 0.0, missing: tuple[int, ...] = (MISSING, REMOVED)) -> np.ndarray:
+def physical(
+    raw: np.ndarray, scale: float = 1.0, offset: float = 0.0, missing: tuple[int, ...] = (MISSING, REMOVED)
+) -> np.ndarray:
     """Scale an integer column to SI; the `missing` codes (by default -9999, missing, and
     -8888, removed by QC) -> NaN."""
     out = raw * scale + offset
@@ -161,11 +173,19 @@ def _decode(buf, starts, lines, names, cols, what: str, source: str) -> dict[str
         return {k: int_field(buf, starts, k, cols) for k in names}
     except FieldError as err:
         a, b = cols[err.column]
-        raise InputError(f"{what} column {err.column} (columns {a + 1}-{b}): '{err.text}' {err.why}", source, int(lines[err.row])) from None
+        raise InputError(
+            f"{what} column {err.column} (columns {a + 1}-{b}): '{err.text}' {err.why}", source, int(lines[err.row])
+        ) from None
 
 
 def split_records(
-    data: bytes, source: str, *, header_width: int, data_width: int, header_names, header_cols: dict[str, tuple[int, int]]
+    data: bytes,
+    source: str,
+    *,
+    header_width: int,
+    data_width: int,
+    header_names,
+    header_cols: dict[str, tuple[int, int]],
 ) -> Records:
     """Find the header ('#') and data records of `data`, decode the integer header fields
     `header_names` (NUMLEV among them) and check that each header is followed by NUMLEV
@@ -184,7 +204,11 @@ def split_records(
     short = hlen < header_width
     if short.any():
         k = int(np.argmax(short))
-        raise InputError(f"header record too short ({int(hlen[k])} characters, expected {header_width})", source, int(lineno[hrow[k]]))
+        raise InputError(
+            f"header record too short ({int(hlen[k])} characters, expected {header_width})",
+            source,
+            int(lineno[hrow[k]]),
+        )
     hv = _decode(buf, starts[hrow], lineno[hrow], header_names, header_cols, "header", source)
 
     # sounding structure: NUMLEV data records follow each header
@@ -214,5 +238,9 @@ def split_records(
     short = dlen < data_width
     if short.any():
         k = int(np.argmax(short))
-        raise InputError(f"data record too short ({int(dlen[k])} characters, expected {data_width}): truncated line?", source, int(lineno[drow[k]]))
+        raise InputError(
+            f"data record too short ({int(dlen[k])} characters, expected {data_width}): truncated line?",
+            source,
+            int(lineno[drow[k]]),
+        )
     return Records(buf, starts[hrow], lineno[hrow], starts[drow], lineno[drow], hv)

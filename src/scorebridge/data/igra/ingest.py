@@ -68,7 +68,11 @@ def station_files(inputs: Iterable[str | Path], product: str | None = None) -> l
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and any(m in q.name for m in marks) and q.name.endswith((".txt", ".zip")))
+            found = sorted(
+                q
+                for q in p.iterdir()
+                if q.is_file() and any(m in q.name for m in marks) and q.name.endswith((".txt", ".zip"))
+            )
             if not found:
                 names = " or ".join(f"*{m}*.txt, *{m}*.txt.zip" for m in marks)
                 raise InputError(f"no IGRA station files ({names}) in this directory", p)
@@ -192,20 +196,30 @@ SOUNDING_ATTRS = {
     "latitude": {"units": "degrees_north", "long_name": "station latitude"},
     "longitude": {"units": "degrees_east", "long_name": "station longitude"},
 }
-OBS_ATTRS = {"station": {"long_name": "IGRA station id of the level's sounding"}, "time": {"long_name": "nominal launch time of the level's sounding"}}
+OBS_ATTRS = {
+    "station": {"long_name": "IGRA station id of the level's sounding"},
+    "time": {"long_name": "nominal launch time of the level's sounding"},
+}
 
 
 def _with_standard_names(attrs: dict) -> dict:
-    return {k: ({**a, "standard_name": STANDARD_NAMES[k]} if k in STANDARD_NAMES else dict(a)) for k, a in attrs.items()}
+    return {
+        k: ({**a, "standard_name": STANDARD_NAMES[k]} if k in STANDARD_NAMES else dict(a)) for k, a in attrs.items()
+    }
 
 
 # variable attributes of each product's store
 VARIABLE_ATTRS = {
     "data": _with_standard_names({**ATTRS, **OBS_ATTRS}),
-    "derived": _with_standard_names({"latitude": ATTRS["latitude"], "longitude": ATTRS["longitude"], **OBS_ATTRS, **DERIVED_ATTRS}),
+    "derived": _with_standard_names(
+        {"latitude": ATTRS["latitude"], "longitude": ATTRS["longitude"], **OBS_ATTRS, **DERIVED_ATTRS}
+    ),
 }
 VARIABLE_ATTRS["data"]["pressure"]["positive"] = VARIABLE_ATTRS["derived"]["pressure"]["positive"] = "down"
-FORMATS = {"data": "IGRA v2.2 (igra2-data-format.txt, 2023-01-19)", "derived": "IGRA v2.2 derived parameters (igra2-derived-format.txt, 2023-01-19)"}
+FORMATS = {
+    "data": "IGRA v2.2 (igra2-data-format.txt, 2023-01-19)",
+    "derived": "IGRA v2.2 derived parameters (igra2-derived-format.txt, 2023-01-19)",
+}
 TITLES = {"data": "IGRA v2 soundings (scorebridge)", "derived": "IGRA v2 derived sounding parameters (scorebridge)"}
 
 
@@ -283,7 +297,10 @@ def _product(opts: IgraOptions, found: str, first: tuple[str, Path] | None, f: P
     hint = {"data": DATA_HINT, "derived": DERIVED_HINT}[found]
     what = {"data": "a sounding data file", "derived": "an IGRA derived-parameter file"}[found]
     if opts.product is not None and found != opts.product:
-        raise InputError(f"this is {what} ({hint}) but product is '{opts.product}'; set product: {found} (or leave it unset to detect it)", f)
+        raise InputError(
+            f"this is {what} ({hint}) but product is '{opts.product}'; set product: {found} (or leave it unset to detect it)",
+            f,
+        )
     if first is not None and found != first[0]:
         raise InputError(
             f"this is {what} but {first[1]} is {'a sounding data file' if first[0] == 'data' else 'a derived-parameter file'}: "
@@ -351,7 +368,14 @@ def ingest(spec: IgraOptions | Mapping, inputs: Sequence[str | Path], out: str |
                 f"{totals['soundings_read']} soundings / {totals['obs_read']} levels were read from {len(files)} file(s)"
             )
         product = first[0] if first else "data"
-        summary = {"soundings": app.soundings, "obs": app.rows, **totals, "duplicates_dropped": dedup.n_dropped, "stations": len(seen_stations), "product": product}
+        summary = {
+            "soundings": app.soundings,
+            "obs": app.rows,
+            **totals,
+            "duplicates_dropped": dedup.n_dropped,
+            "stations": len(seen_stations),
+            "product": product,
+        }
         provenance = {
             "source": opts.source,
             "product": product,

@@ -46,7 +46,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             with zipfile.ZipFile(path) as zf:
                 members = [m for m in zf.infolist() if not m.is_dir()]
                 if len(members) != 1:
-                    raise InputError(f"expected one file inside the zip archive, found {[m.filename for m in members]}", path)
+                    raise InputError(
+                        f"expected one file inside the zip archive, found {[m.filename for m in members]}", path
+                    )
                 return zf.read(members[0])
         return path.read_bytes()
     except FileNotFoundError:
@@ -64,7 +66,9 @@ def parse_igra(data: bytes, source: str | os.PathLike = "<bytes>") -> IgraData:
     """
     source = str(source)
     if detect_product(data) == "derived":
-        raise InputError(f"this is an IGRA derived-parameter file ({DERIVED_HINT}), not sounding data; set product: derived", source)
+        raise InputError(
+            f"this is an IGRA derived-parameter file ({DERIVED_HINT}), not sounding data; set product: derived", source
+        )
     rec = split_records(
         data,
         source,

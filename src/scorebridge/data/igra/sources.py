@@ -94,7 +94,11 @@ def http_download(url: str, dest: Path, http: HttpOptions, *, session=None, desc
                     if total is not None and got != total:
                         raise requests.exceptions.ChunkedEncodingError(f"got {got} of {total} bytes")
                 return dest
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as err:
             last = f"{type(err).__name__}: {err}"
     raise InputError(f"download failed after {retries + 1} attempts: {last}", url)
 

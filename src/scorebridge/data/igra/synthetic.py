@@ -123,7 +123,9 @@ def synthesize_soundings(ds, syn: SoundingsOptions | Mapping) -> SyntheticSoundi
         raise InputError("the ERA5 dataset has no pressure levels (coordinate 'level') to sample soundings from")
     present = [v for v in ("t", "u", "v", "z", "q") if v in ds.data_vars and "level" in ds[v].dims]
     if "t" not in present:
-        raise InputError(f"the ERA5 dataset has no temperature 't' on pressure levels (variables: {sorted(ds.data_vars)})")
+        raise InputError(
+            f"the ERA5 dataset has no temperature 't' on pressure levels (variables: {sorted(ds.data_vars)})"
+        )
     hours = syn.hours
     times = pd.DatetimeIndex(ds["time"].to_numpy())
     tsel = np.ones(len(times), bool) if hours is None else np.isin(times.hour, list(hours))
@@ -212,8 +214,19 @@ def synthesize_soundings(ds, syn: SoundingsOptions | Mapping) -> SyntheticSoundi
         for it, when in enumerate(times):
             rel_min = (when.hour * 60 - 45 + int(rng.integers(-10, 11))) % 1440
             lines.append(
-                format_header(sid, when.year, when.month, when.day, when.hour, (rel_min // 60) * 100 + rel_min % 60, nlev,
-                              float(slat[s]), float(lon180(slon[s])), "ncdc-gts", "ncdc-gts")
+                format_header(
+                    sid,
+                    when.year,
+                    when.month,
+                    when.day,
+                    when.hour,
+                    (rel_min // 60) * 100 + rel_min % 60,
+                    nlev,
+                    float(slat[s]),
+                    float(lon180(slon[s])),
+                    "ncdc-gts",
+                    "ncdc-gts",
+                )
             )
             z0 = gph[it, s, 0]
             for i in range(nlev):
@@ -244,7 +257,11 @@ def synthesize_soundings(ds, syn: SoundingsOptions | Mapping) -> SyntheticSoundi
                     temp_i = REMOVED
                 zz_i = MISSING if np.isnan(zz) else int(round(zz))
                 elapsed = (zz - z0) / 5.0  # ~5 m/s ascent
-                etime_i = MISSING if (np.isnan(elapsed) or (not top and m_e[it, s, i])) else int(elapsed // 60) * 100 + int(elapsed % 60)
+                etime_i = (
+                    MISSING
+                    if (np.isnan(elapsed) or (not top and m_e[it, s, i]))
+                    else int(elapsed // 60) * 100 + int(elapsed % 60)
+                )
                 lines.append(
                     format_data_record(
                         3 if top else (1 if std[i] else 2),

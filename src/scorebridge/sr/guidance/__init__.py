@@ -27,7 +27,9 @@ __all__ = ["Denoiser", "Units", "SDADenoiser", "DPSCorrection", "MMPSDenoiser", 
 METHODS = ("sda", "dps", "mmps", "none")
 
 
-def guide(prior: Denoiser, observations: Sequence[Observation], units: Units, method: str, cg_iterations: int = 1) -> tuple[Denoiser, DPSCorrection | None]:
+def guide(
+    prior: Denoiser, observations: Sequence[Observation], units: Units, method: str, cg_iterations: int = 1
+) -> tuple[Denoiser, DPSCorrection | None]:
     """The denoiser and the in-step correction (or None) of guidance ``method``:
     ``"sda"``, ``"dps"``, ``"mmps"`` (``cg_iterations`` conjugate-gradient steps per
     evaluation) or ``"none"`` (the prior: unconditional samples, also when there are no

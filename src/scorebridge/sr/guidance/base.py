@@ -43,7 +43,9 @@ class Units:
         return self.mean + self.std * x0
 
 
-def residuals(observations: Sequence[Observation], xp: torch.Tensor) -> Iterator[tuple[Observation, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def residuals(
+    observations: Sequence[Observation], xp: torch.Tensor
+) -> Iterator[tuple[Observation, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(observation, y, A xp, mask)`` per modality for physical fields ``xp[B, ...]``;
     observations shared by the batch (batch 1) are expanded to it."""
     for ob in observations:

@@ -109,7 +109,10 @@ class MMPSDenoiser:
 
             def matvec(vs: Vectors) -> Vectors:  # (Sigma_y + s^2 A' J A'^T) v
                 w = self.units.std * (s2 * jt(adjoint(vs)))
-                return [torch.where(m, sv * v + ob.operator(w), torch.zeros_like(v)) for ob, v, sv, m in zip(self.observations, vs, var, masks)]
+                return [
+                    torch.where(m, sv * v + ob.operator(w), torch.zeros_like(v))
+                    for ob, v, sv, m in zip(self.observations, vs, var, masks)
+                ]
 
             u = conjugate_gradient(matvec, b, self.iterations)
             g = jt(adjoint(u), last=True)
