@@ -94,3 +94,18 @@ def test_the_layout_of_the_architecture_page():
     doc = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
     for sub in ("core", "data/era5", "data/igra", "data/cells", "sr", "bridge", "tracking"):
         assert sub in doc, f"docs/ARCHITECTURE.md does not mention {sub}"
+
+
+def test_ruff_lint_and_format_are_clean():
+    """`make lint`'s ruff checks: pyflakes/pycodestyle/import order, and the formatter."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    root = SRC.parent
+    paths = ["src", "tests", "benchmarks"]
+    lint = subprocess.run([ruff, "check", *paths], cwd=root, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout[-3000:]
+    fmt = subprocess.run([ruff, "format", "--check", *paths], cwd=root, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout[-3000:]
