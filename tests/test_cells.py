@@ -258,7 +258,7 @@ def test_text_time_labels_parsed_or_mapped(tmp_path):
     """Labels such as 'day2' are read as the number they hold when every label shares the
     same text around it (recorded in attrs time_labels); labels in different units need
     time_map, and a time_map that misses a label names it."""
-    from scorebridge.data.cells.read import parse_time_labels
+    from scorebridge.data.cells.snapshots import parse_time_labels
 
     assert parse_time_labels(["day0", "day2.5", "day10"]) == {"day0": 0.0, "day2.5": 2.5, "day10": 10.0}
     assert parse_time_labels(["E7.5", "e8.25"]) == {"E7.5": 7.5, "e8.25": 8.25}

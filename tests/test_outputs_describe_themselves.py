@@ -63,7 +63,7 @@ def test_draw_coastlines_keeps_the_axes_limits():
 
 def test_binned_spread_error_matches_the_spread_skill_ratio():
     from scorebridge.sr import metrics as M
-    from scorebridge.sr.figures import binned_spread_error
+    from scorebridge.sr.diagnostic_figures import binned_spread_error
 
     rng = np.random.default_rng(0)
     T, N, H, W = 6, 32, 20, 24  # enough members that binning by the sampled variance selects little noise
@@ -104,7 +104,8 @@ def test_write_figures_writes_every_declared_figure(tmp_path):
     import matplotlib.image as mpimg
 
     from scorebridge.sr import metrics as M
-    from scorebridge.sr.figures import EVALUATE_FIGURES, rmse_table, station_positions, write_figures
+    from scorebridge.sr.diagnostic_figures import rmse_table
+    from scorebridge.sr.figures import EVALUATE_FIGURES, station_positions, write_figures
 
     rng = np.random.default_rng(1)
     names = ["t/850", "t/500", "t2m"]
@@ -182,7 +183,7 @@ def test_write_figures_writes_every_declared_figure(tmp_path):
 
 
 def test_training_loss_figure(tmp_path):
-    from scorebridge.sr.figures import training_loss
+    from scorebridge.sr.diagnostic_figures import training_loss
 
     out = training_loss([(s, float(np.exp(-s / 20))) for s in range(120)], tmp_path / "figures" / "training_loss.png")
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

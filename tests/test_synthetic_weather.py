@@ -9,14 +9,9 @@ import pytest
 import xarray as xr
 
 from conftest import run_cli
+from scorebridge.data.era5.dynamics import energy_spectrum, simulate_turbulence
 from scorebridge.data.era5.fetch import fetch
-from scorebridge.data.era5.synthetic import (
-    R_DRY,
-    SyntheticOptions,
-    energy_spectrum,
-    simulate_turbulence,
-    synthetic_era5,
-)
+from scorebridge.data.era5.synthetic import R_DRY, SyntheticOptions, synthetic_era5
 from scorebridge.errors import ConfigError
 from scorebridge.options import build
 

@@ -70,7 +70,7 @@ def train_cli(argv: list[str]) -> int:
 
             log_prior_model(run, args.out)  # the prior as an MLflow model that samples
         if rank0 and args.figure:
-            from .figures import training_loss
+            from .diagnostic_figures import training_loss
 
             training_loss(summary["losses"], args.figure, run=run)
         if rank0:

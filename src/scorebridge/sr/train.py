@@ -320,7 +320,7 @@ def train_prior(
 
 def report_training(summary: dict, out: str | Path, run) -> None:
     """Log the summary's numbers and the prior `out` to `run` (the loss curve is
-    :func:`scorebridge.sr.figures.training_loss`, a declared output of sr_train)."""
+    :func:`scorebridge.sr.diagnostic_figures.training_loss`, a declared output of sr_train)."""
     flat = {f"train/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
     flat.update({f"val/loss/sigma_{k}": v for k, v in summary.get("val_loss", {}).items()})
     flat.update({f"train/data_{k}": float(v) for k, v in summary.get("data", {}).items()})

@@ -1,7 +1,8 @@
 """Snapshot time courses into the cells zarr contract.
 
 - `options`: the typed options of one `cells:` entry;
-- `read`: h5ad, npy, npz and csv inputs as flat snapshots (`h5ad`: AnnData files read
+- `read`: h5ad, npy, npz and csv inputs as flat snapshots (`snapshots`: the flat
+  snapshots and the checks the readers share; `h5ad`: AnnData files read
   lazily, the expression matrix in row blocks; `preprocess` for expression matrices, as
   scanpy's: normalise, log1p, highly variable genes, PCA (`pca`: out of core); `columns`:
   which CSV columns are features, refusing doubtful ones, and the file line of each row);

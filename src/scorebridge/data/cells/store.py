@@ -29,7 +29,8 @@ from ...errors import InputError
 from ...io import atomic_path, open_store
 from ...provenance import package_versions, sha256_file
 from .options import CellsOptions, cells_options
-from .read import Snapshots, read_snapshots
+from .read import read_snapshots
+from .snapshots import Snapshots
 
 __all__ = ["write_cells_zarr", "ingest", "read_cells", "load_snapshots"]
 
