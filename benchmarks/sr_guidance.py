@@ -1,6 +1,6 @@
 """Benchmark: guidance methods and sampler steps at equal network passes, on one trained prior.
 
-    python benchmarks/sr_guidance.py --work benchmarks/out/sr_targets [--variants sda-25,mmps1-17,...]
+    python benchmarks/sr_guidance.py --work benchmarks/out/sr_targets [--variants sda-25 mmps1-17 ...]
                                      [--conditioning coarse] [--threads 1] [--out benchmarks/out/sr_guidance.json]
 
 Reuses the data and the prior of a `benchmarks/sr_targets.py` run (its scratch directory
@@ -135,7 +135,7 @@ def run_variant(name: str, work: Path, conditioning: list[str], threads: int) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "sr_targets"))
-    p.add_argument("--variants", default="sda-25,sda-18,sda-13,sda-12,mmps1-17,mmps1-13,dps-33,dps-25")
+    p.add_argument("--variants", nargs="+", default=["sda-25-solver=heun", "sda-25", "sda-18", "sda-12", "dps-25", "mmps1-17-calibrate.gammas=[0.0,0.25]"])
     p.add_argument("--conditioning", default="coarse", help="comma-separated modalities")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "sr_guidance.json"))
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SCOREBRIDGE_NO_PROGRESS", "1")
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []
-    for name in a.variants.split(","):
+    for name in a.variants:
         row = run_variant(name, Path(a.work), a.conditioning.split(","), a.threads)
         row["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rows.append(row)

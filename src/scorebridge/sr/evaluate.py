@@ -12,7 +12,8 @@ Scores (see :mod:`scorebridge.sr.metrics` for the formulas), per channel ``{var}
 - ``spread/{ch}``, ``spread_skill/{ch}`` (after the calibration's inflation) and
   ``spread_skill_raw/{ch}`` (before), ``crps/{ch}`` (fair CRPS), the rank histogram
   (in metrics.json), ``crps/{ch}/bicubic`` (the deterministic baseline's CRPS = its MAE);
-- power spectra (metrics.json; detrended and Hann-windowed along non-periodic axes) and
+- power spectra (metrics.json; of the anomalies from the prior's mean field when it models
+  anomalies; detrended and Hann-windowed along non-periodic axes) and
   ``spectral_ratio/{ch}[/baseline]``: power at the upper half of the wavenumbers relative
   to the truth's (1 = right amount of small-scale structure; interpolation is far below 1);
 - ``withheld_rmse/{var}/{conditioning}``: RMSE at the radiosondes hidden from
@@ -187,15 +188,21 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
         out[f"crps/{c}/bicubic"] = out[f"mae/{c}/bicubic"]  # CRPS of a point forecast = its absolute error
     hist = M.rank_histogram(ens, truth)
     spectra: dict = {}
+    # spectra of the anomalies from the prior's mean field when it models them: what is periodic
+    # for the prior (a mean gradient across a periodic seam is not) and the same offset for all
+    clim = vars_to_fields(sds, channels, "_climatology").astype(np.float64) if f"{channels[0][0]}_climatology" in sds.variables else np.zeros(truth.shape[1:])
+
+    def spectrum(fields: np.ndarray, i: int) -> np.ndarray:
+        return M.power_spectrum(fields - clim[i], periodic)[1]
+
     for i, c in enumerate(names):
-        kk, pt = M.power_spectrum(truth[:, i], periodic)
-        entry = {"k": kk.tolist(), "truth": pt.tolist(), "posterior_mean": M.power_spectrum(mean[:, i], periodic)[1].tolist(),
-                 "members": M.power_spectrum(ens[:, :, i], periodic)[1].tolist()}
+        kk, pt = M.power_spectrum(truth[:, i] - clim[i], periodic)
+        entry = {"k": kk.tolist(), "truth": pt.tolist(), "posterior_mean": spectrum(mean[:, i], i).tolist(), "members": spectrum(ens[:, :, i], i).tolist()}
         if coarse_only is not None and coarse_only[0] is not ens:
-            entry["coarse_only"] = M.power_spectrum(coarse_only[0][:, :, i], periodic)[1].tolist()
+            entry["coarse_only"] = spectrum(coarse_only[0][:, :, i], i).tolist()
         for b, fld in base.items():
             if np.isfinite(fld[:, i]).all():
-                entry[b] = M.power_spectrum(fld[:, i], periodic)[1].tolist()
+                entry[b] = spectrum(fld[:, i], i).tolist()
         hi = kk > kk.max() / 2
         for key, vals in entry.items():
             if key in ("k", "truth"):
