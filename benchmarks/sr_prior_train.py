@@ -73,7 +73,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--base", type=int, default=None)
     p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--set", action="append", default=[], help="override of sr.default.train, KEY=YAML (e.g. model.periodic=[] or anomalies=false)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="override of sr.default.train, KEY=YAML (e.g. model.periodic=[] or anomalies=false)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks/out"))
     args = p.parse_args()
     out = Path(args.out)
@@ -159,11 +164,13 @@ def main() -> int:
     steps = np.arange(1, len(losses) + 1)
     axes[0].plot(steps, losses, lw=0.5, alpha=0.4)
     k = 50
-    axes[0].plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, "valid"), lw=1.5)
-    axes[0].set(yscale="log", xlabel="step", ylabel="EDM loss", title=f"training ({wall:.0f} s wall, {args.threads} threads)")
+    axes[0].plot(steps[k - 1 :], np.convolve(losses, np.ones(k) / k, "valid"), lw=1.5)
+    axes[0].set(
+        yscale="log", xlabel="step", ylabel="EDM loss", title=f"training ({wall:.0f} s wall, {args.threads} threads)"
+    )
     kk = np.arange(1, kmax + 1)
     for n, (t, s) in spectra.items():
-        line, = axes[1].loglog(kk, t, lw=1.5, label=f"{n} truth")
+        (line,) = axes[1].loglog(kk, t, lw=1.5, label=f"{n} truth")
         axes[1].loglog(kk, s, "--", color=line.get_color(), lw=1)
     axes[1].axvline(k_fine, color="k", lw=0.5)
     axes[1].set(xlabel="wavenumber", ylabel="power", title="spectra: truth (solid) vs prior samples (dashed)")

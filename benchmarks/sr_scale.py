@@ -59,7 +59,9 @@ def write_store(path: Path, nlat: int, nlon: int, ntime: int, chunk_time: int = 
     from scorebridge.data.era5.options import SyntheticOptions
     from scorebridge.data.era5.synthetic import synthetic_blocks
 
-    grid = options.build(SyntheticOptions, {"nlat": nlat, "nlon": nlon, "ntime": ntime, "dynamics": "stochastic", "step_hours": 6})
+    grid = options.build(
+        SyntheticOptions, {"nlat": nlat, "nlon": nlon, "ntime": ntime, "dynamics": "stochastic", "step_hours": 6}
+    )
     sums: dict[str, list] = {}
     t_gen = t_write = 0.0
     first = True
@@ -74,15 +76,24 @@ def write_store(path: Path, nlat: int, nlon: int, ntime: int, chunk_time: int = 
             s[0] += x.size // x.shape[1]
             s[1] = s[1] + x.sum(axis=(0, 2, 3))
             s[2] = s[2] + (x**2).sum(axis=(0, 2, 3))
-        enc = {"time": {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}} if first else None
-        ds.to_zarr(path, mode="w" if first else "a", append_dim=None if first else "time", encoding=enc, consolidated=False)
+        enc = (
+            {"time": {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}}
+            if first
+            else None
+        )
+        ds.to_zarr(
+            path, mode="w" if first else "a", append_dim=None if first else "time", encoding=enc, consolidated=False
+        )
         first = False
         t0 = time.perf_counter()
         t_write += t0 - t1
     stats = {}
     for v, (n, s1, s2) in sums.items():
         mean = s1 / n
-        stats[v] = {"mean": [float(m) for m in mean], "std": [float(x) for x in np.sqrt(np.maximum(s2 / n - mean**2, 0))]}
+        stats[v] = {
+            "mean": [float(m) for m in mean],
+            "std": [float(x) for x in np.sqrt(np.maximum(s2 / n - mean**2, 0))],
+        }
     zarr.open_group(str(path), mode="r+").attrs.update({"normalisation": json.dumps(stats)})
     nbytes = ntime * len(VARIABLES) * len(LEVELS) * nlat * nlon * 4
     return {"generate_s": t_gen, "write_s": t_write, "fields_mb": nbytes / 2**20, "chunk_time": chunk_time}
@@ -121,20 +132,47 @@ def train_worker(a) -> dict:
     from scorebridge.sr.train import train_prior
 
     last = str(open_era5(a.store)["time"].values[-1])[:19]  # one held-out time (its loss is computed after training)
-    spec = {"era5": "bench", "seed": 0, "train": {
-        "variables": VARIABLES, "levels": LEVELS, "steps": a.train_steps, "batch_size": a.batch, "lr_warmup": 1, "checkpoint_every": 0,
-        "log_every": 1, "model": MODEL, "threads": a.threads, "device": a.device, "max_memory_mb": a.max_memory_mb,
-        "precision": a.precision, "channels_last": a.channels_last, "compile": a.compile, "crop": a.crop, "prefetch": a.prefetch,
-        "split": {"train_fraction": 0.9, "test_start": last, "test_end": last}}}
+    spec = {
+        "era5": "bench",
+        "seed": 0,
+        "train": {
+            "variables": VARIABLES,
+            "levels": LEVELS,
+            "steps": a.train_steps,
+            "batch_size": a.batch,
+            "lr_warmup": 1,
+            "checkpoint_every": 0,
+            "log_every": 1,
+            "model": MODEL,
+            "threads": a.threads,
+            "device": a.device,
+            "max_memory_mb": a.max_memory_mb,
+            "precision": a.precision,
+            "channels_last": a.channels_last,
+            "compile": a.compile,
+            "crop": a.crop,
+            "prefetch": a.prefetch,
+            "split": {"train_fraction": 0.9, "test_start": last, "test_end": last},
+        },
+    }
     clock = StepClock()
     summary = train_prior(resolve_spec(spec), a.store, None, a.checkpoint, run=clock)
     device = torch.device(summary["device"])
     step_wall, step_cpu = _median_step(clock.wall), _median_step(clock.cpu)
     h, w = a.crop or a.shape
-    return {"batch": a.batch, "steps": a.train_steps, "step_wall_s": step_wall, "step_cpu_s": step_cpu,
-            "samples_per_s": a.batch / step_wall, "cpu_s_per_sample_mpix": step_cpu / a.batch / (h * w / 1e6),
-            "wall_s_per_sample_mpix": step_wall / a.batch / (h * w / 1e6), "data": summary["data"], "final_loss": summary["final_loss"],
-            "gpu_peak_mb": _gpu_peak(device), "device": summary["device"]}
+    return {
+        "batch": a.batch,
+        "steps": a.train_steps,
+        "step_wall_s": step_wall,
+        "step_cpu_s": step_cpu,
+        "samples_per_s": a.batch / step_wall,
+        "cpu_s_per_sample_mpix": step_cpu / a.batch / (h * w / 1e6),
+        "wall_s_per_sample_mpix": step_wall / a.batch / (h * w / 1e6),
+        "data": summary["data"],
+        "final_loss": summary["final_loss"],
+        "gpu_peak_mb": _gpu_peak(device),
+        "device": summary["device"],
+    }
 
 
 def sample_worker(a) -> dict:
@@ -148,9 +186,17 @@ def sample_worker(a) -> dict:
     from scorebridge.sr.prior import load_prior
 
     torch.set_num_threads(a.threads)
-    sample = {"conditioning": ["coarse"], "members": a.members, "steps": a.sample_steps, "guidance": "sda", "batch_size": a.sample_batch,
-              "calibrate": {"enabled": False}, "precision": a.precision, "channels_last": a.channels_last,
-              "patch": {"size": a.patch[0], "overlap": a.patch[1]} if a.patch else None}
+    sample = {
+        "conditioning": ["coarse"],
+        "members": a.members,
+        "steps": a.sample_steps,
+        "guidance": "sda",
+        "batch_size": a.sample_batch,
+        "calibrate": {"enabled": False},
+        "precision": a.precision,
+        "channels_last": a.channels_last,
+        "patch": {"size": a.patch[0], "overlap": a.patch[1]} if a.patch else None,
+    }
     opts = resolve_spec({"era5": "bench", "sample": sample}).sample
     prior = load_prior(a.checkpoint, a.device, precision=a.precision, channels_last=a.channels_last)
     ds = open_era5(a.store)
@@ -162,11 +208,23 @@ def sample_worker(a) -> dict:
     ens, cost, _ = sample_times(den, cond, idx, truth, ["coarse"], a.members, seed=0, device=prior.device)
     cpu = (time.process_time() - c0) / ens.shape[0] / ens.shape[1]
     h, w = truth.shape[-2:]
-    out = {"members": a.members, "batch_size": opts.batch_size, "times": len(idx), "steps": a.sample_steps, "forward": cost.forward,
-           "backward": cost.backward, "s_per_sample": cost.seconds, "cpu_s_per_sample": cpu,
-           "s_per_eval": cost.seconds / cost.forward, "cpu_s_per_eval": cpu / cost.forward, "cpu_s_per_eval_mpix": cpu / cost.forward / (h * w / 1e6),
-           "s_per_sample_49_evals": cost.seconds / cost.forward * 49, "cpu_s_per_sample_49_evals": cpu / cost.forward * 49,
-           "gpu_peak_mb": _gpu_peak(prior.device), "patch": a.patch}
+    out = {
+        "members": a.members,
+        "batch_size": opts.batch_size,
+        "times": len(idx),
+        "steps": a.sample_steps,
+        "forward": cost.forward,
+        "backward": cost.backward,
+        "s_per_sample": cost.seconds,
+        "cpu_s_per_sample": cpu,
+        "s_per_eval": cost.seconds / cost.forward,
+        "cpu_s_per_eval": cpu / cost.forward,
+        "cpu_s_per_eval_mpix": cpu / cost.forward / (h * w / 1e6),
+        "s_per_sample_49_evals": cost.seconds / cost.forward * 49,
+        "cpu_s_per_sample_49_evals": cpu / cost.forward * 49,
+        "gpu_peak_mb": _gpu_peak(prior.device),
+        "patch": a.patch,
+    }
     if a.save_ensemble:
         std = np.asarray(prior.normalisation.std).reshape(1, 1, -1, 1, 1)
         np.save(a.save_ensemble, ens / std)
@@ -205,11 +263,23 @@ def seam_error(a, store: Path, tmp: Path) -> dict:
     ck = tmp / "seam.pt"
     H, W = a.shape
     crop = max(8, H // 2)
-    train = run_worker("train", a, store=store, checkpoint=ck, crop=[crop, crop], batch=8, train_steps=a.seam_steps, max_memory_mb=2048)
+    train = run_worker(
+        "train", a, store=store, checkpoint=ck, crop=[crop, crop], batch=8, train_steps=a.seam_steps, max_memory_mb=2048
+    )
     runs = {}
     for name, patch in (("full", None), ("patch", [crop, crop // 4])):
         path = tmp / f"{name}.npy"
-        runs[name] = run_worker("sample", a, store=store, checkpoint=ck, members=8, sample_steps=10, sample_times=2, patch=patch, save_ensemble=path)
+        runs[name] = run_worker(
+            "sample",
+            a,
+            store=store,
+            checkpoint=ck,
+            members=8,
+            sample_steps=10,
+            sample_times=2,
+            patch=patch,
+            save_ensemble=path,
+        )
         runs[name]["ensemble"] = np.load(path)
     truth = np.load(tmp / "full.truth.npy")
     weights = np.load(tmp / "patch.weights.npy")
@@ -221,13 +291,25 @@ def seam_error(a, store: Path, tmp: Path) -> dict:
         return float(np.sqrt(np.mean(x[..., mask] ** 2)))
 
     every = np.ones_like(single)
-    return {"grid": [H, W], "crop": crop, "patch": {"size": crop, "overlap": crop // 4}, "windows": int(weights.shape[0]),
-            "train_steps": a.seam_steps, "train_final_loss": train["final_loss"], "members": 8, "sample_steps": 10,
-            "diff_rms_single_window": rms(d, single), "diff_rms_blended": rms(d, ~single), "diff_rms_all": rms(d, every),
-            "spread_full": float(np.mean(full.std(axis=1, ddof=1))),
-            "rmse_mean_full": rms(full.mean(1) - truth, every), "rmse_mean_patch": rms(patch.mean(1) - truth, every),
-            "rmse_mean_patch_blended": rms(patch.mean(1) - truth, ~single), "rmse_mean_full_blended": rms(full.mean(1) - truth, ~single),
-            "cost_patch_vs_full": runs["patch"]["cpu_s_per_sample"] / runs["full"]["cpu_s_per_sample"]}
+    return {
+        "grid": [H, W],
+        "crop": crop,
+        "patch": {"size": crop, "overlap": crop // 4},
+        "windows": int(weights.shape[0]),
+        "train_steps": a.seam_steps,
+        "train_final_loss": train["final_loss"],
+        "members": 8,
+        "sample_steps": 10,
+        "diff_rms_single_window": rms(d, single),
+        "diff_rms_blended": rms(d, ~single),
+        "diff_rms_all": rms(d, every),
+        "spread_full": float(np.mean(full.std(axis=1, ddof=1))),
+        "rmse_mean_full": rms(full.mean(1) - truth, every),
+        "rmse_mean_patch": rms(patch.mean(1) - truth, every),
+        "rmse_mean_patch_blended": rms(patch.mean(1) - truth, ~single),
+        "rmse_mean_full_blended": rms(full.mean(1) - truth, ~single),
+        "cost_patch_vs_full": runs["patch"]["cpu_s_per_sample"] / runs["full"]["cpu_s_per_sample"],
+    }
 
 
 def main(argv=None) -> int:
@@ -238,17 +320,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     ap.add_argument("--max-memory-mb", type=float, default=16.0, help="sr.train.max_memory_mb of the streamed runs")
     ap.add_argument("--prefetch", type=int, default=2, help="sr.train.prefetch")
-    ap.add_argument("--chunk-time", type=int, default=8, help="time steps per zarr chunk of the stores (8: the ingestion's default)")
-    ap.add_argument("--in-memory-upto-mb", type=float, default=1024.0, help="also train from memory when the fields are at most this")
+    ap.add_argument(
+        "--chunk-time", type=int, default=8, help="time steps per zarr chunk of the stores (8: the ingestion's default)"
+    )
+    ap.add_argument(
+        "--in-memory-upto-mb",
+        type=float,
+        default=1024.0,
+        help="also train from memory when the fields are at most this",
+    )
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--sample-steps", type=int, default=2, help="sampler steps measured (cost extrapolated to 25)")
     ap.add_argument("--sample-batch", type=int, default=64, help="sample.batch_size")
-    ap.add_argument("--seam-steps", type=int, default=300, help="training steps of the prior of the seam test (0: skip)")
+    ap.add_argument(
+        "--seam-steps", type=int, default=300, help="training steps of the prior of the seam test (0: skip)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--batch", type=int, default=None, help="training batch (default: %d pixels per step)" % PIXELS_PER_STEP)
+    ap.add_argument(
+        "--batch", type=int, default=None, help="training batch (default: %d pixels per step)" % PIXELS_PER_STEP
+    )
     ap.add_argument("--tmpdir", default="/tmp")
     ap.add_argument("--out", default=str(HERE / "out" / "sr_scale.json"))
     ap.add_argument("--cpu-reference", default=None, help="a CPU result JSON copied beside this run's figures")
@@ -265,7 +358,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         os.environ.setdefault("SCOREBRIDGE_NO_PROGRESS", "1")
-        work = {"generate": lambda: write_store(Path(a.store), *a.shape, a.times, a.chunk_time), "train": lambda: train_worker(a), "sample": lambda: sample_worker(a)}
+        work = {
+            "generate": lambda: write_store(Path(a.store), *a.shape, a.times, a.chunk_time),
+            "train": lambda: train_worker(a),
+            "sample": lambda: sample_worker(a),
+        }
         Path(a.result).write_text(json.dumps(work[a.worker]()))
         return 0
     if a.dry_run:
@@ -274,8 +371,14 @@ def main(argv=None) -> int:
     sizes = [tuple(int(n) for n in s.split("x")) for s in a.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="sr-scale-", dir=a.tmpdir))
     a.tmp = str(tmp)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "settings": {k: v for k, v in vars(a).items() if v is not None}, "sizes": {}}
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "settings": {k: v for k, v in vars(a).items() if v is not None},
+        "sizes": {},
+    }
     try:
         import torch
 
@@ -317,10 +420,12 @@ def targets(r: dict) -> dict:
     first = next(iter(sizes.values()))
     base = first["train_streamed"]["cpu_s_per_sample_mpix"]
     sbase = first["sample"]["cpu_s_per_eval_mpix"]
-    out = {"cost_per_pixel_ratio": {k: v["train_streamed"]["cpu_s_per_sample_mpix"] / base for k, v in sizes.items()},
-           "sampling_cost_per_pixel_ratio": {k: v["sample"]["cpu_s_per_eval_mpix"] / sbase for k, v in sizes.items()},
-           "data_wait_share": {k: v["train_streamed"]["data"]["wait_share"] for k, v in sizes.items()},
-           "sample_peak_rss_mb": {k: v["sample"]["peak_rss_mb"] for k, v in sizes.items()}}
+    out = {
+        "cost_per_pixel_ratio": {k: v["train_streamed"]["cpu_s_per_sample_mpix"] / base for k, v in sizes.items()},
+        "sampling_cost_per_pixel_ratio": {k: v["sample"]["cpu_s_per_eval_mpix"] / sbase for k, v in sizes.items()},
+        "data_wait_share": {k: v["train_streamed"]["data"]["wait_share"] for k, v in sizes.items()},
+        "sample_peak_rss_mb": {k: v["sample"]["peak_rss_mb"] for k, v in sizes.items()},
+    }
     out["cost_per_pixel_ok"] = all(x <= 1.3 for x in out["cost_per_pixel_ratio"].values())
     out["sampling_cost_per_pixel_ok"] = all(x <= 1.3 for x in out["sampling_cost_per_pixel_ratio"].values())
     out["data_wait_ok"] = all(x < 0.10 for x in out["data_wait_share"].values())
@@ -330,15 +435,20 @@ def targets(r: dict) -> dict:
 
 
 def table(r: dict) -> str:
-    rows = ["| grid | fields | generate + write | train: samples/s | CPU s / sample / Mpx | waiting for data | peak RSS (train) "
-            "| sampling: CPU s / sample / evaluation / Mpx | CPU s / sample at 49 evaluations | peak RSS (sample) |", "|---" * 10 + "|"]
+    rows = [
+        "| grid | fields | generate + write | train: samples/s | CPU s / sample / Mpx | waiting for data | peak RSS (train) "
+        "| sampling: CPU s / sample / evaluation / Mpx | CPU s / sample at 49 evaluations | peak RSS (sample) |",
+        "|---" * 10 + "|",
+    ]
     for k, e in r["sizes"].items():
         t, s, g = e["train_streamed"], e["sample"], e["generate"]
         mem = e.get("train_in_memory")
         mem_txt = f" (in memory: {mem['cpu_s_per_sample_mpix']:.2f})" if mem else ""
-        rows.append(f"| {k} | {g['fields_mb']:,.0f} MB | {g['generate_s']:.0f} + {g['write_s']:.0f} s | {t['samples_per_s']:.2f} | "
-                    f"{t['cpu_s_per_sample_mpix']:.2f}{mem_txt} | {100 * t['data']['wait_share']:.1f} % | {t['peak_rss_mb']:,.0f} MB | "
-                    f"{s['cpu_s_per_eval_mpix']:.2f} | {s['cpu_s_per_sample_49_evals']:.1f} s | {s['peak_rss_mb']:,.0f} MB |")
+        rows.append(
+            f"| {k} | {g['fields_mb']:,.0f} MB | {g['generate_s']:.0f} + {g['write_s']:.0f} s | {t['samples_per_s']:.2f} | "
+            f"{t['cpu_s_per_sample_mpix']:.2f}{mem_txt} | {100 * t['data']['wait_share']:.1f} % | {t['peak_rss_mb']:,.0f} MB | "
+            f"{s['cpu_s_per_eval_mpix']:.2f} | {s['cpu_s_per_sample_49_evals']:.1f} s | {s['peak_rss_mb']:,.0f} MB |"
+        )
     return "\n".join(rows)
 
 

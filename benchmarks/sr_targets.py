@@ -60,8 +60,25 @@ def _set(cfg: dict, assignment: str) -> None:
 
 
 def snakemake(workdir: Path, configfile: Path, targets: list[str], cores: int) -> float:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "SCOREBRIDGE_NO_PROGRESS": "1"}
-    cmd = [_bin("snakemake"), *targets, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile), "--cores", str(cores), "--quiet", "rules"]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SCOREBRIDGE_NO_PROGRESS": "1",
+    }
+    cmd = [
+        _bin("snakemake"),
+        *targets,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        str(cores),
+        "--quiet",
+        "rules",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -114,33 +131,89 @@ def default_run(cores: int, sets: list[str], name: str = "sr_targets") -> dict:
     ssr_main, ssr_co = m["summary/spread_skill"], m.get("summary/spread_skill/coarse_only", m["summary/spread_skill"])
     sampling = res["sampling"]
     targets = {
-        "coarse_only_vs_bicubic": {"value": m["summary/rmse_ratio"], "worst_channel": max(ratios), "target": "<= 0.6 (pooled, normalised units)",
-                                   "met": m["summary/rmse_ratio"] <= 0.6},
-        "radiosondes_vs_coarse_only": {"value": m.get("summary/rmse_ratio_radiosondes"), "target": "< 1 (pooled, normalised units)",
-                                       "met": m.get("summary/rmse_ratio_radiosondes") is not None and m["summary/rmse_ratio_radiosondes"] < 1},
-        "spread_skill": {"value": ssr_main, "raw": m["summary/spread_skill_raw"], "coarse_only": ssr_co, "coarse_only_raw": m.get("summary/spread_skill_raw/coarse_only"),
-                         "channels": [min(ssr), max(ssr)], "inflation": sampling.get("inflation"), "gap": sampling.get("gap"),
-                         "target": "in [0.9, 1.1] (pooled; held-out times `gap` after the calibration times)", "met": 0.9 <= ssr_main <= 1.1 and 0.9 <= ssr_co <= 1.1},
-        "withheld_radiosondes": {"coarse": wh_c, "coarse+radiosondes": wh_cr, "radiosondes": m.get("withheld_rmse/all_normalised/radiosondes"),
-                                 "nearest_radiosonde": m.get("withheld_rmse/all_normalised/nearest_radiosonde"), "bicubic": m.get("withheld_rmse/all_normalised/bicubic"),
-                                 "target": "coarse+radiosondes < coarse", "met": (wh_c is not None and wh_cr is not None and wh_cr < wh_c)},
-        "forward_nfe": {"value": m["cost/forward_per_sample"], "backward": m["cost/backward_per_sample"], "seconds_per_sample": m["cost/seconds_per_sample"], "target": "<= 50", "met": m["cost/forward_per_sample"] <= 50},
-        "train_sample_evaluate_seconds": {"value": t_sr, "target": "< 600 on 2 CPU cores", "met": t_sr < 600,
-                                          "load_average_1_5_15": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
-                                          "rule_seconds": _rule_seconds(work, t_start)},
+        "coarse_only_vs_bicubic": {
+            "value": m["summary/rmse_ratio"],
+            "worst_channel": max(ratios),
+            "target": "<= 0.6 (pooled, normalised units)",
+            "met": m["summary/rmse_ratio"] <= 0.6,
+        },
+        "radiosondes_vs_coarse_only": {
+            "value": m.get("summary/rmse_ratio_radiosondes"),
+            "target": "< 1 (pooled, normalised units)",
+            "met": m.get("summary/rmse_ratio_radiosondes") is not None and m["summary/rmse_ratio_radiosondes"] < 1,
+        },
+        "spread_skill": {
+            "value": ssr_main,
+            "raw": m["summary/spread_skill_raw"],
+            "coarse_only": ssr_co,
+            "coarse_only_raw": m.get("summary/spread_skill_raw/coarse_only"),
+            "channels": [min(ssr), max(ssr)],
+            "inflation": sampling.get("inflation"),
+            "gap": sampling.get("gap"),
+            "target": "in [0.9, 1.1] (pooled; held-out times `gap` after the calibration times)",
+            "met": 0.9 <= ssr_main <= 1.1 and 0.9 <= ssr_co <= 1.1,
+        },
+        "withheld_radiosondes": {
+            "coarse": wh_c,
+            "coarse+radiosondes": wh_cr,
+            "radiosondes": m.get("withheld_rmse/all_normalised/radiosondes"),
+            "nearest_radiosonde": m.get("withheld_rmse/all_normalised/nearest_radiosonde"),
+            "bicubic": m.get("withheld_rmse/all_normalised/bicubic"),
+            "target": "coarse+radiosondes < coarse",
+            "met": (wh_c is not None and wh_cr is not None and wh_cr < wh_c),
+        },
+        "forward_nfe": {
+            "value": m["cost/forward_per_sample"],
+            "backward": m["cost/backward_per_sample"],
+            "seconds_per_sample": m["cost/seconds_per_sample"],
+            "target": "<= 50",
+            "met": m["cost/forward_per_sample"] <= 50,
+        },
+        "train_sample_evaluate_seconds": {
+            "value": t_sr,
+            "target": "< 600 on 2 CPU cores",
+            "met": t_sr < 600,
+            "load_average_1_5_15": {
+                "before": [round(x, 2) for x in load_before],
+                "after": [round(x, 2) for x in load_after],
+            },
+            "rule_seconds": _rule_seconds(work, t_start),
+        },
     }
-    per_channel = {c: {"rmse": m[f"rmse/{c}"], "rmse_coarse_only": m.get(f"rmse/{c}/coarse_only", m[f"rmse/{c}"]), "rmse_bicubic": m[f"rmse/{c}/bicubic"],
-                       "rmse_bilinear": m[f"rmse/{c}/bilinear"], "rmse_ratio": m[f"rmse_ratio/{c}"], "rmse_ratio_radiosondes": m.get(f"rmse_ratio_radiosondes/{c}"),
-                       "spread_skill": m[f"spread_skill/{c}"], "spread_skill_raw": m[f"spread_skill_raw/{c}"],
-                       "spread_skill_coarse_only": m.get(f"spread_skill/{c}/coarse_only"), "spread_skill_raw_coarse_only": m.get(f"spread_skill_raw/{c}/coarse_only"),
-                       "crps": m[f"crps/{c}"], "crps_bicubic": m[f"crps/{c}/bicubic"],
-                       "spectral_ratio": m.get(f"spectral_ratio/{c}"), "spectral_ratio_bicubic": m.get(f"spectral_ratio/{c}/bicubic")} for c in names}
+    per_channel = {
+        c: {
+            "rmse": m[f"rmse/{c}"],
+            "rmse_coarse_only": m.get(f"rmse/{c}/coarse_only", m[f"rmse/{c}"]),
+            "rmse_bicubic": m[f"rmse/{c}/bicubic"],
+            "rmse_bilinear": m[f"rmse/{c}/bilinear"],
+            "rmse_ratio": m[f"rmse_ratio/{c}"],
+            "rmse_ratio_radiosondes": m.get(f"rmse_ratio_radiosondes/{c}"),
+            "spread_skill": m[f"spread_skill/{c}"],
+            "spread_skill_raw": m[f"spread_skill_raw/{c}"],
+            "spread_skill_coarse_only": m.get(f"spread_skill/{c}/coarse_only"),
+            "spread_skill_raw_coarse_only": m.get(f"spread_skill_raw/{c}/coarse_only"),
+            "crps": m[f"crps/{c}"],
+            "crps_bicubic": m[f"crps/{c}/bicubic"],
+            "spectral_ratio": m.get(f"spectral_ratio/{c}"),
+            "spectral_ratio_bicubic": m.get(f"spectral_ratio/{c}/bicubic"),
+        }
+        for c in names
+    }
     figs = OUT / f"{name}_figures"
     if figs.exists():
         shutil.rmtree(figs)
     shutil.copytree(work / "results" / "sr" / "default" / "figures", figs)
-    return {"data_seconds": t_data, "targets": targets, "per_channel": per_channel, "scorecard": res.get("scorecard"), "calibration": sampling.get("calibration"),
-            "gamma": sampling.get("gamma"), "inflation": sampling.get("inflation"), "withheld": res.get("withheld"), "config": exp}
+    return {
+        "data_seconds": t_data,
+        "targets": targets,
+        "per_channel": per_channel,
+        "scorecard": res.get("scorecard"),
+        "calibration": sampling.get("calibration"),
+        "gamma": sampling.get("gamma"),
+        "inflation": sampling.get("inflation"),
+        "withheld": res.get("withheld"),
+        "config": exp,
+    }
 
 
 def real_run(cores: int) -> dict:
@@ -154,8 +227,13 @@ def real_run(cores: int) -> dict:
     cfg = {
         "seed": 0,
         "era5": {"real": {"source": "local", "files": [str(grib)], "variables": ["z", "t"], "levels": [850, 500]}},
-        "sr": {"real": {"era5": "real", "train": {"steps": 300, "batch_size": 8, "model": {"base": 16}, "split": {"train_fraction": 0.75}},
-                        "sample": {"conditioning": ["coarse"], "members": 8, "calibrate": {"times": 2}}}},
+        "sr": {
+            "real": {
+                "era5": "real",
+                "train": {"steps": 300, "batch_size": 8, "model": {"base": 16}, "split": {"train_fraction": 0.75}},
+                "sample": {"conditioning": ["coarse"], "members": 8, "calibrate": {"times": 2}},
+            }
+        },
     }
     cfgfile = work / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
@@ -168,9 +246,19 @@ def real_run(cores: int) -> dict:
     if figs.exists():
         shutil.rmtree(figs)
     shutil.copytree(work / "results" / "sr" / "real" / "figures", figs)
-    return {"data_seconds": t_data, "train_sample_evaluate_seconds": t_sr, "rmse_ratio_mean": m["summary/rmse_ratio"], "spread_skill_mean": m["summary/spread_skill"],
-            "per_channel": {c: {"rmse": m[f"rmse/{c}"], "rmse_bicubic": m[f"rmse/{c}/bicubic"], "spread_skill": m[f"spread_skill/{c}"]} for c in names},
-            "forward_nfe": m["cost/forward_per_sample"], "backward": m["cost/backward_per_sample"], "n_times": res["n_times"]}
+    return {
+        "data_seconds": t_data,
+        "train_sample_evaluate_seconds": t_sr,
+        "rmse_ratio_mean": m["summary/rmse_ratio"],
+        "spread_skill_mean": m["summary/spread_skill"],
+        "per_channel": {
+            c: {"rmse": m[f"rmse/{c}"], "rmse_bicubic": m[f"rmse/{c}/bicubic"], "spread_skill": m[f"spread_skill/{c}"]}
+            for c in names
+        },
+        "forward_nfe": m["cost/forward_per_sample"],
+        "backward": m["cost/backward_per_sample"],
+        "n_times": res["n_times"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,17 +266,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--real", action="store_true", help="also the smoke run on the real ERA5 GRIB sample")
     p.add_argument("--only-real", action="store_true")
-    p.add_argument("--set", action="append", default=[], help="config override KEY=YAML (e.g. sr.default.sample.members=16)")
-    p.add_argument("--name", default="sr_targets", help="scratch directory and report name under benchmarks/out/ (variants beside the default run)")
+    p.add_argument(
+        "--set", action="append", default=[], help="config override KEY=YAML (e.g. sr.default.sample.members=16)"
+    )
+    p.add_argument(
+        "--name",
+        default="sr_targets",
+        help="scratch directory and report name under benchmarks/out/ (variants beside the default run)",
+    )
     a = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cores": a.cores, "command": " ".join(["python", "benchmarks/sr_targets.py", *(argv if argv is not None else sys.argv[1:])])}
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cores": a.cores,
+        "command": " ".join(["python", "benchmarks/sr_targets.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
     if not a.only_real:
         report["default"] = default_run(a.cores, a.set, a.name)
     if a.only_real and (OUT / "sr_targets.json").exists():  # keep the last default run beside the new smoke run
         previous = json.loads((OUT / "sr_targets.json").read_text())
         if "default" in previous:
-            report["default"] = {**previous["default"], "date": previous.get("date"), "command": previous.get("command")}
+            report["default"] = {
+                **previous["default"],
+                "date": previous.get("date"),
+                "command": previous.get("command"),
+            }
     if a.real or a.only_real:
         report["real"] = real_run(a.cores)
     (OUT / f"{a.name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -196,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if "default" in report and not a.only_real:
         t = report["default"]["targets"]
         shown = {k: v.get("value", {kk: v.get(kk) for kk in ("coarse", "coarse+radiosondes")}) for k, v in t.items()}
-        print("\n".join(f"{k:32s} {'MET ' if v['met'] else 'MISS'} {shown[k]} (target {v['target']})" for k, v in t.items()))
+        print(
+            "\n".join(
+                f"{k:32s} {'MET ' if v['met'] else 'MISS'} {shown[k]} (target {v['target']})" for k, v in t.items()
+            )
+        )
     return 0
 
 

@@ -52,21 +52,33 @@ def bin_path(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def run_cli(*args: str, cwd: Path | str | None = None, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | str | None = None, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `scorebridge <args>` in a subprocess; return the completed process."""
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run([bin_path("scorebridge"), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env)
+    proc = subprocess.run(
+        [bin_path("scorebridge"), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"scorebridge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"scorebridge {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
-def run_snakemake(*args: str, cwd: Path | str = ROOT, check: bool = True, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
+def run_snakemake(
+    *args: str, cwd: Path | str = ROOT, check: bool = True, env: dict | None = None, timeout: int = 1200
+) -> subprocess.CompletedProcess:
     """Run snakemake with this environment's binaries on PATH."""
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run([bin_path("snakemake"), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.run(
+        [bin_path("snakemake"), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-10000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-10000:]}"
+        )
     return proc

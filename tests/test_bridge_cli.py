@@ -17,13 +17,21 @@ def run_cli(*args) -> None:
     rc = main([str(a) for a in args])
     assert rc == 0, f"scorebridge {args[0]} exited {rc}"
 
+
 SPEC = {
     "cells": "tiny",
     "seed": 0,
     "max_cells": 32,  # t = 3 holds 33 cells: subsampled
-    "model": {"select": "none", "reference": {"class": "linear", "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}}, "max_iter": 3},
+    "model": {
+        "select": "none",
+        "reference": {"class": "linear", "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}},
+        "max_iter": 3,
+    },
     "evaluate": {"holdout": "loo", "trajectories": 10, "bootstrap": 2},
-    "baselines": {"methods": ["previous", "mccann", "otcfm"], "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16}},
+    "baselines": {
+        "methods": ["previous", "mccann", "otcfm"],
+        "otcfm": {"steps": 30, "hidden": 16, "layers": 1, "batch": 16},
+    },
 }
 
 
@@ -38,7 +46,9 @@ def _write_cells(path, times=(0.0, 1.0, 2.0, 3.0), n=30, nan_time=False, cell_na
     if nan_time:
         T[3] = np.nan
     coords = {"feature": ["a", "b"], **({"cell": [f"bc-{i:03d}" for i in range(len(T))]} if cell_names else {})}
-    ds = xr.Dataset({"X": (("cell", "feature"), np.concatenate(X).astype(np.float32)), "time": (("cell",), T)}, coords=coords)
+    ds = xr.Dataset(
+        {"X": (("cell", "feature"), np.concatenate(X).astype(np.float32)), "time": (("cell",), T)}, coords=coords
+    )
     ds.to_zarr(path, mode="w", consolidated=False)
     return path
 
@@ -55,23 +65,55 @@ def test_fit_and_evaluate_end_to_end(tmp_path):
     stages = [h["stage"] for h in fitted.history]
     assert stages[0] == "fit" and stages[-1] == "debiased"  # the σ bootstrap ran and was saved
     assert float(fitted.reference.sigma.detach()) != pytest.approx(fitted.history[-1]["sigma_fitted"][0])
-    run_cli("bridge-evaluate", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--model", tmp_path / "model.pt",
-            "--predictions", tmp_path / "pred.zarr", "--figures", tmp_path / "figs", "--out", tmp_path / "metrics.json")
+    run_cli(
+        "bridge-evaluate",
+        "--spec",
+        spec,
+        "--experiment",
+        "tiny",
+        "--cells",
+        cells,
+        "--model",
+        tmp_path / "model.pt",
+        "--predictions",
+        tmp_path / "pred.zarr",
+        "--figures",
+        tmp_path / "figs",
+        "--out",
+        tmp_path / "metrics.json",
+    )
     out = json.loads((tmp_path / "metrics.json").read_text())
     m = out["metrics"]
     for method in ("model", "vanilla_sb", "otcfm", "mccann", "previous"):
         for name in ("w1", "w2", "mmd", "energy"):
             assert np.isfinite(m[f"{name}/{method}/t1"]) and np.isfinite(m[f"{name}/{method}/t2"])
-            assert m[f"{name}/{method}/mean"] == pytest.approx((m[f"{name}/{method}/t1"] + m[f"{name}/{method}/t2"]) / 2)
+            assert m[f"{name}/{method}/mean"] == pytest.approx(
+                (m[f"{name}/{method}/t1"] + m[f"{name}/{method}/t2"]) / 2
+            )
     assert out["splits"] == [[1.0], [2.0]]
     assert out["subsampled"] == {"t=3": [32, 33]}
     assert fitted.bridge.snapshots[-1].shape[0] == 32  # the fit saw the subsample too
     ds = xr.open_zarr(tmp_path / "pred.zarr", consolidated=False)
     # every bridge method both ways: the model in its chosen mode, ot and plan; the vanilla SB plan (the paper's) and ot
-    assert set(np.unique(ds["method"].values)) == {"model", "model_ot", "model_plan", "vanilla_sb", "vanilla_sb_ot", "otcfm", "mccann", "previous", "observed"}
+    assert set(np.unique(ds["method"].values)) == {
+        "model",
+        "model_ot",
+        "model_plan",
+        "vanilla_sb",
+        "vanilla_sb_ot",
+        "otcfm",
+        "mccann",
+        "previous",
+        "observed",
+    }
     sel = (ds["method"].values == "model") & (ds["time"].values == 1.0)
     assert sel.sum() == 31 and ds["X"].shape[1] == 2  # as many particles as observed cells at t = 1
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["marginals.png", "parameters.png", "trajectories.png", "w1.png"]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "marginals.png",
+        "parameters.png",
+        "trajectories.png",
+        "w1.png",
+    ]
 
 
 @pytest.mark.slow
@@ -84,18 +126,44 @@ def test_default_selection_bootstrap_and_anndata_end_to_end(tmp_path):
     from scorebridge.bridge.model_io import load_model
 
     cells = _write_cells(tmp_path / "cells.zarr", times=(0.0, 1.0, 2.0, 3.0, 4.0), n=25, cell_names=True)
-    spec = json.dumps({
-        "cells": "tiny", "seed": 0,
-        "model": {"max_iter": 3, "selection": {"classes": ["brownian", "linear_full"], "auto_scales": [1.0], "draws": 1, "resamples": 20}},
-        "evaluate": {"holdout": [[2], [3]], "trajectories": 6, "bootstrap": 3},
-        "baselines": {"methods": ["previous", "mccann"]},
-    })
+    spec = json.dumps(
+        {
+            "cells": "tiny",
+            "seed": 0,
+            "model": {
+                "max_iter": 3,
+                "selection": {
+                    "classes": ["brownian", "linear_full"],
+                    "auto_scales": [1.0],
+                    "draws": 1,
+                    "resamples": 20,
+                },
+            },
+            "evaluate": {"holdout": [[2], [3]], "trajectories": 6, "bootstrap": 3},
+            "baselines": {"methods": ["previous", "mccann"]},
+        }
+    )
     run_cli("bridge-fit", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--out", tmp_path / "model.pt")
     _, meta = load_model(tmp_path / "model.pt")
     assert meta["selection"]["mode"] == "inner_loo" and meta["selection"]["inner_holdouts"] == [1.0, 2.0, 3.0]
     assert meta["configured"]["select"] == "inner_loo" and meta["options"]["select"] == "none"
-    run_cli("bridge-evaluate", "--spec", spec, "--experiment", "tiny", "--cells", cells, "--model", tmp_path / "model.pt",
-            "--predictions", tmp_path / "pred.zarr", "--figures", tmp_path / "figs", "--out", tmp_path / "metrics.json")
+    run_cli(
+        "bridge-evaluate",
+        "--spec",
+        spec,
+        "--experiment",
+        "tiny",
+        "--cells",
+        cells,
+        "--model",
+        tmp_path / "model.pt",
+        "--predictions",
+        tmp_path / "pred.zarr",
+        "--figures",
+        tmp_path / "figs",
+        "--out",
+        tmp_path / "metrics.json",
+    )
     out = json.loads((tmp_path / "metrics.json").read_text())
     splits = out["selection"]["splits"]
     assert [s["held_out"] for s in splits] == [[2.0], [3.0]] and splits[0]["snapshots"] == [0.0, 1.0, 3.0, 4.0]
@@ -121,7 +189,12 @@ def test_default_selection_bootstrap_and_anndata_end_to_end(tmp_path):
         ({}, (0.0,), False, "at least 2 time points"),
         ({}, (0.0, 1.0), True, "missing (NaN) time label"),
         ({"model": {"reference": {"class": "cubic"}}}, (0.0, 1.0), False, "config key 'model.reference.class'"),
-        ({"model": {"reference": {"class": "parametric", "drift": "nowhere.module:f"}}}, (0.0, 1.0), False, "config key 'model.reference.drift'"),
+        (
+            {"model": {"reference": {"class": "parametric", "drift": "nowhere.module:f"}}},
+            (0.0, 1.0),
+            False,
+            "config key 'model.reference.drift'",
+        ),
     ],
 )
 def test_bad_input_clear_errors(tmp_path, capsys, change, times, nan_time, message):

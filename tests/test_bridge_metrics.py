@@ -59,7 +59,9 @@ def test_mmd_point_masses_and_properties():
     x, y = np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]])
     for h in (1.0, 5.0):
         assert mmd(x, y, bandwidths=h) == pytest.approx(2 - 2 * np.exp(-25 / (2 * h * h)), rel=1e-12)
-    assert mmd(x, y, bandwidths=[1.0, 5.0]) == pytest.approx(np.mean([2 - 2 * np.exp(-25 / (2 * h * h)) for h in (1.0, 5.0)]))
+    assert mmd(x, y, bandwidths=[1.0, 5.0]) == pytest.approx(
+        np.mean([2 - 2 * np.exp(-25 / (2 * h * h)) for h in (1.0, 5.0)])
+    )
     rng = np.random.default_rng(5)
     a = rng.normal(size=(100, 3))
     assert mmd(a, a) == pytest.approx(0, abs=1e-12)

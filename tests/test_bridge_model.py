@@ -42,7 +42,9 @@ def test_ou_transition_closed_form_matches_simulation_and_lna():
     F, c, Q = ref.closed_form(1.2)
     assert torch.allclose(F, torch.linalg.matrix_exp(torch.tensor(A_TRUE, dtype=D) * 1.2))
     with torch.no_grad():
-        xs = euler_maruyama(lambda z, t: ref.drift(z), 0.3, x.expand(40000, 2), 0.0, 1.2, 240, torch.Generator().manual_seed(0))
+        xs = euler_maruyama(
+            lambda z, t: ref.drift(z), 0.3, x.expand(40000, 2), 0.0, 1.2, 240, torch.Generator().manual_seed(0)
+        )
     mean = (x @ F.T + c)[0]
     assert torch.allclose(xs.mean(0), mean.detach(), atol=0.01)
     assert torch.allclose(torch.cov(xs.T), Q.detach(), atol=0.006)
@@ -69,10 +71,21 @@ def test_ou_bridge_matches_conditioned_simulation():
     F, c, _ = ref.closed_form(1.0)
     y = float((x0 @ F.T + c)[0, 0].detach())  # the most likely end point
     with torch.no_grad():
-        path = euler_maruyama(lambda z, t: ref.drift(z), 0.5, x0.expand(200000, 1), 0.0, 1.0, 100, torch.Generator().manual_seed(2), record=True)
+        path = euler_maruyama(
+            lambda z, t: ref.drift(z),
+            0.5,
+            x0.expand(200000, 1),
+            0.0,
+            1.0,
+            100,
+            torch.Generator().manual_seed(2),
+            record=True,
+        )
     keep = (path[-1, :, 0] - y).abs() < 0.02
     mid = path[40, keep, 0]
-    z = bridge_sample(ref, x0.expand(50000, 1), torch.full((50000, 1), y, dtype=D), 1.0, 0.4, torch.Generator().manual_seed(3))
+    z = bridge_sample(
+        ref, x0.expand(50000, 1), torch.full((50000, 1), y, dtype=D), 1.0, 0.4, torch.Generator().manual_seed(3)
+    )
     assert abs(float(mid.mean()) - float(z.mean())) < 0.02
     assert abs(float(mid.var()) - float(z.var())) < 0.01
 
@@ -142,12 +155,24 @@ def test_refit_loss_from_row_statistics_equals_pairwise_expectation():
     from scorebridge.bridge.sb import sinkhorn
 
     g = torch.Generator().manual_seed(3)
-    X = [torch.rand(9, 2, generator=g, dtype=D) * 3 + 0.5, torch.rand(7, 2, generator=g, dtype=D) * 3 + 0.5, torch.rand(8, 2, generator=g, dtype=D) * 3 + 0.5]
+    X = [
+        torch.rand(9, 2, generator=g, dtype=D) * 3 + 0.5,
+        torch.rand(7, 2, generator=g, dtype=D) * 3 + 0.5,
+        torch.rand(8, 2, generator=g, dtype=D) * 3 + 0.5,
+    ]
     times = [0.0, 0.7, 1.5]
     ref = Parametric(2, drift="lotka_volterra", noise="multiplicative", sigma=0.4)
     with torch.no_grad():
         costs = interval_costs(ref, X, times, 6)
-        plans = [sinkhorn(C, torch.full((C.shape[0],), 1 / C.shape[0], dtype=D), torch.full((C.shape[1],), 1 / C.shape[1], dtype=D), 1.0)[0] for C in costs]
+        plans = [
+            sinkhorn(
+                C,
+                torch.full((C.shape[0],), 1 / C.shape[0], dtype=D),
+                torch.full((C.shape[1],), 1 / C.shape[1], dtype=D),
+                1.0,
+            )[0]
+            for C in costs
+        ]
         cpls = [Coupling(P, (None, None), 0.0, 0) for P in plans]
         pairwise = sum(float((P * C).sum()) for P, C in zip(plans, costs)) / len(plans)
         assert float(expected_nll(ref, X, times, cpls, 6)) == pytest.approx(pairwise, rel=1e-9)
@@ -155,7 +180,9 @@ def test_refit_loss_from_row_statistics_equals_pairwise_expectation():
 
 @pytest.mark.parametrize("drift, dim", [("lotka_volterra", 2), ("repressilator", 3)])
 def test_builtin_analytic_jacobians_match_finite_differences(drift, dim):
-    ref = Parametric(dim, drift=drift, params={"beta": 7.0, "n": 2.5, "k": 1.3, "gamma": 0.8} if drift == "repressilator" else None)
+    ref = Parametric(
+        dim, drift=drift, params={"beta": 7.0, "n": 2.5, "k": 1.3, "gamma": 0.8} if drift == "repressilator" else None
+    )
     x = torch.rand(11, dim, generator=torch.Generator().manual_seed(0), dtype=D) * 3 + 0.05
     assert torch.allclose(ref.drift_jacobian(x), ref._fd_jacobian(x), atol=1e-7)
 
@@ -167,14 +194,23 @@ def _ou_snapshots(n=120, times=(0.0, 0.5, 1.0, 1.5), seed=0):
     for t in times:  # independent cells per snapshot
         x0 = torch.randn(n, 2, generator=g, dtype=D) * 0.3 + torch.tensor([2.0, 0.0], dtype=D)
         with torch.no_grad():
-            snaps.append(euler_maruyama(lambda z, _t: ref.drift(z), 0.3, x0, 0.0, t, max(1, int(t * 50)), g).numpy() if t > 0 else x0.numpy())
+            snaps.append(
+                euler_maruyama(lambda z, _t: ref.drift(z), 0.3, x0, 0.0, t, max(1, int(t * 50)), g).numpy()
+                if t > 0
+                else x0.numpy()
+            )
     return snaps, list(times)
 
 
 def test_fit_converges_early_and_predicts_any_time(tmp_path):
     snaps, times = _ou_snapshots()
     history = []
-    res = fit_bridge(snaps, times, _model({"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 40, "tol": 2e-2}), callback=lambda i, r: history.append(r))
+    res = fit_bridge(
+        snaps,
+        times,
+        _model({"reference": {"class": "linear", "sigma": {"init": 0.5}}, "max_iter": 40, "tol": 2e-2}),
+        callback=lambda i, r: history.append(r),
+    )
     assert res.converged and len(res.history) < 40 and history == res.history
     objs = [h["objective"] for h in res.history]
     assert objs[-1] < objs[0]  # coordinate descent on Σ KL(π ‖ μ ⊗ p_θ)
@@ -193,14 +229,32 @@ def test_fit_converges_early_and_predicts_any_time(tmp_path):
 
 
 def test_parametric_user_drift_by_import_path_and_errors():
-    ref = make_reference(_ref({"class": "parametric", "drift": "scorebridge.bridge.reference:lotka_volterra", "params": {"alpha": 1, "beta": 0.4, "gamma": 0.4, "delta": 0.1}, "sigma": {"init": 1.0, "learn": True}}), 2)
+    ref = make_reference(
+        _ref(
+            {
+                "class": "parametric",
+                "drift": "scorebridge.bridge.reference:lotka_volterra",
+                "params": {"alpha": 1, "beta": 0.4, "gamma": 0.4, "delta": 0.1},
+                "sigma": {"init": 1.0, "learn": True},
+            }
+        ),
+        2,
+    )
     assert isinstance(ref, Parametric) and abs(ref.describe()["alpha"] - 1) < 1e-12
     J = ref.drift_jacobian(torch.tensor([[2.0, 3.0]], dtype=D))
     assert torch.allclose(J[0], torch.tensor([[1 - 0.4 * 3, -0.4 * 2], [0.1 * 3, 0.1 * 2 - 0.4]], dtype=D), atol=1e-6)
     with pytest.raises(ConfigError, match="model.reference.drift"):
-        make_reference(_ref({"class": "parametric", "drift": "no_such_module_xyz:f", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
+        make_reference(
+            _ref({"class": "parametric", "drift": "no_such_module_xyz:f", "sigma": {"init": 1.0, "learn": True}}),
+            2,
+            key="model.reference",
+        )
     with pytest.raises(ConfigError, match="model.reference.drift"):
-        make_reference(_ref({"class": "parametric", "drift": "math:no_such_function", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
+        make_reference(
+            _ref({"class": "parametric", "drift": "math:no_such_function", "sigma": {"init": 1.0, "learn": True}}),
+            2,
+            key="model.reference",
+        )
     with pytest.raises(ConfigError, match="model.reference.class"):
         make_reference(_ref({"class": "quadratic", "sigma": {"init": 1.0, "learn": True}}), 2, key="model.reference")
 
@@ -209,7 +263,16 @@ def test_lotka_volterra_lna_bridge_recovers_parameters_quickly():
     from scorebridge.data.cells.simulate import simulate
 
     snaps, times, s = simulate({"system": "lotka_volterra", "n_cells": 80, "times": [0, 1.5, 3, 4.5], "seed": 1})
-    spec = {"reference": {"class": "parametric", "drift": "lotka_volterra", "noise": "multiplicative", "sigma": {"init": 0.3}}, "max_iter": 4, "substeps": 6}
+    spec = {
+        "reference": {
+            "class": "parametric",
+            "drift": "lotka_volterra",
+            "noise": "multiplicative",
+            "sigma": {"init": 0.3},
+        },
+        "max_iter": 4,
+        "substeps": 6,
+    }
     res = fit_bridge(snaps, times, _model(spec))
     p = res.reference.describe()
     for k, v in s["drift"].items():
@@ -258,9 +321,20 @@ def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
     from scorebridge.data.cells.simulate import simulate
 
     snaps, times, s = simulate({"system": "ou"})  # truth σ = 0.1, A a damped rotation
-    base = {"reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True}}, "max_iter": 10, "tol": 1e-2}
+    base = {
+        "reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True}},
+        "max_iter": 10,
+        "tol": 1e-2,
+    }
     plain = fit_bridge(snaps, times, _model(base))
-    deb_spec = {**base, "reference": {"class": "linear", "symmetric": False, "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"}}}
+    deb_spec = {
+        **base,
+        "reference": {
+            "class": "linear",
+            "symmetric": False,
+            "sigma": {"init": 0.5, "learn": True, "debias": "bootstrap"},
+        },
+    }
     deb = fit_bridge(snaps, times, _model(deb_spec), seed=0)
     s_plain, s_deb = float(plain.reference.sigma.detach()), float(deb.reference.sigma.detach())
     assert s_plain > 0.12  # the coupling blur read as noise
@@ -273,7 +347,9 @@ def test_sigma_bootstrap_debias_moves_sigma_toward_truth():
     again = fit_bridge(snaps, times, _model(deb_spec), seed=0)
     assert float(again.reference.sigma.detach()) == s_deb  # seeded bootstrap: deterministic
     with pytest.raises(ConfigError, match="model.reference.sigma.debias"):
-        fit_bridge(snaps, times, _model({"reference": {"class": "linear", "sigma": {"debias": "jackknife"}}, "max_iter": 1}))
+        fit_bridge(
+            snaps, times, _model({"reference": {"class": "linear", "sigma": {"debias": "jackknife"}}, "max_iter": 1})
+        )
 
 
 def test_small_noise_prediction_of_brownian_bridge_is_mccann():
@@ -283,10 +359,15 @@ def test_small_noise_prediction_of_brownian_bridge_is_mccann():
 
     g = np.random.default_rng(3)
     snaps = [g.normal(size=(40, 2)), g.normal(size=(40, 2)) * 1.5 + np.array([3.0, 1.0])]
-    res = fit_bridge(snaps, [0.0, 2.0], _model({"reference": {"class": "brownian", "sigma": {"init": 0.7, "learn": False}}, "max_iter": 1}))
+    res = fit_bridge(
+        snaps,
+        [0.0, 2.0],
+        _model({"reference": {"class": "brownian", "sigma": {"init": 0.7, "learn": False}}, "max_iter": 1}),
+    )
     gen = torch.Generator().manual_seed(0)
     ours = res.bridge.sample_at(0.5, 40, gen, noise=0.0, coupling="ot").numpy()
     theirs = McCann().fit(snaps, [0.0, 2.0]).predict(0.5)
+
     def key(a):
         return a[np.lexsort(a.T[::-1])]
 
@@ -312,7 +393,10 @@ def test_auto_sigma_is_on_the_data_scale_and_the_fit_is_scale_equivariant():
     assert 0.05 < s1 < 5.0 and s2 == pytest.approx(s1 / 10.0, rel=1e-6)
     spec = _model({"max_iter": 6, "tol": 1e-3})
     r1, r2 = fit_bridge(snaps, times, spec), fit_bridge(small, times, spec)
-    assert r1.spec["reference"]["sigma"]["init"] == pytest.approx(0.25 * s1) and r1.spec["reference"]["sigma"]["init_from"] == "auto"
+    assert (
+        r1.spec["reference"]["sigma"]["init"] == pytest.approx(0.25 * s1)
+        and r1.spec["reference"]["sigma"]["init_from"] == "auto"
+    )
     d1, d2 = r1.reference.describe(), r2.reference.describe()
     for k in d1:
         if k.startswith("A"):
@@ -387,7 +471,10 @@ def test_fit_leaves_its_options_and_section_unchanged():
     from scorebridge.bridge.fit import auto_sigma
 
     snaps, times = _ou_snapshots()
-    section = {"reference": {"class": "linear", "sigma": {"init": "auto", "learn": True, "debias": "bootstrap"}}, "max_iter": 3}
+    section = {
+        "reference": {"class": "linear", "sigma": {"init": "auto", "learn": True, "debias": "bootstrap"}},
+        "max_iter": 3,
+    }
     before = copy.deepcopy(section)
     opts = _model(section)
     frozen = copy.deepcopy(opts)

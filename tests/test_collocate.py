@@ -40,7 +40,9 @@ PROFILE = [
 @pytest.fixture
 def stores(tmp_path):
     era5 = tmp_path / "era5.zarr"
-    make_era5(era5, nt=8, levels=(850.0, 500.0))  # 2020-01-01 00..2020-01-02 18, 6-hourly; lat 30..34.5, lon -110..-104.5
+    make_era5(
+        era5, nt=8, levels=(850.0, 500.0)
+    )  # 2020-01-01 00..2020-01-02 18, 6-hourly; lat 30..34.5, lon -110..-104.5
     text = "".join(
         [
             sounding("ZZXUA000001", "2020-01-01 06", 31.0, -109.0, PROFILE),  # exactly ERA5 step 1
@@ -54,7 +56,9 @@ def stores(tmp_path):
             sounding("ZZXUA000002", "2020-01-03 06", 33.0, -105.0, PROFILE),  # 12 h after the last step
         ]
     )
-    outside = sounding("ZZXUA000003", "2020-01-01 06", 40.0, -109.0, PROFILE) + sounding("ZZXUA000004", "2020-01-01 06", 31.0, -100.0, PROFILE)
+    outside = sounding("ZZXUA000003", "2020-01-01 06", 40.0, -109.0, PROFILE) + sounding(
+        "ZZXUA000004", "2020-01-01 06", 31.0, -100.0, PROFILE
+    )
     files = []
     for name, t in (("ZZXUA000001-data.txt", text), ("ZZXUA000002-data.txt", text2), ("ZZXUA000003-data.txt", outside)):
         (tmp_path / name).write_text(t)
@@ -66,7 +70,19 @@ def stores(tmp_path):
 
 def _run(tmp_path, igra, era5, tol=3, name="obs.zarr"):
     out = tmp_path / name
-    rc = main(["igra-collocate", "--spec", json.dumps({"collocate": {"tolerance_hours": tol}}), "--igra", str(igra), "--era5", str(era5), "--out", str(out)])
+    rc = main(
+        [
+            "igra-collocate",
+            "--spec",
+            json.dumps({"collocate": {"tolerance_hours": tol}}),
+            "--igra",
+            str(igra),
+            "--era5",
+            str(era5),
+            "--out",
+            str(out),
+        ]
+    )
     return rc, out
 
 
@@ -77,7 +93,14 @@ def test_collocate_box_time_levels(stores):
     o = xr.open_zarr(out, consolidated=False).load()
     for k in ("station", "time", "time_index", "latitude", "longitude", "pressure", "t", "u", "v", "z"):
         assert o[k].dims == ("obs",), k
-    rows = pd.DataFrame({"station": o["station"].values.tolist(), "ti": o["time_index"].values, "launch": o["launch_time"].values, "p": o["pressure"].values})
+    rows = pd.DataFrame(
+        {
+            "station": o["station"].values.tolist(),
+            "ti": o["time_index"].values,
+            "launch": o["launch_time"].values,
+            "p": o["pressure"].values,
+        }
+    )
     got = rows.groupby(["station", "ti"])["launch"].first()
     assert got.to_dict() == {
         ("ZZXUA000001", 1): pd.Timestamp("2020-01-01 06"),
@@ -152,7 +175,12 @@ def test_synthetic_chain_collocates_everything(tmp_path):
     era5 = tmp_path / "era5.zarr"
     ds = make_era5(era5, linear=True, nt=4)
     raw, igra, out = tmp_path / "raw", tmp_path / "igra.zarr", tmp_path / "obs.zarr"
-    spec = json.dumps({"source": "synthetic", "synthetic": {"n_stations": 4, "noise_k": 0.0, "noise_wind_ms": 0.0, "missing_fraction": 0.0}})
+    spec = json.dumps(
+        {
+            "source": "synthetic",
+            "synthetic": {"n_stations": 4, "noise_k": 0.0, "noise_wind_ms": 0.0, "missing_fraction": 0.0},
+        }
+    )
     assert main(["igra-fetch", "--spec", spec, "--out", str(raw), str(era5)]) == 0
     assert main(["igra-ingest", "--spec", spec, "--out", str(igra), str(raw)]) == 0
     assert main(["igra-collocate", "--spec", spec, "--igra", str(igra), "--era5", str(era5), "--out", str(out)]) == 0
@@ -168,9 +196,15 @@ def test_synthetic_chain_collocates_everything(tmp_path):
         longitude=xr.DataArray(at["longitude"].values, dims="obs"),
     )
     np.testing.assert_allclose(at["t"].values, ref.values, atol=0.05 + 1e-3)
-    np.testing.assert_allclose(at["z"].values, ds["z"].interp(
-        time=xr.DataArray(at["time"].values, dims="obs"),
-        level=xr.DataArray(at["pressure"].values / 100.0, dims="obs"),
-        latitude=xr.DataArray(at["latitude"].values, dims="obs"),
-        longitude=xr.DataArray(at["longitude"].values, dims="obs"),
-    ).values, atol=0.5 * G0 + 0.1)
+    np.testing.assert_allclose(
+        at["z"].values,
+        ds["z"]
+        .interp(
+            time=xr.DataArray(at["time"].values, dims="obs"),
+            level=xr.DataArray(at["pressure"].values / 100.0, dims="obs"),
+            latitude=xr.DataArray(at["latitude"].values, dims="obs"),
+            longitude=xr.DataArray(at["longitude"].values, dims="obs"),
+        )
+        .values,
+        atol=0.5 * G0 + 0.1,
+    )

@@ -47,13 +47,31 @@ def test_ddp_gloo_two_processes_matches_single(tmp_path):
     era5 = write_toy_era5(tmp_path / "toy.zarr", ntime=10, nlat=8, nlon=12, variables=("t", "u"), seed=4)
     args = ["sr-train", "--spec", json.dumps(SPEC), "--experiment", "toy", "--era5", str(era5)]
     ddp = subprocess.run(
-        [bin_path("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "scorebridge", *args, "--checkpoint-dir", str(tmp_path / "ck2"), "--out", str(tmp_path / "ddp.pt")],
-        env=_env(), capture_output=True, text=True, timeout=400,
+        [
+            bin_path("torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "scorebridge",
+            *args,
+            "--checkpoint-dir",
+            str(tmp_path / "ck2"),
+            "--out",
+            str(tmp_path / "ddp.pt"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-5000:]
     one = subprocess.run(
         [bin_path("scorebridge"), *args, "--checkpoint-dir", str(tmp_path / "ck1"), "--out", str(tmp_path / "one.pt")],
-        env=_env(), capture_output=True, text=True, timeout=400,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-5000:]
 
@@ -72,7 +90,9 @@ def test_ddp_gloo_two_processes_matches_single(tmp_path):
     # rank 0 alone wrote checkpoints (one folder, the same steps as the single run); one summary printed
     dirs = list((tmp_path / "ck2").iterdir())
     assert len(dirs) == 1
-    assert [s for s, _ in list_checkpoints(dirs[0])] == [s for d in (tmp_path / "ck1").iterdir() for s, _ in list_checkpoints(d)]
+    assert [s for s, _ in list_checkpoints(dirs[0])] == [
+        s for d in (tmp_path / "ck1").iterdir() for s, _ in list_checkpoints(d)
+    ]
     assert ddp.stdout.count('"world_size": 2') == 1
 
 
@@ -87,8 +107,16 @@ def test_rule_launches_torchrun_when_resources_ask(tmp_path):
     exp = next(iter(base["sr"]))
     cases = {
         # torchrun through the interpreter Snakemake runs under (python -m torch.distributed.run)
-        "cpu2": ({}, {"device": "cpu", "nproc": 2}, f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m scorebridge sr-train"),
-        "nodes": ({"sr_train": {"gpus": 8, "nodes": 2}}, {}, f"srun --ntasks-per-node 1 {sys.executable} -m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d"),
+        "cpu2": (
+            {},
+            {"device": "cpu", "nproc": 2},
+            f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m scorebridge sr-train",
+        ),
+        "nodes": (
+            {"sr_train": {"gpus": 8, "nodes": 2}},
+            {},
+            f"srun --ntasks-per-node 1 {sys.executable} -m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d",
+        ),
     }
     for name, (resources, train, expected) in cases.items():
         cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -96,6 +124,17 @@ def test_rule_launches_torchrun_when_resources_ask(tmp_path):
         cfg.setdefault("resources", {}).update(resources)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        proc = run_snakemake("-n", "-p", "--forceall", "--configfile", str(path), "-d", str(tmp_path / name), f"results/sr/{exp}/checkpoint.pt", "-s", str(ROOT / "Snakefile"))
+        proc = run_snakemake(
+            "-n",
+            "-p",
+            "--forceall",
+            "--configfile",
+            str(path),
+            "-d",
+            str(tmp_path / name),
+            f"results/sr/{exp}/checkpoint.pt",
+            "-s",
+            str(ROOT / "Snakefile"),
+        )
         lines = [ln for ln in proc.stdout.splitlines() if "sr-train" in ln]
         assert lines and expected in lines[0], (name, lines[:1])

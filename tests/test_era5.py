@@ -35,9 +35,31 @@ def spec(**kw) -> dict:
     return {**BASE, **kw}
 
 
-def new_cds(seed=0, ntime=8, nlat=8, nlon=12, lon0=250.0, lat0=30.0, res=1.0, start="2020-01-01", step=6, variables=("t", "u", "t2m")) -> xr.Dataset:
+def new_cds(
+    seed=0,
+    ntime=8,
+    nlat=8,
+    nlon=12,
+    lon0=250.0,
+    lat0=30.0,
+    res=1.0,
+    start="2020-01-01",
+    step=6,
+    variables=("t", "u", "t2m"),
+) -> xr.Dataset:
     # replace, not build: some grids here are smaller than the config allows (nlat >= 8)
-    grid = dataclasses.replace(build(SyntheticOptions, {}), nlat=nlat, nlon=nlon, ntime=ntime, lon0=lon0, lat0=lat0, resolution=res, start=start, step_hours=step, seed=seed)
+    grid = dataclasses.replace(
+        build(SyntheticOptions, {}),
+        nlat=nlat,
+        nlon=nlon,
+        ntime=ntime,
+        lon0=lon0,
+        lat0=lat0,
+        resolution=res,
+        start=start,
+        step_hours=step,
+        seed=seed,
+    )
     return synthetic_era5(list(variables), [1000, 850, 500], grid)
 
 
@@ -95,9 +117,16 @@ def test_new_cds_layout_meets_the_contract(tmp_path):
     for v in ("t", "u", "t2m"):
         np.testing.assert_array_equal(ds[v].values, exp[v].values)
     norm = json.loads(ds.attrs["normalisation"])
-    np.testing.assert_allclose(norm["t"]["mean"], ds.t.mean(("time", "latitude", "longitude"), dtype=np.float64).values, rtol=1e-9)
-    np.testing.assert_allclose(norm["u"]["std"], ds.u.astype(np.float64).std(("time", "latitude", "longitude")).values, rtol=1e-7)
-    assert isinstance(norm["t2m"]["mean"], float) and abs(norm["t2m"]["std"] - float(ds.t2m.astype(np.float64).std())) < 1e-6
+    np.testing.assert_allclose(
+        norm["t"]["mean"], ds.t.mean(("time", "latitude", "longitude"), dtype=np.float64).values, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        norm["u"]["std"], ds.u.astype(np.float64).std(("time", "latitude", "longitude")).values, rtol=1e-7
+    )
+    assert (
+        isinstance(norm["t2m"]["mean"], float)
+        and abs(norm["t2m"]["std"] - float(ds.t2m.astype(np.float64).std())) < 1e-6
+    )
     prov = json.loads(ds.attrs["provenance"])
     assert prov["source"] == "local" and prov["inputs"][0]["sha256"] == sha256_file(f)
     assert {"numpy", "xarray", "zarr", "dask"} <= set(prov["packages"]) and prov["created"]
@@ -122,11 +151,19 @@ def test_global_0_360_grid_is_rotated_and_area_crosses_greenwich(tmp_path):
     f = write_new(src, tmp_path / "global.nc")
     ds = read(ingest(spec(), tmp_path / "g.zarr", [f]))
     assert ds.longitude.values[0] == -180.0 and ds.longitude.values[-1] == 170.0
-    np.testing.assert_array_equal(ds.t.sel(longitude=-170.0).values, src.t.sel(longitude=190.0, pressure_level=[850, 500]).transpose("valid_time", "pressure_level", "latitude").values[:, :, ::-1])
+    np.testing.assert_array_equal(
+        ds.t.sel(longitude=-170.0).values,
+        src.t.sel(longitude=190.0, pressure_level=[850, 500])
+        .transpose("valid_time", "pressure_level", "latitude")
+        .values[:, :, ::-1],
+    )
     box = read(ingest(spec(area=[0, -20, -40, 20]), tmp_path / "box.zarr", [f]))
     assert box.longitude.values.tolist() == [-20.0, -10.0, 0.0, 10.0, 20.0]
     assert box.latitude.values.tolist() == [-40.0, -30.0, -20.0, -10.0, 0.0]
-    np.testing.assert_array_equal(box.u.sel(longitude=-10.0, latitude=-30.0).values, src.u.sel(longitude=350.0, latitude=-30.0, pressure_level=[850, 500]).values)
+    np.testing.assert_array_equal(
+        box.u.sel(longitude=-10.0, latitude=-30.0).values,
+        src.u.sel(longitude=350.0, latitude=-30.0, pressure_level=[850, 500]).values,
+    )
 
 
 def test_grid_straddling_the_antimeridian_keeps_0_360():
@@ -158,11 +195,22 @@ def test_ensemble_members_kept_or_selected(tmp_path):
 def test_subsetting_by_area_dates_hours_levels_variables(tmp_path):
     src = new_cds(ntime=16, nlat=10, nlon=10, lat0=40.0, lon0=-10.0, res=1.0)  # 4 days, 6-hourly
     f = write_new(src, tmp_path / "s.nc")
-    sub = spec(variables=["u"], levels=[500], area=[45, -8, 42, -5], dates={"start": "2020-01-02", "end": "2020-01-03"}, hours=[6, 18])
+    sub = spec(
+        variables=["u"],
+        levels=[500],
+        area=[45, -8, 42, -5],
+        dates={"start": "2020-01-02", "end": "2020-01-03"},
+        hours=[6, 18],
+    )
     ds = read(ingest(sub, tmp_path / "sub.zarr", [f]))
     assert list(ds.data_vars) == ["u"]
     assert ds.level.values.tolist() == [500.0]
-    assert ds.latitude.values.tolist() == [42.0, 43.0, 44.0, 45.0] and ds.longitude.values.tolist() == [-8.0, -7.0, -6.0, -5.0]
+    assert ds.latitude.values.tolist() == [42.0, 43.0, 44.0, 45.0] and ds.longitude.values.tolist() == [
+        -8.0,
+        -7.0,
+        -6.0,
+        -5.0,
+    ]
     assert [str(t)[:13] for t in ds.time.values] == ["2020-01-02T06", "2020-01-02T18", "2020-01-03T06", "2020-01-03T18"]
     want = src.u.sel(pressure_level=[500], latitude=slice(45, 42), longitude=slice(-8, -5), valid_time=ds.time.values)
     np.testing.assert_array_equal(ds.u.values, want.values[:, :, ::-1, :])
@@ -192,14 +240,21 @@ def test_streams_through_a_dask_distributed_scheduler(tmp_path):
     src = new_cds(ntime=8, seed=6)
     f = write_new(src, tmp_path / "d.nc")
     local = read(ingest(spec(), tmp_path / "local.zarr", [f]))
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        remote = read(ingest(spec(stream={"address": cluster.scheduler_address, "block_mb": 0.2}), tmp_path / "remote.zarr", [f]))
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        remote = read(
+            ingest(spec(stream={"address": cluster.scheduler_address, "block_mb": 0.2}), tmp_path / "remote.zarr", [f])
+        )
         assert any("write_chunk" in p for p in cluster.scheduler.task_prefixes), "the scheduler ran the tasks"
     xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
     assert remote.attrs["normalisation"] == local.attrs["normalisation"]
     import dask
 
-    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(ConfigError, match="stream.address"):
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "1s"}),
+        pytest.raises(ConfigError, match="stream.address"),
+    ):
         ingest(spec(stream={"address": "tcp://127.0.0.1:9"}), tmp_path / "x.zarr", [f])
     assert not (tmp_path / "x.zarr").exists()
 
@@ -218,13 +273,34 @@ def test_grib_step_and_scalar_time_become_valid_time():
     data = np.arange(2 * 2 * 3 * 4, dtype=np.float32).reshape(2, 2, 3, 4)
     ds = xr.Dataset(
         {"tp": (("time", "step", "latitude", "longitude"), data)},
-        coords={"time": t0, "step": steps, "valid_time": (("time", "step"), valid), "latitude": [10.0, 5.0, 0.0], "longitude": [0.0, 1.0, 2.0, 3.0], "surface": 0.0},
+        coords={
+            "time": t0,
+            "step": steps,
+            "valid_time": (("time", "step"), valid),
+            "latitude": [10.0, 5.0, 0.0],
+            "longitude": [0.0, 1.0, 2.0, 3.0],
+            "surface": 0.0,
+        },
     )
     out = layout.standardise(ds, "fc.grib")
     assert out.tp.dims == ("time", "latitude", "longitude")
-    assert [str(t)[:13] for t in out.time.values] == ["2020-01-01T00", "2020-01-01T06", "2020-01-01T12", "2020-01-01T18"]
+    assert [str(t)[:13] for t in out.time.values] == [
+        "2020-01-01T00",
+        "2020-01-01T06",
+        "2020-01-01T12",
+        "2020-01-01T18",
+    ]
     np.testing.assert_array_equal(out.tp.values[1], data[0, 1])
-    scalar = xr.Dataset({"t2m": (("latitude", "longitude"), data[0, 0])}, coords={"time": t0[0], "step": steps[0], "valid_time": t0[0] + steps[1], "latitude": [10.0, 5.0, 0.0], "longitude": [0.0, 1.0, 2.0, 3.0]})
+    scalar = xr.Dataset(
+        {"t2m": (("latitude", "longitude"), data[0, 0])},
+        coords={
+            "time": t0[0],
+            "step": steps[0],
+            "valid_time": t0[0] + steps[1],
+            "latitude": [10.0, 5.0, 0.0],
+            "longitude": [0.0, 1.0, 2.0, 3.0],
+        },
+    )
     out = layout.standardise(scalar, "an.grib")
     assert out.t2m.dims == ("time", "latitude", "longitude") and str(out.time.values[0])[:13] == "2020-01-01T06"
 
@@ -240,13 +316,27 @@ def test_real_grib_ensemble_levels(tmp_path):
     assert ds.level.values.tolist() == [850.0, 500.0]
     assert [str(t)[:13] for t in ds.time.values] == ["2017-01-01T00", "2017-01-01T12", "2017-01-02T00", "2017-01-02T12"]
     assert ds.latitude.values[0] == -90.0 and ds.latitude.values[-1] == 90.0
-    assert ds.longitude.values[0] == -180.0 and ds.longitude.values[-1] == 177.0 and np.allclose(np.diff(ds.longitude.values), 3.0)
+    assert (
+        ds.longitude.values[0] == -180.0
+        and ds.longitude.values[-1] == 177.0
+        and np.allclose(np.diff(ds.longitude.values), 3.0)
+    )
     assert 215 < float(ds.t.min()) and float(ds.t.max()) < 315
     z850, z500 = (ds.z.sel(level=lev) / 9.80665 for lev in (850, 500))
     assert 900 < float(z850.mean()) < 1600 and 4800 < float(z500.mean()) < 5900
     raw = xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""})
-    np.testing.assert_array_equal(ds.t.sel(longitude=-3.0, latitude=45.0).values, raw.t.sel(longitude=357.0, latitude=45.0).values)
-    one = read(ingest(spec(variables=["t"], levels=[500], member=3, dates={"start": "2017-01-02", "end": "2017-01-02"}, hours=[12]), tmp_path / "one.zarr", [path]))
+    np.testing.assert_array_equal(
+        ds.t.sel(longitude=-3.0, latitude=45.0).values, raw.t.sel(longitude=357.0, latitude=45.0).values
+    )
+    one = read(
+        ingest(
+            spec(
+                variables=["t"], levels=[500], member=3, dates={"start": "2017-01-02", "end": "2017-01-02"}, hours=[12]
+            ),
+            tmp_path / "one.zarr",
+            [path],
+        )
+    )
     assert one.t.shape == (1, 1, 61, 120) and "number" not in one.dims
     np.testing.assert_array_equal(one.t.values[0, 0], ds.t.sel(number=3, level=500).values[3])
 
@@ -256,7 +346,11 @@ def test_real_grib_single_level_scalar_time(tmp_path):
     ds = read(ingest(spec(variables=["t2m"]), tmp_path / "s.zarr", [path]))
     assert ds.t2m.dims == ("time", "latitude", "longitude") and ds.t2m.shape == (1, 121, 201)
     assert "level" not in ds.dims
-    assert ds.latitude.values[0] == 30.0 and ds.latitude.values[-1] == 60.0 and np.allclose(np.diff(ds.latitude.values), 0.25)
+    assert (
+        ds.latitude.values[0] == 30.0
+        and ds.latitude.values[-1] == 60.0
+        and np.allclose(np.diff(ds.latitude.values), 0.25)
+    )
     assert ds.longitude.values[0] == -10.0 and ds.longitude.values[-1] == 40.0
     assert str(ds.time.values[0])[:13] == "2017-01-01T12"
     assert 255 < float(ds.t2m.min()) < float(ds.t2m.max()) < 300
@@ -286,23 +380,47 @@ def test_arco_layout_selected_lazily(tmp_path):
     rng = np.random.default_rng(0)
     store = xr.Dataset(
         {
-            "temperature": (("time", "level", "latitude", "longitude"), rng.normal(250, 10, (times.size, levels.size, lat.size, lon.size)).astype(np.float32)),
-            "u_component_of_wind": (("time", "level", "latitude", "longitude"), rng.normal(0, 10, (times.size, levels.size, lat.size, lon.size)).astype(np.float32)),
-            "2m_temperature": (("time", "latitude", "longitude"), rng.normal(280, 5, (times.size, lat.size, lon.size)).astype(np.float32)),
-            "geopotential": (("time", "level", "latitude", "longitude"), np.zeros((times.size, levels.size, lat.size, lon.size), np.float32)),
+            "temperature": (
+                ("time", "level", "latitude", "longitude"),
+                rng.normal(250, 10, (times.size, levels.size, lat.size, lon.size)).astype(np.float32),
+            ),
+            "u_component_of_wind": (
+                ("time", "level", "latitude", "longitude"),
+                rng.normal(0, 10, (times.size, levels.size, lat.size, lon.size)).astype(np.float32),
+            ),
+            "2m_temperature": (
+                ("time", "latitude", "longitude"),
+                rng.normal(280, 5, (times.size, lat.size, lon.size)).astype(np.float32),
+            ),
+            "geopotential": (
+                ("time", "level", "latitude", "longitude"),
+                np.zeros((times.size, levels.size, lat.size, lon.size), np.float32),
+            ),
         },
         coords={"time": times, "level": levels, "latitude": lat, "longitude": lon},
     )
     url = tmp_path / "arco.zarr"
     store.chunk({"time": 1}).to_zarr(url, consolidated=True, zarr_format=2)
-    sel = {"source": "arco", "arco_url": str(url), "variables": ["t", "t2m"], "levels": [850, 250], "area": [60, -30, 20, 30], "dates": {"start": "2021-03-02", "end": "2021-03-02"}, "hours": [0, 6, 12, 18]}
+    sel = {
+        "source": "arco",
+        "arco_url": str(url),
+        "variables": ["t", "t2m"],
+        "levels": [850, 250],
+        "area": [60, -30, 20, 30],
+        "dates": {"start": "2021-03-02", "end": "2021-03-02"},
+        "hours": [0, 6, 12, 18],
+    }
     ds = read(ingest(sel, tmp_path / "a.zarr"))
     assert sorted(ds.data_vars) == ["t", "t2m"] and ds.t.dims == ("time", "level", "latitude", "longitude")
     assert ds.level.values.tolist() == [850.0, 250.0]
     assert ds.latitude.values.tolist() == [20.0, 30.0, 40.0, 50.0, 60.0]
     assert ds.longitude.values.tolist() == [-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0]
-    assert [str(t)[11:13] for t in ds.time.values] == ["00", "06", "12", "18"] and str(ds.time.values[0])[:10] == "2021-03-02"
-    want = store.temperature.sel(time=ds.time.values, level=[850, 250], latitude=[20, 30, 40, 50, 60], longitude=[330, 340, 350, 0, 10, 20, 30])
+    assert [str(t)[11:13] for t in ds.time.values] == ["00", "06", "12", "18"] and str(ds.time.values[0])[
+        :10
+    ] == "2021-03-02"
+    want = store.temperature.sel(
+        time=ds.time.values, level=[850, 250], latitude=[20, 30, 40, 50, 60], longitude=[330, 340, 350, 0, 10, 20, 30]
+    )
     np.testing.assert_array_equal(ds.t.values, want.values)
     assert json.loads(ds.attrs["provenance"])["store"] == str(url)
     with pytest.raises(InputError, match=r"no variable 'q' \(the file has: .*t, t2m, u, z"):
@@ -313,21 +431,46 @@ def test_arco_layout_selected_lazily(tmp_path):
 
 
 def test_cds_requests_from_config():
-    reqs = build_cds_requests({"source": "cds", "variables": ["t", "u", "t2m"], "levels": [500, 850, 1000], "area": [60, -10, 30, 40], "grid": 0.5, "hours": [0, 12], "dates": {"start": "2020-01-30", "end": "2020-03-02"}, "product": "auto"})
+    reqs = build_cds_requests(
+        {
+            "source": "cds",
+            "variables": ["t", "u", "t2m"],
+            "levels": [500, 850, 1000],
+            "area": [60, -10, 30, 40],
+            "grid": 0.5,
+            "hours": [0, 12],
+            "dates": {"start": "2020-01-30", "end": "2020-03-02"},
+            "product": "auto",
+        }
+    )
     products = [p for p, _ in reqs]
     assert products == ["reanalysis-era5-pressure-levels"] * 3 + ["reanalysis-era5-single-levels"] * 3
     first = reqs[0][1]
     assert first["variable"] == ["temperature", "u_component_of_wind"] and reqs[3][1]["variable"] == ["2m_temperature"]
     assert first["pressure_level"] == ["1000", "850", "500"] and "pressure_level" not in reqs[3][1]
-    assert first["time"] == ["00:00", "12:00"] and first["area"] == [60.0, -10.0, 30.0, 40.0] and first["grid"] == [0.5, 0.5]
+    assert (
+        first["time"] == ["00:00", "12:00"]
+        and first["area"] == [60.0, -10.0, 30.0, 40.0]
+        and first["grid"] == [0.5, 0.5]
+    )
     assert first["data_format"] == "netcdf" and first["product_type"] == ["reanalysis"]
-    assert [(r["year"], r["month"], r["day"][0], r["day"][-1]) for _, r in reqs[:3]] == [(["2020"], ["01"], "30", "31"), (["2020"], ["02"], "01", "31"), (["2020"], ["03"], "01", "02")]
+    assert [(r["year"], r["month"], r["day"][0], r["day"][-1]) for _, r in reqs[:3]] == [
+        (["2020"], ["01"], "30", "31"),
+        (["2020"], ["02"], "01", "31"),
+        (["2020"], ["03"], "01", "02"),
+    ]
     json.dumps(reqs)  # plain JSON: recorded verbatim in provenance
 
 
 def test_cds_date_groups_cover_exactly():
     groups = date_groups(dt.date(2019, 1, 1), dt.date(2020, 12, 31))
-    assert groups == [{"year": ["2019", "2020"], "month": [f"{m:02d}" for m in range(1, 13)], "day": [f"{d:02d}" for d in range(1, 32)]}]
+    assert groups == [
+        {
+            "year": ["2019", "2020"],
+            "month": [f"{m:02d}" for m in range(1, 13)],
+            "day": [f"{d:02d}" for d in range(1, 32)],
+        }
+    ]
     groups = date_groups(dt.date(2021, 2, 27), dt.date(2021, 5, 3))
     covered = set()
     for g in groups:
@@ -338,7 +481,10 @@ def test_cds_date_groups_cover_exactly():
                         covered.add(dt.date(int(y), int(m), int(d)))
                     except ValueError:
                         pass  # CDS skips dates that do not exist
-    want = {dt.date(2021, 2, 27) + dt.timedelta(days=i) for i in range((dt.date(2021, 5, 3) - dt.date(2021, 2, 27)).days + 1)}
+    want = {
+        dt.date(2021, 2, 27) + dt.timedelta(days=i)
+        for i in range((dt.date(2021, 5, 3) - dt.date(2021, 2, 27)).days + 1)
+    }
     assert covered == want and len(groups) == 3
 
 
@@ -353,7 +499,13 @@ def test_cds_date_groups_cover_exactly():
     ],
 )
 def test_cds_request_config_errors(bad, key):
-    base = {"source": "cds", "variables": ["t"], "levels": [500], "dates": {"start": "2020-01-01", "end": "2020-01-02"}, "hours": [0]}
+    base = {
+        "source": "cds",
+        "variables": ["t"],
+        "levels": [500],
+        "dates": {"start": "2020-01-01", "end": "2020-01-02"},
+        "hours": [0],
+    }
     with pytest.raises(ConfigError) as err:
         build_cds_requests({**base, **bad})
     assert f"config key '{key}'" in str(err.value)
@@ -364,8 +516,16 @@ def test_cds_parts_joined_into_one_netcdf_with_the_requests(tmp_path):
     from scorebridge.data.era5.fetch import SOURCE_ATTR, _join_cds_parts
 
     src = new_cds(ntime=8, seed=8)
-    parts = [write_new(src[["t", "u"]].isel(valid_time=slice(0, 4)), tmp_path / "p0.nc"), write_new(src[["t", "u"]].isel(valid_time=slice(4, 8)), tmp_path / "p1.nc"), write_new(src[["t2m"]], tmp_path / "s0.nc")]
-    reqs = [("reanalysis-era5-pressure-levels", {"month": ["01"]}), ("reanalysis-era5-pressure-levels", {"month": ["02"]}), ("reanalysis-era5-single-levels", {"month": ["01", "02"]})]
+    parts = [
+        write_new(src[["t", "u"]].isel(valid_time=slice(0, 4)), tmp_path / "p0.nc"),
+        write_new(src[["t", "u"]].isel(valid_time=slice(4, 8)), tmp_path / "p1.nc"),
+        write_new(src[["t2m"]], tmp_path / "s0.nc"),
+    ]
+    reqs = [
+        ("reanalysis-era5-pressure-levels", {"month": ["01"]}),
+        ("reanalysis-era5-pressure-levels", {"month": ["02"]}),
+        ("reanalysis-era5-single-levels", {"month": ["01", "02"]}),
+    ]
     _join_cds_parts(parts, reqs, tmp_path / "joined.nc")
     with xr.open_dataset(tmp_path / "joined.nc") as ds:
         assert json.loads(ds.attrs[SOURCE_ATTR])["requests"][2]["dataset"] == "reanalysis-era5-single-levels"
@@ -378,8 +538,19 @@ def test_cds_parts_joined_into_one_netcdf_with_the_requests(tmp_path):
 def test_cds_fetch_without_credentials_fails_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDSAPI")}
     env.update({"HOME": str(tmp_path), "CDSAPI_RC": str(tmp_path / "none")})
-    spec_ = {"source": "cds", "variables": ["t"], "levels": [500], "dates": {"start": "2020-01-01", "end": "2020-01-01"}, "hours": [0]}
-    proc = subprocess.run([bin_path("scorebridge"), "era5-fetch", "--spec", json.dumps(spec_), "--out", str(tmp_path / "x.nc")], capture_output=True, text=True, env=env)
+    spec_ = {
+        "source": "cds",
+        "variables": ["t"],
+        "levels": [500],
+        "dates": {"start": "2020-01-01", "end": "2020-01-01"},
+        "hours": [0],
+    }
+    proc = subprocess.run(
+        [bin_path("scorebridge"), "era5-fetch", "--spec", json.dumps(spec_), "--out", str(tmp_path / "x.nc")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 1
     assert "no CDS credentials" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*.nc")) and not list(tmp_path.glob(".x.nc*"))
@@ -414,7 +585,9 @@ def test_error_grids_differ(tmp_path):
 
 def test_error_no_times_selected_and_empty_range(tmp_path):
     f = write_new(new_cds(ntime=4), tmp_path / "a.nc")
-    with pytest.raises(InputError, match=r"no times selected by dates 2021-01-01..2021-01-31 .*a.nc: 2020-01-01T00..2020-01-01T18"):
+    with pytest.raises(
+        InputError, match=r"no times selected by dates 2021-01-01..2021-01-31 .*a.nc: 2020-01-01T00..2020-01-01T18"
+    ):
         ingest(spec(dates={"start": "2021-01-01", "end": "2021-01-31"}), tmp_path / "o.zarr", [f])
     with pytest.raises(InputError, match="no times selected"):
         ingest(spec(hours=[3]), tmp_path / "o.zarr", [f])
@@ -444,22 +617,43 @@ def test_kill_during_zarr_write_leaves_nothing_complete(tmp_path):
     rng = np.random.default_rng(0)
     nt, ny, nx = 64, 90, 180
     ds = xr.Dataset(
-        {"t": (("valid_time", "pressure_level", "latitude", "longitude"), rng.normal(250, 10, (nt, 2, ny, nx)).astype(np.float32))},
-        coords={"valid_time": np.arange(nt).astype("timedelta64[h]") + np.datetime64("2020-01-01", "ns"), "pressure_level": [850.0, 500.0], "latitude": np.linspace(89, -89, ny), "longitude": np.arange(nx) * 2.0},
+        {
+            "t": (
+                ("valid_time", "pressure_level", "latitude", "longitude"),
+                rng.normal(250, 10, (nt, 2, ny, nx)).astype(np.float32),
+            )
+        },
+        coords={
+            "valid_time": np.arange(nt).astype("timedelta64[h]") + np.datetime64("2020-01-01", "ns"),
+            "pressure_level": [850.0, 500.0],
+            "latitude": np.linspace(89, -89, ny),
+            "longitude": np.arange(nx) * 2.0,
+        },
     )
     f = write_new(ds, tmp_path / "big.nc")
     out = tmp_path / "k.zarr"
-    args = ["era5-ingest", "--spec", json.dumps(spec(variables=["t"], chunks={"time": 1}, stream={"block_mb": 0.2, "workers": 1})), "--out", str(out), str(f)]
+    args = [
+        "era5-ingest",
+        "--spec",
+        json.dumps(spec(variables=["t"], chunks={"time": 1}, stream={"block_mb": 0.2, "workers": 1})),
+        "--out",
+        str(out),
+        str(f),
+    ]
     proc = subprocess.Popen([bin_path("scorebridge"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     partial = None
     while time.time() < deadline and proc.poll() is None:
-        found = [p for p in tmp_path.glob(".k.zarr.partial-*") if (p / "t").exists() and len(list((p / "t").rglob("*"))) > 6]
+        found = [
+            p for p in tmp_path.glob(".k.zarr.partial-*") if (p / "t").exists() and len(list((p / "t").rglob("*"))) > 6
+        ]
         if found:
             partial = found[0]
             break
         time.sleep(0.05)
-    assert partial is not None and proc.poll() is None, "the ingestion finished before it could be killed; make the input larger"
+    assert partial is not None and proc.poll() is None, (
+        "the ingestion finished before it could be killed; make the input larger"
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "a killed write must not look complete"
@@ -481,7 +675,17 @@ def test_snakemake_builds_era5_targets(tmp_path):
         grib = shared_file("era5", "era5-single-level-scalar-time.grib")
     except pytest.skip.Exception:
         grib = None
-    cfg = {"era5": {"tiny": {"source": "synthetic", "variables": ["t", "u", "v", "t2m"], "levels": [850, 500], "synthetic": {"nlat": 16, "nlon": 16, "ntime": 8, "seed": 1}, "chunks": {"time": 4}}}}
+    cfg = {
+        "era5": {
+            "tiny": {
+                "source": "synthetic",
+                "variables": ["t", "u", "v", "t2m"],
+                "levels": [850, 500],
+                "synthetic": {"nlat": 16, "nlon": 16, "ntime": 8, "seed": 1},
+                "chunks": {"time": 4},
+            }
+        }
+    }
     targets = ["results/data/era5/tiny.zarr"]
     if grib is not None:
         cfg["era5"]["sample"] = {"source": "local", "variables": ["t2m"], "files": [str(grib)], "area": [50, 0, 40, 10]}

@@ -36,11 +36,29 @@ SPEC = {
 
 
 def _cmd(era5: Path, ckdir: Path, out: Path) -> list[str]:
-    return [bin_path("scorebridge"), "sr-train", "--spec", json.dumps(SPEC), "--experiment", "toy", "--era5", str(era5), "--checkpoint-dir", str(ckdir), "--out", str(out)]
+    return [
+        bin_path("scorebridge"),
+        "sr-train",
+        "--spec",
+        json.dumps(SPEC),
+        "--experiment",
+        "toy",
+        "--era5",
+        str(era5),
+        "--checkpoint-dir",
+        str(ckdir),
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "SCOREBRIDGE_NO_PROGRESS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "SCOREBRIDGE_NO_PROGRESS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 @pytest.mark.slow
@@ -49,7 +67,13 @@ def test_kill9_then_rerun_matches_uninterrupted(tmp_path):
     ck_a, ck_b = tmp_path / "ck_killed", tmp_path / "ck_plain"
 
     # 1. start training, kill -9 as soon as the second checkpoint exists
-    proc = subprocess.Popen(_cmd(era5, ck_a, tmp_path / "a.pt"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(era5, ck_a, tmp_path / "a.pt"),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -70,13 +94,13 @@ def test_kill9_then_rerun_matches_uninterrupted(tmp_path):
     # 2. rerun the same command: resumes and finishes
     rerun = subprocess.run(_cmd(era5, ck_a, tmp_path / "a.pt"), env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    summary = json.loads(rerun.stdout[rerun.stdout.index("{"):])
+    summary = json.loads(rerun.stdout[rerun.stdout.index("{") :])
     assert summary["resumed_from"] is not None and summary["resumed_from"] >= 20
 
     # 3. an uninterrupted run in a separate process
     plain = subprocess.run(_cmd(era5, ck_b, tmp_path / "b.pt"), env=_env(), capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0, plain.stdout + plain.stderr
-    assert json.loads(plain.stdout[plain.stdout.index("{"):])["resumed_from"] is None
+    assert json.loads(plain.stdout[plain.stdout.index("{") :])["resumed_from"] is None
 
     a = torch.load(tmp_path / "a.pt", weights_only=False)
     b = torch.load(tmp_path / "b.pt", weights_only=False)

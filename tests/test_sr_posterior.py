@@ -29,7 +29,16 @@ def problem():
     cg = CoarseGrain(2, (H, W))
     ops, yps = [], []
     for b, pts in enumerate([([1.5, 4.2, 6.0], [2.5, 5.0, 0.3]), ([0.5, 3.0], [6.5, 1.2])]):
-        op, _, _, _ = build_point_obs([("c0", None)], np.arange(8.0), np.arange(8.0), pts[0], pts[1], [np.nan] * len(pts[0]), ["c0"] * len(pts[0]), [0.0] * len(pts[0]))
+        op, _, _, _ = build_point_obs(
+            [("c0", None)],
+            np.arange(8.0),
+            np.arange(8.0),
+            pts[0],
+            pts[1],
+            [np.nan] * len(pts[0]),
+            ["c0"] * len(pts[0]),
+            [0.0] * len(pts[0]),
+        )
         ops.append(op)
         yps.append(op(truth[b : b + 1]).float() + 0.2 * torch.randn(1, len(pts[0]), generator=gen))
     point = PointObs.stack(ops)
@@ -52,13 +61,30 @@ def problem():
 
 def _obs(problem, gamma):
     prior, cg, point, yc, yp, refs, psd = problem
-    return [Observation("coarse", cg, yc, torch.tensor(0.2), gamma, zeta=0.3), Observation("radiosondes", point, yp, torch.tensor(0.2), gamma, zeta=0.3)]
+    return [
+        Observation("coarse", cg, yc, torch.tensor(0.2), gamma, zeta=0.3),
+        Observation("radiosondes", point, yp, torch.tensor(0.2), gamma, zeta=0.3),
+    ]
 
 
-def _sample(problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0, cg_iterations=1, solver="heun"):
+def _sample(
+    problem, guidance="sda", gamma=0.3, members=256, steps=25, seed=1, churn=0.0, cg_iterations=1, solver="heun"
+):
     prior = problem[0]
-    return posterior_sample(prior, _obs(problem, gamma), members, steps, shape=(1, H, W), mean=torch.tensor([MEAN]), std=torch.tensor([STD]),
-                            guidance=guidance, churn=churn, cg_iterations=cg_iterations, solver=solver, generator=torch.Generator().manual_seed(seed))
+    return posterior_sample(
+        prior,
+        _obs(problem, gamma),
+        members,
+        steps,
+        shape=(1, H, W),
+        mean=torch.tensor([MEAN]),
+        std=torch.tensor([STD]),
+        guidance=guidance,
+        churn=churn,
+        cg_iterations=cg_iterations,
+        solver=solver,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_sda_matches_closed_form_posterior(problem):
@@ -68,7 +94,9 @@ def test_sda_matches_closed_form_posterior(problem):
     for b, (m, sd) in enumerate(refs):
         e = x[b].reshape(256, -1).double()
         err = (e.mean(0) - m) / sd
-        assert err.pow(2).mean().sqrt() < 0.5, f"case {b}: posterior mean off by {err.pow(2).mean().sqrt():.2f} posterior sd (rms)"
+        assert err.pow(2).mean().sqrt() < 0.5, (
+            f"case {b}: posterior mean off by {err.pow(2).mean().sqrt():.2f} posterior sd (rms)"
+        )
         assert ((e.mean(0) - m) / psd).abs().max() < 0.25
         ratio = (e.std(0) / sd).mean()
         assert 0.8 < ratio < 1.25, f"case {b}: ensemble sd / posterior sd = {ratio:.2f}"
@@ -86,7 +114,9 @@ def test_mmps_matches_closed_form_posterior(problem):
     for b, (m, sd) in enumerate(refs):
         e = x[b].reshape(256, -1).double()
         err = (e.mean(0) - m) / sd
-        assert err.pow(2).mean().sqrt() < 0.4, f"case {b}: posterior mean off by {err.pow(2).mean().sqrt():.2f} posterior sd (rms)"
+        assert err.pow(2).mean().sqrt() < 0.4, (
+            f"case {b}: posterior mean off by {err.pow(2).mean().sqrt():.2f} posterior sd (rms)"
+        )
         ratio = (e.std(0) / sd).mean()
         assert 0.85 < ratio < 1.2, f"case {b}: ensemble sd / posterior sd = {ratio:.2f}"
     _, cost = _sample(problem, guidance="mmps", gamma=0.0, members=4, steps=13)

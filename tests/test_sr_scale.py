@@ -77,8 +77,19 @@ def test_prefetcher_gives_the_same_values_in_order_restarts_and_raises():
 
 
 def test_streamed_prefetched_training_equals_in_memory(toy, tmp_path):
-    spec = {"era5": "toy", "seed": 1, "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 0, "model": {"base": 8, "mults": [1, 2]},
-                                              "threads": 1, "variables": ["t"], "crop": 8}}
+    spec = {
+        "era5": "toy",
+        "seed": 1,
+        "train": {
+            "steps": 6,
+            "batch_size": 4,
+            "checkpoint_every": 0,
+            "model": {"base": 8, "mults": [1, 2]},
+            "threads": 1,
+            "variables": ["t"],
+            "crop": 8,
+        },
+    }
     a = train_prior(resolve_spec(spec), toy, None, tmp_path / "a.pt")
     spec["train"]["max_memory_mb"] = 1e-6
     b = train_prior(resolve_spec(spec), toy, None, tmp_path / "b.pt")
@@ -162,7 +173,17 @@ class StationaryGaussian:
         return torch.fft.ifft2(torch.fft.fft2(x.double()) * f).real.to(x.dtype)
 
 
-@pytest.mark.parametrize("length,size,overlap,periodic", [(32, 16, 4, False), (48, 20, 8, True), (30, 12, 5, False), (30, 12, 5, True), (10, 16, 4, False), (20, 12, 4, True)])
+@pytest.mark.parametrize(
+    "length,size,overlap,periodic",
+    [
+        (32, 16, 4, False),
+        (48, 20, 8, True),
+        (30, 12, 5, False),
+        (30, 12, 5, True),
+        (10, 16, 4, False),
+        (20, 12, 4, True),
+    ],
+)
 def test_blend_weights_sum_to_one(length, size, overlap, periodic):
     t = axis_tiling(length, size, overlap, periodic)
     total = np.zeros(length)
@@ -202,7 +223,9 @@ def test_guided_patch_sampling_checkpoints_chunks_and_follows_the_observation():
     samples match the coarse observation about as well as full-domain sampling does."""
     H = W = 32
     prior = StationaryGaussian(1.0)
-    truth = prior.denoise(torch.randn(1, 2, H, W, generator=torch.Generator().manual_seed(3)), torch.tensor([0.0])) * 1.0
+    truth = (
+        prior.denoise(torch.randn(1, 2, H, W, generator=torch.Generator().manual_seed(3)), torch.tensor([0.0])) * 1.0
+    )
     copts = options.build(CoarseOptions, {"factor": 4, "sigma_y_relative": 0.05})
     ob = coarse_observation(truth, [("a", None), ("b", None)], np.ones(2, np.float32), copts)
     kw = dict(shape=(2, H, W), mean=torch.zeros(2), std=torch.ones(2), guidance="sda", n_cases=1)
@@ -283,7 +306,13 @@ def test_gpu_check_dry_run_writes_its_json(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "SCOREBRIDGE_NO_PROGRESS": "1"}
-    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["sizes"]) == {"16x16", "16x32"} and r["cpu_reference"]["sizes"]["256x256"]["sample"]["members"] == 16

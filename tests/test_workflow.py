@@ -21,7 +21,9 @@ def test_snakemake_lint_clean():
 
 
 def test_snakefmt_clean():
-    proc = subprocess.run([bin_path("snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [bin_path("snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -57,8 +59,21 @@ def test_bad_config_names_key(mutate, key):
 def test_dry_run_whole_dag():
     proc = run_snakemake("-n", "--forceall", "--quiet", "rules")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, flags=re.M))
-    for rule in ["era5_fetch", "era5_ingest", "igra_fetch", "igra_ingest", "igra_collocate", "cells_simulate", "cells_ingest",
-                 "tracking_init", "sr_train", "sr_sample", "sr_evaluate", "bridge_fit", "bridge_evaluate"]:
+    for rule in [
+        "era5_fetch",
+        "era5_ingest",
+        "igra_fetch",
+        "igra_ingest",
+        "igra_collocate",
+        "cells_simulate",
+        "cells_ingest",
+        "tracking_init",
+        "sr_train",
+        "sr_sample",
+        "sr_evaluate",
+        "bridge_fit",
+        "bridge_evaluate",
+    ]:
         assert rule in counts, f"{rule} missing from the dry run:\n{proc.stdout}"
 
 
@@ -78,4 +93,6 @@ def test_envs_match_lock():
     assert all("==" in line for line in lock if line and not line.startswith("#")), "every lock line pins a version"
     for rule_file in (ROOT / "workflow" / "rules").glob("*.smk"):
         text = rule_file.read_text()
-        assert len(re.findall(r"^rule ", text, flags=re.M)) == text.count("conda:"), f"{rule_file.name}: every rule names its conda env"
+        assert len(re.findall(r"^rule ", text, flags=re.M)) == text.count("conda:"), (
+            f"{rule_file.name}: every rule names its conda env"
+        )

@@ -60,16 +60,23 @@ class Conditioner:
 
         return load_fields(self.ds, self.channels, idx, member=0 if "number" in self.ds.dims else None, check_nan=False)
 
-    def observations(self, idx: np.ndarray, truth: np.ndarray, conditioning: Sequence[str]) -> tuple[list[Observation], dict]:
+    def observations(
+        self, idx: np.ndarray, truth: np.ndarray, conditioning: Sequence[str]
+    ) -> tuple[list[Observation], dict]:
         obs: list[Observation] = []
         info: dict = {}
         if "coarse" in conditioning:
             obs.append(coarse_observation(torch.as_tensor(truth), self.channels, self.std, self.options.coarse))
         if "radiosondes" in conditioning:
             if self.table is None:
-                raise ConfigError("sr.sample.conditioning", "'radiosondes' needs collocated observations (set the experiment's `igra` and pass --obs)")
+                raise ConfigError(
+                    "sr.sample.conditioning",
+                    "'radiosondes' needs collocated observations (set the experiment's `igra` and pass --obs)",
+                )
             times = np.asarray(self.ds["time"].values)[idx]
-            ob, info = radiosonde_observation(self.table, times, self.channels, self.lat, self.lon, self.std, self.options.radiosondes)
+            ob, info = radiosonde_observation(
+                self.table, times, self.channels, self.lat, self.lon, self.std, self.options.radiosondes
+            )
             obs.append(ob)
         return obs, info
 
@@ -88,7 +95,17 @@ def _sampler_settings(opts: SampleOptions) -> dict:
     }
 
 
-def sample_times(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, conditioning: Sequence[str], members: int, *, seed: int, device) -> tuple[np.ndarray, Cost, dict]:
+def sample_times(
+    prior,
+    cond: Conditioner,
+    idx: np.ndarray,
+    truth: np.ndarray,
+    conditioning: Sequence[str],
+    members: int,
+    *,
+    seed: int,
+    device,
+) -> tuple[np.ndarray, Cost, dict]:
     """Ensembles ``[T, N, C, H, W]`` (physical) for ERA5 times ``idx``, in chunks of ``batch_size``
     fields (whole ensembles of several times, or parts of one time's ensemble when
     ``batch_size`` is below ``members``: memory grows with ``batch_size``)."""
@@ -107,8 +124,17 @@ def sample_times(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, c
             info_all[k] = info_all.get(k, 0) + v
         for m0 in range(0, members, chunk):
             x, cost = posterior_sample(
-                prior, obs, min(chunk, members - m0), int(opts.steps), shape=(C, H, W), mean=torch.as_tensor(cond.mean), std=torch.as_tensor(cond.std),
-                n_cases=len(idx[sl]), generator=gen, device=device, **_sampler_settings(opts),
+                prior,
+                obs,
+                min(chunk, members - m0),
+                int(opts.steps),
+                shape=(C, H, W),
+                mean=torch.as_tensor(cond.mean),
+                std=torch.as_tensor(cond.std),
+                n_cases=len(idx[sl]),
+                generator=gen,
+                device=device,
+                **_sampler_settings(opts),
             )
             out[sl, m0 : m0 + x.shape[1]] = x.cpu().numpy()
             total.forward, total.backward = cost.forward, cost.backward
@@ -133,8 +159,12 @@ def _pooled_scores(ens: np.ndarray, truth: np.ndarray, std: np.ndarray, lat: np.
         ssr_c = metrics.spread_skill(ens, truth, lat)
         rmse_c = metrics.rmse(ens.mean(1), truth, lat)
         crps_c = metrics.fair_crps(ens, truth, lat)
-        return {"ssr": metrics.pooled_spread_skill(ens, truth, std, lat), "rmse": metrics.pooled(rmse_c, std), "crps": float(np.mean(crps_c / std)),
-                "ssr_channels": [float(r) for r in ssr_c]}
+        return {
+            "ssr": metrics.pooled_spread_skill(ens, truth, std, lat),
+            "rmse": metrics.pooled(rmse_c, std),
+            "crps": float(np.mean(crps_c / std)),
+            "ssr_channels": [float(r) for r in ssr_c],
+        }
 
 
 def _inflation(scores: dict, opts) -> float | list[float]:
@@ -162,7 +192,9 @@ def _steps(conditioning: Sequence[str]) -> list[tuple[str, list[str]]]:
     return [(m, order[: i + 1]) for i, m in enumerate(order)]
 
 
-def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Sequence[str], *, seed: int, device) -> dict:
+def calibrate(
+    prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Sequence[str], *, seed: int, device
+) -> dict:
     """Pick each modality's SDA/MMPS ``gamma`` and the anomaly-inflation factors on calibration
     times drawn from ``train_idx`` (the validation block of the training period, or training
     times when there is none).
@@ -196,8 +228,19 @@ def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Seq
             raw = _pooled_scores(ens, truth, cond.std, cond.lat)
             alpha = _inflation(raw, copts)
             cal = _pooled_scores(inflate(ens, alpha), truth, cond.std, cond.lat)
-            row = {"modality": modality, "conditioning": "+".join(cset), "gamma": float(g), "ssr_raw": raw["ssr"], "ssr_raw_channels": raw["ssr_channels"],
-                   "rmse": raw["rmse"], "crps_raw": raw["crps"], "inflation": alpha, "ssr": cal["ssr"], "ssr_channels": cal["ssr_channels"], "crps": cal["crps"]}
+            row = {
+                "modality": modality,
+                "conditioning": "+".join(cset),
+                "gamma": float(g),
+                "ssr_raw": raw["ssr"],
+                "ssr_raw_channels": raw["ssr_channels"],
+                "rmse": raw["rmse"],
+                "crps_raw": raw["crps"],
+                "inflation": alpha,
+                "ssr": cal["ssr"],
+                "ssr_channels": cal["ssr_channels"],
+                "crps": cal["crps"],
+            }
             log.info("calibration: %s", row)
             rows.append(row)
 
@@ -207,13 +250,22 @@ def calibrate(prior, cond: Conditioner, train_idx: np.ndarray, conditioning: Seq
 
         best = min(rows, key=score)
         if not np.isfinite(score(best)[0]):
-            raise InputError(f"posterior sampling diverged for every calibration gamma {list(copts.gammas)} of the {modality} modality; "
-                             "raise sr.sample.calibrate.gammas or sigma_y")
+            raise InputError(
+                f"posterior sampling diverged for every calibration gamma {list(copts.gammas)} of the {modality} modality; "
+                "raise sr.sample.calibrate.gammas or sigma_y"
+            )
         best["chosen"] = True
         chosen[modality] = best["gamma"]
         inflation["+".join(cset)] = best["inflation"]
         table.extend(rows)
     times = np.asarray(cond.ds["time"].values)[pick].astype("datetime64[s]")
     full = "+".join(_steps(conditioning)[-1][1]) if conditioning else ""
-    return {"times": [str(t) for t in times], "time_index": [int(i) for i in pick], "members": members, "gamma": chosen,
-            "inflation": inflation.get(full, 1.0), "inflation_coarse": inflation.get("coarse"), "table": table}
+    return {
+        "times": [str(t) for t in times],
+        "time_index": [int(i) for i in pick],
+        "members": members,
+        "gamma": chosen,
+        "inflation": inflation.get(full, 1.0),
+        "inflation_coarse": inflation.get("coarse"),
+        "table": table,
+    }

@@ -51,7 +51,9 @@ def _name(ch) -> str:
     return v if lv is None else f"{v}/{lv:g}"
 
 
-def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[str, np.ndarray], tol_pa: float) -> tuple[dict, dict]:
+def _withheld(
+    obs_path, sampling, channels, times, lat, lon, pred_fields: dict[str, np.ndarray], tol_pa: float
+) -> tuple[dict, dict]:
     """RMSE at withheld stations for each prediction field ``[T, C, H, W]`` (and the nearest radiosonde)."""
     import warnings
 
@@ -75,7 +77,9 @@ def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[s
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            op, y, kept, _ = build_point_obs(channels, lat, lon, sub.latitude, sub.longitude, sub.pressure, sub.variable, sub.value, sub.station)
+            op, y, kept, _ = build_point_obs(
+                channels, lat, lon, sub.latitude, sub.longitude, sub.pressure, sub.variable, sub.value, sub.station
+            )
         if len(kept) == 0:
             continue
         import torch
@@ -105,7 +109,9 @@ def _withheld(obs_path, sampling, channels, times, lat, lon, pred_fields: dict[s
     return out, {"n_withheld_obs": int(len(yv)), "per_variable": counts, "withheld_stations": withheld}
 
 
-def _interpolated(sds, channels, coarse: np.ndarray, k: int, shape, periodic, truth: np.ndarray, lat: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+def _interpolated(
+    sds, channels, coarse: np.ndarray, k: int, shape, periodic, truth: np.ndarray, lat: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict]:
     """Bicubic and bilinear interpolation of the coarse field, boundaries treated as the prior
     treats them: wrapped on its periodic axes. For a prior that models anomalies from its
     training-time mean field (`{v}_climatology` in the store) the interpolation of those
@@ -141,9 +147,15 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
     sds, sampling, channels = open_samples(samples_path)
     ds = open_era5(era5_path)
     tidx = np.asarray(sds["time_index"].values, np.int64)
-    if tidx.max() >= ds.sizes["time"] or not np.array_equal(np.asarray(ds["time"].values)[tidx], np.asarray(sds["time"].values)):
-        raise InputError(f"the samples' times do not match the ERA5 store {era5_path} (sampled from another dataset?)", samples_path)
-    truth = load_fields(ds, channels, tidx, member=0 if "number" in ds.dims else None, check_nan=False).astype(np.float64)
+    if tidx.max() >= ds.sizes["time"] or not np.array_equal(
+        np.asarray(ds["time"].values)[tidx], np.asarray(sds["time"].values)
+    ):
+        raise InputError(
+            f"the samples' times do not match the ERA5 store {era5_path} (sampled from another dataset?)", samples_path
+        )
+    truth = load_fields(ds, channels, tidx, member=0 if "number" in ds.dims else None, check_nan=False).astype(
+        np.float64
+    )
     ens = vars_to_fields(sds, channels).astype(np.float64)  # [T, N, C, H, W]
     mean = vars_to_fields(sds, channels, "_mean").astype(np.float64)
     coarse = vars_to_fields(sds, channels, "_coarse").astype(np.float64)
@@ -157,7 +169,9 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
     if obs_path:
         full = read_obs(obs_path, sorted({v for v, _ in channels}))
         table = full.select(~np.isin(full.station, sampling.get("withheld_stations") or []))
-        base["nearest_radiosonde"] = nearest_station_field(table, np.asarray(sds["time"].values), channels, lat, lon, tol)
+        base["nearest_radiosonde"] = nearest_station_field(
+            table, np.asarray(sds["time"].values), channels, lat, lon, tol
+        )
 
     out: dict = {}
     names = [_name(c) for c in channels]
@@ -175,8 +189,16 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
         coarse_only = (ref, deflate(ref, sampling["reference"]["inflation"]))
     elif list(sampling["conditioning"]) == ["coarse"]:
         coarse_only = main
-    card_metrics, card = scorecard(main, coarse_only, base["bicubic"], truth, np.asarray(sampling["normalisation"]["std"], np.float64), lat, names,
-                                   list(sampling["conditioning"]))
+    card_metrics, card = scorecard(
+        main,
+        coarse_only,
+        base["bicubic"],
+        truth,
+        np.asarray(sampling["normalisation"]["std"], np.float64),
+        lat,
+        names,
+        list(sampling["conditioning"]),
+    )
     out.update(card_metrics)
     ssr = M.spread_skill(ens, truth, lat)
     sp = M.spread(ens, lat)
@@ -190,14 +212,23 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
     spectra: dict = {}
     # spectra of the anomalies from the prior's mean field when it models them: what is periodic
     # for the prior (a mean gradient across a periodic seam is not) and the same offset for all
-    clim = vars_to_fields(sds, channels, "_climatology").astype(np.float64) if f"{channels[0][0]}_climatology" in sds.variables else np.zeros(truth.shape[1:])
+    clim = (
+        vars_to_fields(sds, channels, "_climatology").astype(np.float64)
+        if f"{channels[0][0]}_climatology" in sds.variables
+        else np.zeros(truth.shape[1:])
+    )
 
     def spectrum(fields: np.ndarray, i: int) -> np.ndarray:
         return M.power_spectrum(fields - clim[i], periodic)[1]
 
     for i, c in enumerate(names):
         kk, pt = M.power_spectrum(truth[:, i] - clim[i], periodic)
-        entry = {"k": kk.tolist(), "truth": pt.tolist(), "posterior_mean": spectrum(mean[:, i], i).tolist(), "members": spectrum(ens[:, :, i], i).tolist()}
+        entry = {
+            "k": kk.tolist(),
+            "truth": pt.tolist(),
+            "posterior_mean": spectrum(mean[:, i], i).tolist(),
+            "members": spectrum(ens[:, :, i], i).tolist(),
+        }
         if coarse_only is not None and coarse_only[0] is not ens:
             entry["coarse_only"] = spectrum(coarse_only[0][:, :, i], i).tolist()
         for b, fld in base.items():
@@ -232,7 +263,9 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
         "scorecard": {**card, "bicubic_of": interpolated, "periodic": sampling["periodic"]},
         "rank_histogram": {c: hist[i].tolist() for i, c in enumerate(names)},
         "spectra": spectra,
-        "spectra_windowed_axes": [a for a, p in zip(("latitude", "longitude"), periodic) if not p],  # detrended + Hann-windowed
+        "spectra_windowed_axes": [
+            a for a, p in zip(("latitude", "longitude"), periodic) if not p
+        ],  # detrended + Hann-windowed
         "withheld": wh_info,
         "sampling": sampling,
         "n_times": int(len(tidx)),
@@ -241,16 +274,43 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
     if figures is not None:
         from .figures import write_figures
 
-        write_figures(figures, truth=truth, coarse=coarse, mean=mean, ens=ens, base=base, names=names, lat=lat, lon=lon, factor=k, hist=hist,
-                      spectra=spectra, metrics=out, sampling=sampling, times=np.asarray(sds["time"].values), obs_path=obs_path, run=run,
-                      map_time=int(options.map_time), map_channels=int(options.map_channels))
+        write_figures(
+            figures,
+            truth=truth,
+            coarse=coarse,
+            mean=mean,
+            ens=ens,
+            base=base,
+            names=names,
+            lat=lat,
+            lon=lon,
+            factor=k,
+            hist=hist,
+            spectra=spectra,
+            metrics=out,
+            sampling=sampling,
+            times=np.asarray(sds["time"].values),
+            obs_path=obs_path,
+            run=run,
+            map_time=int(options.map_time),
+            map_channels=int(options.map_channels),
+        )
     return result
 
 
 def log_summary(result: dict) -> None:
     """One log line of the headline scores of :func:`evaluate`'s result."""
     m = result["metrics"]
-    log.info("pooled posterior-mean RMSE: coarse-only / bicubic %s, + radiosondes / coarse-only %s; spread-skill %.3f (raw %.3f; channels %.3f..%.3f); "
-             "withheld gain %s; %s forward + %s backward passes per sample",
-             m.get("summary/rmse_ratio"), m.get("summary/rmse_ratio_radiosondes"), m["summary/spread_skill"], m["summary/spread_skill_raw"],
-             m["summary/spread_skill_min"], m["summary/spread_skill_max"], m.get("summary/withheld_rmse_gain"), m["cost/forward_per_sample"], m["cost/backward_per_sample"])
+    log.info(
+        "pooled posterior-mean RMSE: coarse-only / bicubic %s, + radiosondes / coarse-only %s; spread-skill %.3f (raw %.3f; channels %.3f..%.3f); "
+        "withheld gain %s; %s forward + %s backward passes per sample",
+        m.get("summary/rmse_ratio"),
+        m.get("summary/rmse_ratio_radiosondes"),
+        m["summary/spread_skill"],
+        m["summary/spread_skill_raw"],
+        m["summary/spread_skill_min"],
+        m["summary/spread_skill_max"],
+        m.get("summary/withheld_rmse_gain"),
+        m["cost/forward_per_sample"],
+        m["cost/backward_per_sample"],
+    )

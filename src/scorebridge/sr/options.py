@@ -178,7 +178,12 @@ class SampleOptions:
     """`sr.<name>.sample`: the sampler, the modalities and the calibration."""
 
     SCHEMA_PATH = ("sr", "*", "sample")
-    NESTED = {"coarse": CoarseOptions, "radiosondes": RadiosondeOptions, "calibrate": CalibrateOptions, "patch": PatchOptions}
+    NESTED = {
+        "coarse": CoarseOptions,
+        "radiosondes": RadiosondeOptions,
+        "calibrate": CalibrateOptions,
+        "patch": PatchOptions,
+    }
     conditioning: list[str]
     compare: list[list[str]] | None
     compare_members: int

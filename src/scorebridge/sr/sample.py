@@ -35,10 +35,17 @@ __all__ = ["run_sampling"]
 def _channels(prior, ds, checkpoint) -> list:
     """The prior's channels; InputError when the ERA5 store lacks any of them."""
     channels = [(v, None if lv is None else float(lv)) for v, lv in prior.channels]
-    missing = [f"{v}/{lv:g}" if lv is not None else v for v, lv in channels
-               if v not in ds.data_vars or (lv is not None and ("level" not in ds[v].dims or not np.isclose(ds["level"].values, lv).any()))]
+    missing = [
+        f"{v}/{lv:g}" if lv is not None else v
+        for v, lv in channels
+        if v not in ds.data_vars
+        or (lv is not None and ("level" not in ds[v].dims or not np.isclose(ds["level"].values, lv).any()))
+    ]
     if missing:
-        raise InputError(f"the prior's channels {missing} are not in this ERA5 store: checkpoint {checkpoint} was trained on another configuration", ds.attrs.get("source_path"))
+        raise InputError(
+            f"the prior's channels {missing} are not in this ERA5 store: checkpoint {checkpoint} was trained on another configuration",
+            ds.attrs.get("source_path"),
+        )
     return channels
 
 
@@ -56,10 +63,15 @@ def _radiosondes(opts: SampleOptions, obs_path, channels, seed: int):
     if obs_path and wanted:
         full = read_obs(obs_path, sorted({v for v, _ in channels}))
         withheld = choose_withheld(full.station, opts.radiosondes, seed)
-        log.info("radiosondes: %d values from %d stations; withheld %s", len(full.value), len(set(full.station)), withheld)
+        log.info(
+            "radiosondes: %d values from %d stations; withheld %s", len(full.value), len(set(full.station)), withheld
+        )
         return full.select(~np.isin(full.station, withheld)), withheld
     if "radiosondes" in opts.conditioning:
-        raise ConfigError("sr.sample.conditioning", "'radiosondes' needs collocated observations: set the experiment's `igra` (the rule then passes --obs)")
+        raise ConfigError(
+            "sr.sample.conditioning",
+            "'radiosondes' needs collocated observations: set the experiment's `igra` (the rule then passes --obs)",
+        )
     return None, None
 
 
@@ -69,7 +81,9 @@ def _compare_sets(opts: SampleOptions, have_radiosondes: bool) -> list[list[str]
         return [list(c) for c in opts.compare]
     if not have_radiosondes or not ("coarse" in opts.conditioning or "radiosondes" in opts.conditioning):
         return []
-    return [c for c in (["coarse"], ["coarse", "radiosondes"], ["radiosondes"]) if sorted(c) != sorted(opts.conditioning)]
+    return [
+        c for c in (["coarse"], ["coarse", "radiosondes"], ["radiosondes"]) if sorted(c) != sorted(opts.conditioning)
+    ]
 
 
 def _reference(conditioning) -> list[str] | None:
@@ -117,7 +131,9 @@ def _log_calibration(run, calib: dict, channels) -> None:
         return
     alphas = np.atleast_1d(np.asarray(calib["inflation"], dtype=np.float64))
     names = [v if lv is None else f"{v}/{lv:g}" for v, lv in channels]
-    per = {f"calibration/inflation/{c}": float(a) for c, a in zip(names, alphas)} if len(alphas) == len(channels) else {}
+    per = (
+        {f"calibration/inflation/{c}": float(a) for c, a in zip(names, alphas)} if len(alphas) == len(channels) else {}
+    )
     gammas = {f"calibration/gamma/{m}": float(g) for m, g in calib["gamma"].items()}
     chosen = {}
     for row in calib["table"]:
@@ -125,12 +141,31 @@ def _log_calibration(run, calib: dict, channels) -> None:
             tag = row["conditioning"]
             chosen[f"calibration/{tag}/spread_skill_raw"] = row["ssr_raw"]
             chosen[f"calibration/{tag}/spread_skill"] = row["ssr"]
-            chosen.update({f"calibration/{tag}/spread_skill_raw/{c}": r for c, r in zip(names, row["ssr_raw_channels"])})
+            chosen.update(
+                {f"calibration/{tag}/spread_skill_raw/{c}": r for c, r in zip(names, row["ssr_raw_channels"])}
+            )
     run.log_metrics({**gammas, "calibration/inflation_mean": float(alphas.mean()), **per, **chosen})
 
 
-def _sampling_record(opts: SampleOptions, channels, mean, std, *, compare, reference, gamma, inflation, raw_spread, calib, cost, obs_info, withheld, seed,
-                     periodic, gap) -> dict:
+def _sampling_record(
+    opts: SampleOptions,
+    channels,
+    mean,
+    std,
+    *,
+    compare,
+    reference,
+    gamma,
+    inflation,
+    raw_spread,
+    calib,
+    cost,
+    obs_info,
+    withheld,
+    seed,
+    periodic,
+    gap,
+) -> dict:
     variables, _ = channel_layout(channels)
     return {
         "conditioning": list(opts.conditioning),
@@ -148,15 +183,27 @@ def _sampling_record(opts: SampleOptions, channels, mean, std, *, compare, refer
         "periodic": list(periodic),
         "normalisation": {"mean": [float(m) for m in mean], "std": [float(v) for v in std]},
         "sigma_y": {
-            "coarse": {f"{v}/{lv:g}" if lv is not None else v: sigma_for(v, s, opts.coarse) for (v, lv), s in zip(channels, std)},
-            "radiosondes": {v: opts.radiosondes.sigma_y[v] if v in opts.radiosondes.sigma_y else f"{opts.radiosondes.sigma_y_relative} x std" for v in variables},
+            "coarse": {
+                f"{v}/{lv:g}" if lv is not None else v: sigma_for(v, s, opts.coarse)
+                for (v, lv), s in zip(channels, std)
+            },
+            "radiosondes": {
+                v: opts.radiosondes.sigma_y[v]
+                if v in opts.radiosondes.sigma_y
+                else f"{opts.radiosondes.sigma_y_relative} x std"
+                for v in variables
+            },
         },
         "gamma": gamma if gamma is not None else {m: getattr(opts, m).gamma for m in MODALITIES},
         "inflation": inflation,
         "raw_spread_normalised": raw_spread,
         "calibration": calib,
         "gap": gap,
-        "cost": {"forward_per_sample": cost.forward, "backward_per_sample": cost.backward, "seconds_per_sample": cost.seconds},
+        "cost": {
+            "forward_per_sample": cost.forward,
+            "backward_per_sample": cost.backward,
+            "seconds_per_sample": cost.seconds,
+        },
         "observations": obs_info,
         "withheld_stations": withheld or [],
         "seed": seed,
@@ -167,7 +214,17 @@ def _raw_spread(ens: np.ndarray, std: np.ndarray) -> float:
     return float(np.mean(np.std(ens, axis=1, ddof=1) / std.reshape(1, -1, 1, 1)))
 
 
-def run_sampling(prior, ds, exp: Experiment, obs_path: str | None, *, device, out: str | Path, checkpoint: str | None = None, run=None) -> dict:
+def run_sampling(
+    prior,
+    ds,
+    exp: Experiment,
+    obs_path: str | None,
+    *,
+    device,
+    out: str | Path,
+    checkpoint: str | None = None,
+    run=None,
+) -> dict:
     """Sample the held-out times of one experiment and write ``samples.zarr`` to ``out``."""
     from ..provenance import package_versions
     from .data import split_times
@@ -180,7 +237,9 @@ def run_sampling(prior, ds, exp: Experiment, obs_path: str | None, *, device, ou
     prior = patched(prior, opts.patch, (ds.sizes["latitude"], ds.sizes["longitude"]), int(opts.batch_size))
     k = int(opts.coarse.factor)
     if "coarse" in opts.conditioning or (opts.compare and any("coarse" in c for c in opts.compare)):
-        CoarseGrain(k, (ds.sizes["latitude"], ds.sizes["longitude"]), pad=opts.coarse.pad)  # warns (pad) or raises (error)
+        CoarseGrain(
+            k, (ds.sizes["latitude"], ds.sizes["longitude"]), pad=opts.coarse.pad
+        )  # warns (pad) or raises (error)
     train_idx, val_idx, test_idx = split_times(ds, exp.train.split, validation=True)
     table, withheld = _radiosondes(opts, obs_path, channels, seed)
     compare = _compare_sets(opts, table is not None)
@@ -197,8 +256,11 @@ def run_sampling(prior, ds, exp: Experiment, obs_path: str | None, *, device, ou
         gap["steps"] = _gap_steps(ds, float(opts.calibrate.gap_hours))
         kept = _apart(test_idx, calibration_times(cal_idx, opts.calibrate.times), gap["steps"])
         if not len(kept):
-            raise ConfigError("sr.sample.calibrate.gap_hours", f"no held-out time lies more than {gap['steps']} time steps ({opts.calibrate.gap_hours:g} h) "
-                              f"from the calibration times; lower it or hold out more times (sr.train.split)")
+            raise ConfigError(
+                "sr.sample.calibrate.gap_hours",
+                f"no held-out time lies more than {gap['steps']} time steps ({opts.calibrate.gap_hours:g} h) "
+                f"from the calibration times; lower it or hold out more times (sr.train.split)",
+            )
         gap["dropped"] = int(len(test_idx) - len(kept))
         test_idx = kept
         calib = calibrate(prior, cond, cal_idx, opts.conditioning, seed=seed, device=device)
@@ -211,32 +273,96 @@ def run_sampling(prior, ds, exp: Experiment, obs_path: str | None, *, device, ou
 
     truth = cond.truth(test_idx)
     members = int(opts.members)
-    ens, cost, obs_info = sample_times(prior, cond, test_idx, truth, opts.conditioning, members, seed=seed, device=device)
+    ens, cost, obs_info = sample_times(
+        prior, cond, test_idx, truth, opts.conditioning, members, seed=seed, device=device
+    )
     raw_spread = _raw_spread(ens, std)
     ens = inflate(ens, inflation)
     ref_record, ref_ens = None, None
     if reference is not None:
         ref_ens = sample_times(prior, cond, test_idx, truth, reference, members, seed=seed + 500, device=device)[0]
-        ref_record = {"conditioning": list(reference), "inflation": inflation_ref, "raw_spread_normalised": _raw_spread(ref_ens, std)}
+        ref_record = {
+            "conditioning": list(reference),
+            "inflation": inflation_ref,
+            "raw_spread_normalised": _raw_spread(ref_ens, std),
+        }
         ref_ens = inflate(ref_ens, inflation_ref)
     compare_means = []
     for j, cset in enumerate(compare):
         if reference is not None and sorted(cset) == sorted(reference):
             compare_means.append(ref_ens.mean(1))  # the full coarse-only ensemble's mean
         else:
-            compare_means.append(sample_times(prior, cond, test_idx, truth, cset, int(opts.compare_members), seed=seed + 1000 * (j + 1), device=device)[0].mean(1))
+            compare_means.append(
+                sample_times(
+                    prior,
+                    cond,
+                    test_idx,
+                    truth,
+                    cset,
+                    int(opts.compare_members),
+                    seed=seed + 1000 * (j + 1),
+                    device=device,
+                )[0].mean(1)
+            )
 
     coarse = coarse_grain(torch.as_tensor(truth), k, pad="edge").numpy()
-    out_ds = samples_dataset(ens, coarse, channels, times=np.asarray(ds["time"].values)[test_idx], time_index=test_idx, lat=cond.lat, lon=cond.lon,
-                             factor=k, compare=compare, compare_means=compare_means, reference=ref_ens, climatology=_climatology(prior, mean, std),
-                             attrs_from=ds)
-    sampling = _sampling_record(opts, channels, mean, std, compare=compare, reference=ref_record, gamma=gamma, inflation=inflation, raw_spread=raw_spread,
-                                calib=calib, cost=cost, obs_info=obs_info, withheld=withheld, seed=seed, periodic=_periodic(ds, exp), gap=gap)
-    provenance = {"checkpoint": str(checkpoint), "era5": ds.attrs.get("source_path"), "obs": str(obs_path) if obs_path else None,
-                  "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out_ds = samples_dataset(
+        ens,
+        coarse,
+        channels,
+        times=np.asarray(ds["time"].values)[test_idx],
+        time_index=test_idx,
+        lat=cond.lat,
+        lon=cond.lon,
+        factor=k,
+        compare=compare,
+        compare_means=compare_means,
+        reference=ref_ens,
+        climatology=_climatology(prior, mean, std),
+        attrs_from=ds,
+    )
+    sampling = _sampling_record(
+        opts,
+        channels,
+        mean,
+        std,
+        compare=compare,
+        reference=ref_record,
+        gamma=gamma,
+        inflation=inflation,
+        raw_spread=raw_spread,
+        calib=calib,
+        cost=cost,
+        obs_info=obs_info,
+        withheld=withheld,
+        seed=seed,
+        periodic=_periodic(ds, exp),
+        gap=gap,
+    )
+    provenance = {
+        "checkpoint": str(checkpoint),
+        "era5": ds.attrs.get("source_path"),
+        "obs": str(obs_path) if obs_path else None,
+        "packages": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_samples(out, out_ds, sampling=sampling, channels=channels, provenance=provenance)
     if run is not None:
-        run.log_metrics({"cost/forward_per_sample": cost.forward, "cost/backward_per_sample": cost.backward, "cost/seconds_per_sample": cost.seconds})
-    log.info("wrote %s: %d times x %d members%s; %d forward + %d backward network passes per sample, %.3f s per sample",
-             out, len(test_idx), members, " (+ the coarse-only ensemble)" if reference else "", cost.forward, cost.backward, cost.seconds)
+        run.log_metrics(
+            {
+                "cost/forward_per_sample": cost.forward,
+                "cost/backward_per_sample": cost.backward,
+                "cost/seconds_per_sample": cost.seconds,
+            }
+        )
+    log.info(
+        "wrote %s: %d times x %d members%s; %d forward + %d backward network passes per sample, %.3f s per sample",
+        out,
+        len(test_idx),
+        members,
+        " (+ the coarse-only ensemble)" if reference else "",
+        cost.forward,
+        cost.backward,
+        cost.seconds,
+    )
     return sampling

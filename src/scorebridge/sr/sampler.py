@@ -197,7 +197,9 @@ def posterior_sample(
     units = Units.of(mean, std, device)
     net = Metered(prior)
     denoiser, correction = guide(net, obs, units, guidance, cg_iterations)
-    sig = edm_sigmas(steps, float(prior.sigma_min if sigma_min is None else sigma_min), float(prior.sigma_max), rho).tolist()
+    sig = edm_sigmas(
+        steps, float(prior.sigma_min if sigma_min is None else sigma_min), float(prior.sigma_max), rho
+    ).tolist()
     B = n_cases * n_members
     C, H, W = shape
 
@@ -210,7 +212,9 @@ def posterior_sample(
             raise ValueError("solver dpm2m is deterministic: set churn to 0 (or use solver heun)")
         x = multistep(denoiser, sig, noise, correction=correction)
     elif solver == "heun":
-        x = heun(denoiser, sig, noise, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, correction=correction)
+        x = heun(
+            denoiser, sig, noise, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, correction=correction
+        )
     else:
         raise ValueError(f"solver must be 'heun' or 'dpm2m', got {solver!r}")
     out = units.physical(x).reshape(n_cases, n_members, C, H, W)

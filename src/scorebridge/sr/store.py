@@ -29,14 +29,23 @@ import numpy as np
 from ..errors import InputError
 from .operators import coarse_coords
 
-__all__ = ["GLOBAL_ATTRS", "channel_layout", "fields_to_vars", "vars_to_fields", "samples_dataset", "cf_attributes", "write_samples", "open_samples"]
+__all__ = [
+    "GLOBAL_ATTRS",
+    "channel_layout",
+    "fields_to_vars",
+    "vars_to_fields",
+    "samples_dataset",
+    "cf_attributes",
+    "write_samples",
+    "open_samples",
+]
 
 GLOBAL_ATTRS = {
     "Conventions": "CF-1.10",
     "title": "Posterior ensembles of super-resolved ERA5 fields (scorebridge)",
     "source": "scorebridge sr-sample: score-based (EDM) prior conditioned zero-shot on coarse fields and radiosondes",
     "comment": "per variable v: v (members), v_mean, v_spread (over members, after the calibration's inflation), v_coarse (the "
-               "coarse input), v_coarse_only and v_mean_compare when sampled; attributes sampling, channels, provenance are JSON",
+    "coarse input), v_coarse_only and v_mean_compare when sampled; attributes sampling, channels, provenance are JSON",
 }
 
 
@@ -51,11 +60,20 @@ def channel_layout(channels) -> tuple[list[str], list[float]]:
             levels_of.setdefault(v, []).append(float(lv))
     lvls = list(levels_of.values())
     if any(lv != lvls[0] for lv in lvls):
-        raise InputError(f"variables have different level sets {levels_of}; the samples store needs one shared `level` axis")
+        raise InputError(
+            f"variables have different level sets {levels_of}; the samples store needs one shared `level` axis"
+        )
     return variables, (lvls[0] if lvls else [])
 
 
-def fields_to_vars(arr: np.ndarray, channels, lead_dims: Sequence[str], suffix: str = "", lat_dim: str = "latitude", lon_dim: str = "longitude") -> dict:
+def fields_to_vars(
+    arr: np.ndarray,
+    channels,
+    lead_dims: Sequence[str],
+    suffix: str = "",
+    lat_dim: str = "latitude",
+    lon_dim: str = "longitude",
+) -> dict:
     """Split ``arr[..., C, H, W]`` by variable: ``{name: (dims, data)}`` for an ``xr.Dataset``."""
     out = {}
     variables, _ = channel_layout(channels)
@@ -79,9 +97,22 @@ def vars_to_fields(ds, channels, suffix: str = "", **isel) -> np.ndarray:
     return np.stack(planes, axis=-3)
 
 
-def samples_dataset(ens: np.ndarray, coarse: np.ndarray, channels, *, times: np.ndarray, time_index: np.ndarray, lat: np.ndarray, lon: np.ndarray, factor: int,
-                    compare: Sequence[Sequence[str]] = (), compare_means: Sequence[np.ndarray] = (), reference: np.ndarray | None = None,
-                    climatology: np.ndarray | None = None, attrs_from=None):
+def samples_dataset(
+    ens: np.ndarray,
+    coarse: np.ndarray,
+    channels,
+    *,
+    times: np.ndarray,
+    time_index: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    factor: int,
+    compare: Sequence[Sequence[str]] = (),
+    compare_means: Sequence[np.ndarray] = (),
+    reference: np.ndarray | None = None,
+    climatology: np.ndarray | None = None,
+    attrs_from=None,
+):
     """The store's dataset of ensembles ``ens[T, N, C, H, W]`` and coarse fields
     ``coarse[T, C, h, w]`` (physical); ``compare_means[j]`` the ensemble mean conditioned on
     ``compare[j]``; ``reference`` the coarse-only ensemble ``[T, N, C, H, W]`` sampled beside a
@@ -143,7 +174,10 @@ def _field_attrs(v: str, attrs_from) -> dict:
 _KINDS = {
     "": ("posterior ensemble member", None),
     "_mean": ("posterior ensemble mean", "realization: mean"),
-    "_spread": ("posterior ensemble spread (standard deviation over members, unbiased)", "realization: standard_deviation"),
+    "_spread": (
+        "posterior ensemble spread (standard deviation over members, unbiased)",
+        "realization: standard_deviation",
+    ),
     "_coarse": ("coarse input: block average of the truth", "latitude_coarse: longitude_coarse: mean"),
     "_coarse_only": ("posterior ensemble member conditioned on the coarse input only", None),
     "_mean_compare": ("posterior ensemble mean of each comparison conditioning set", "realization: mean"),
@@ -160,12 +194,26 @@ def cf_attributes(ds, variables: Sequence[str], factor: int, attrs_from=None):
         "time": {"standard_name": "time", "long_name": "valid time", "axis": "T"},
         "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "axis": "Y"},
         "longitude": {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", "axis": "X"},
-        "level": {"units": "hPa", "standard_name": "air_pressure", "long_name": "pressure", "positive": "down", "axis": "Z"},
+        "level": {
+            "units": "hPa",
+            "standard_name": "air_pressure",
+            "long_name": "pressure",
+            "positive": "down",
+            "axis": "Z",
+        },
         "member": {"standard_name": "realization", "long_name": "posterior ensemble member", "units": "1"},
-        "latitude_coarse": {"units": "degrees_north", "standard_name": "latitude", "bounds": "latitude_coarse_bounds",
-                            "long_name": f"latitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)"},
-        "longitude_coarse": {"units": "degrees_east", "standard_name": "longitude", "bounds": "longitude_coarse_bounds",
-                             "long_name": f"longitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)"},
+        "latitude_coarse": {
+            "units": "degrees_north",
+            "standard_name": "latitude",
+            "bounds": "latitude_coarse_bounds",
+            "long_name": f"latitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)",
+        },
+        "longitude_coarse": {
+            "units": "degrees_east",
+            "standard_name": "longitude",
+            "bounds": "longitude_coarse_bounds",
+            "long_name": f"longitude of the coarse cells (centres of blocks of {factor} x {factor} grid cells)",
+        },
         "time_index": {"long_name": "index of this time along the time axis of the ERA5 store", "units": "1"},
         "conditioning": {"long_name": "observations a comparison ensemble was conditioned on"},
     }
@@ -173,8 +221,11 @@ def cf_attributes(ds, variables: Sequence[str], factor: int, attrs_from=None):
         if name in ds.variables:
             ds[name].attrs.update(attrs)
     for axis in ("latitude", "longitude"):
-        ds[f"{axis}_coarse_bounds"] = ((f"{axis}_coarse", "bounds"), _block_bounds(ds[axis].values, int(factor)),
-                                       {"units": ds[axis].attrs["units"], "long_name": f"edges of the coarse cells along {axis}"})
+        ds[f"{axis}_coarse_bounds"] = (
+            (f"{axis}_coarse", "bounds"),
+            _block_bounds(ds[axis].values, int(factor)),
+            {"units": ds[axis].attrs["units"], "long_name": f"edges of the coarse cells along {axis}"},
+        )
     for v in variables:
         base = _field_attrs(v, attrs_from)
         for suffix, (what, method) in _KINDS.items():
@@ -218,5 +269,8 @@ def open_samples(path: str | Path):
     except (KeyError, ValueError, OSError) as err:
         raise InputError(f"not a samples store written by sr-sample ({err})", path) from None
     if "time" not in ds.dims or ds.sizes["time"] == 0:
-        raise InputError("the samples store holds no times: nothing to evaluate (rerun sr-sample with held-out times, sr.<x>.train.split)", path)
+        raise InputError(
+            "the samples store holds no times: nothing to evaluate (rerun sr-sample with held-out times, sr.<x>.train.split)",
+            path,
+        )
     return ds, sampling, channels
