@@ -3,7 +3,9 @@
 Alternate until the reference's parameters stop changing:
 
 1. bridge:  for each pair of adjacent snapshots, the static SB under the current
-   reference (`sb.static_bridge`: entropic OT on the cost −log p_θ(y|x), ε = 1);
+   reference (`sb.static_bridge`: entropic OT on the cost −log p_θ(y|x), ε = 1; above
+   `model.minibatch.auto_above` cells a minibatch coupling, `minibatch.minibatch_bridge`,
+   whose memory does not grow with the square of the cell count);
 2. refit:   θ ← argmax_θ E_{paths ~ bridge} Σ_k log p_θ(X_{t_{k+1}} | X_{t_k}), maximum
    likelihood of the reference on trajectories drawn from the bridges, computed exactly
    from the plans (`refit.refit_reference`).

@@ -1,9 +1,9 @@
 """`model.pt`: a fitted bridge as tensors and JSON, read back without unpickling code.
 
 The file is a `torch.save` of a dict holding only tensors, lists of tensors and strings:
-the snapshots, plans, Sinkhorn duals and reference state as tensors, everything else (the
-model options, the spec with the σ used, times, history, extra metadata) in one JSON
-string. It is read with `torch.load(..., weights_only=True)`, which refuses any pickled
+the snapshots, plans (or a minibatch coupling's partition), Sinkhorn duals and reference
+state as tensors, everything else (the model options, the spec with the σ used, times,
+history, extra metadata) in one JSON string. It is read with `torch.load(..., weights_only=True)`, which refuses any pickled
 object other than those; a `model.pt` that needs more (an older format, or a crafted file
 placed in results/) is refused with `UnsafeFileError` naming the file, and runs nothing
 (`scorebridge.core.checkpoint.safe_load`, shared with the training checkpoints).
@@ -19,6 +19,7 @@ from .. import options as options_mod
 from ..core.checkpoint import safe_load
 from ..errors import ConfigError, InputError
 from .fit import FitResult
+from .minibatch import MinibatchCoupling
 from .options import ModelOptions, as_section
 from .reference import DTYPE, make_reference
 from .sb import Coupling, PiecewiseBridge
@@ -49,7 +50,9 @@ def save_model(result: FitResult, path, extra: dict | None = None) -> None:
         "format": FORMAT,
         "metadata": json.dumps(meta),
         "snapshots": [x.detach().clone() for x in b.snapshots],
-        "plans": [c.plan.detach().clone() for c in b.couplings],
+        # dense plans; a minibatch coupling keeps its partition instead (and an empty plan)
+        "plans": [c.plan.detach().clone() if isinstance(c, Coupling) else torch.zeros(0, dtype=DTYPE) for c in b.couplings],
+        "minibatch": [[] if isinstance(c, Coupling) else [c.rows, c.cols, c.rmask, c.cmask] for c in b.couplings],
         "duals": [[c.duals[0].detach().clone(), c.duals[1].detach().clone()] for c in b.couplings],
         "reference_state": {k: v.detach().clone() for k, v in b.reference.state_dict().items()},
     }
@@ -76,9 +79,12 @@ def load_model(path) -> tuple[FitResult, dict]:
         reference = make_reference(model.reference, dim, key="model.reference", sigma=sigma)
         reference.load_state_dict(obj["reference_state"])
         X = [torch.as_tensor(x, dtype=DTYPE) for x in obj["snapshots"]]
+        parts = obj.get("minibatch") or [[] for _ in obj["plans"]]
         couplings = [
-            Coupling(torch.as_tensor(p, dtype=DTYPE), (torch.as_tensor(f), torch.as_tensor(g)), float(o), 0)
-            for p, (f, g), o in zip(obj["plans"], obj["duals"], meta["objectives"])
+            MinibatchCoupling(*mb, (torch.as_tensor(f), torch.as_tensor(g)), float(o), 0)
+            if mb
+            else Coupling(torch.as_tensor(p, dtype=DTYPE), (torch.as_tensor(f), torch.as_tensor(g)), float(o), 0)
+            for p, (f, g), o, mb in zip(obj["plans"], obj["duals"], meta["objectives"], parts)
         ]
     except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as err:
         raise InputError(f"a damaged bridge model ({type(err).__name__}: {err})", path) from None
