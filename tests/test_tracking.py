@@ -612,6 +612,7 @@ def test_rejected_items_are_dropped_loudly_not_offline(sqlite_store, monkeypatch
         run.log_params({"a": 2, "b": 3})
         with pytest.warns(UserWarning, match="not a number"):
             run.log_metrics({"/odd//name/": 1.0, "../up": 2.0, "nan": float("nan"), "text": "x"}, step=2)
+        plt.close("all")  # figures another test left open in this worker are not ours
         fig = plt.figure()
         with pytest.raises(ValueError, match="PNG"):
             save_figure(fig, tmp / "f.pdf", run=run)

@@ -31,10 +31,10 @@ rule bridge_evaluate:
         model=f"{RESULTS}/bridge/{{experiment}}/model.pt",
         experiments=EXPERIMENTS,
     output:
+        **report_figures("bridge", BRIDGE_EVALUATE_FIGURES),
         metrics=f"{RESULTS}/bridge/{{experiment}}/metrics.json",
         predictions=directory(f"{RESULTS}/bridge/{{experiment}}/predictions.zarr"),
         anndata=f"{RESULTS}/bridge/{{experiment}}/predictions.h5ad",
-        **report_figures("bridge", BRIDGE_EVALUATE_FIGURES),
     log:
         f"{RESULTS}/logs/bridge_evaluate/{{experiment}}.log",
     benchmark:

@@ -156,12 +156,24 @@ def local_files(section, name, patterns):
 # scorebridge.sr.figures.EVALUATE_FIGURES, bridge_evaluate those of scorebridge.bridge.figures
 # (tests/test_report.py checks these lists against the code and the captions).
 SR_TRAIN_FIGURES = ["training_loss"]
-SR_EVALUATE_FIGURES = ["maps", "spectra", "rank_histogram", "spread_skill", "rmse_by_level", "withheld_radiosondes"]
+SR_EVALUATE_FIGURES = [
+    "maps",
+    "spectra",
+    "rank_histogram",
+    "spread_skill",
+    "rmse_by_level",
+    "withheld_radiosondes",
+]
 BRIDGE_EVALUATE_FIGURES = ["trajectories", "marginals", "w1", "parameters"]
-FIGURES = {"sr": SR_TRAIN_FIGURES + SR_EVALUATE_FIGURES, "bridge": BRIDGE_EVALUATE_FIGURES}
+FIGURES = {
+    "sr": SR_TRAIN_FIGURES + SR_EVALUATE_FIGURES,
+    "bridge": BRIDGE_EVALUATE_FIGURES,
+}
 REPORT_CATEGORY = {"sr": "Super-resolution", "bridge": "Schrödinger bridges"}
 # Captions, beside the rules (workflow/report/), whichever Snakefile includes this file.
-REPORT_DIR = os.path.abspath(os.path.join(str(workflow.current_basedir), "..", "report"))
+REPORT_DIR = os.path.abspath(
+    os.path.join(str(workflow.current_basedir), "..", "report")
+)
 
 
 def report_figure(section, name):
@@ -207,7 +219,9 @@ def all_targets():
     for name in ("model.pt", "metrics.json", "predictions.zarr"):
         targets += expand(f"{RESULTS}/bridge/{{e}}/{name}", e=names("bridge"))
     for section, figures in FIGURES.items():
-        targets += expand(f"{RESULTS}/{section}/{{e}}/figures/{{f}}.png", e=names(section), f=figures)
+        targets += expand(
+            f"{RESULTS}/{section}/{{e}}/figures/{{f}}.png", e=names(section), f=figures
+        )
     # metrics tables for the report (rules in tracking.smk)
     targets += expand(f"{RESULTS}/sr/{{e}}/metrics.html", e=names("sr"))
     targets += expand(f"{RESULTS}/bridge/{{e}}/metrics.html", e=names("bridge"))

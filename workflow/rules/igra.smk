@@ -37,7 +37,15 @@ rule igra_ingest:
         spec=lambda w: spec_json(
             "igra",
             w.dataset,
-            only=["source", "product", "stations", "dates", "area", "pressure_range", "station_list"],
+            only=[
+                "source",
+                "product",
+                "stations",
+                "dates",
+                "area",
+                "pressure_range",
+                "station_list",
+            ],
         ),
     shell:
         "{params.cli} igra-ingest --spec {params.spec:q} --out {output:q} {input:q} > {log:q} 2>&1"

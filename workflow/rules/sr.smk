@@ -6,8 +6,8 @@ rule sr_train:
         era5=lambda w: f"{RESULTS}/data/era5/{entry('sr', w.experiment)['era5']}.zarr",
         experiments=EXPERIMENTS,
     output:
-        checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
         **report_figures("sr", SR_TRAIN_FIGURES),
+        checkpoint=f"{RESULTS}/sr/{{experiment}}/checkpoint.pt",
     log:
         f"{RESULTS}/logs/sr_train/{{experiment}}.log",
     benchmark:
@@ -75,8 +75,8 @@ rule sr_evaluate:
         samples=f"{RESULTS}/sr/{{experiment}}/samples.zarr",
         experiments=EXPERIMENTS,
     output:
-        metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
         **report_figures("sr", SR_EVALUATE_FIGURES),
+        metrics=f"{RESULTS}/sr/{{experiment}}/metrics.json",
     log:
         f"{RESULTS}/logs/sr_evaluate/{{experiment}}.log",
     benchmark:
