@@ -54,8 +54,16 @@ def simulate_course(n: int, K: int, d: int = DIM, seed: int = 0) -> tuple[list[n
         A[p + 1, p] += 0.6
     mean = np.zeros(d)
     mean[:6] = 3.0
-    sim = {"system": "ou", "params": {"A": A.tolist(), "b": [0.0] * d}, "times": [0.5 * k for k in range(K)], "n_cells": n,
-           "sigma": 0.3, "initial": {"mean": mean.tolist(), "std": [0.5] * d}, "dt": 0.05, "seed": seed}
+    sim = {
+        "system": "ou",
+        "params": {"A": A.tolist(), "b": [0.0] * d},
+        "times": [0.5 * k for k in range(K)],
+        "n_cells": n,
+        "sigma": 0.3,
+        "initial": {"mean": mean.tolist(), "std": [0.5] * d},
+        "dt": 0.05,
+        "seed": seed,
+    }
     snaps, times, _ = simulate(sim)
     return snaps, [float(t) for t in times]
 
@@ -83,7 +91,12 @@ def run_case(n: int, K: int, threads: int, model_spec: dict) -> dict:
     rss0 = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     fit = fit_bridge(snaps, times, opts, seed=0)
-    rec.update(fit_s=time.perf_counter() - t0, fit_cpu_s=time.process_time() - c0, fit_iterations=len(fit.history), fit_converged=fit.converged)
+    rec.update(
+        fit_s=time.perf_counter() - t0,
+        fit_cpu_s=time.process_time() - c0,
+        fit_iterations=len(fit.history),
+        fit_converged=fit.converged,
+    )
     rec["rss_after_fit_mb"] = _rss_mb()
     del fit
     h = K // 2
@@ -92,12 +105,24 @@ def run_case(n: int, K: int, threads: int, model_spec: dict) -> dict:
     held = fit_bridge([snaps[k] for k in train], [times[k] for k in train], opts, seed=0)
     t1 = time.perf_counter()
     gen = torch.Generator().manual_seed(h)
-    pred = held.bridge.sample_at(times[h], snaps[h].shape[0], gen, noise=float(opts.predict.noise), coupling=opts.predict.coupling).numpy()
+    pred = held.bridge.sample_at(
+        times[h], snaps[h].shape[0], gen, noise=float(opts.predict.noise), coupling=opts.predict.coupling
+    ).numpy()
     t2 = time.perf_counter()
     scores = distribution_metrics(pred, snaps[h])
-    rec.update(eval_s=time.perf_counter() - t0, eval_cpu_s=time.process_time() - c0, eval_iterations=len(held.history),
-               eval_fit_s=t1 - t0, eval_predict_s=t2 - t1, eval_score_s=time.perf_counter() - t2)
-    rec["heldout"] = {"time": times[h], **{f"model_{k}": v for k, v in scores.items()}, "previous_w1": distribution_metrics(snaps[h - 1], snaps[h])["w1"]}
+    rec.update(
+        eval_s=time.perf_counter() - t0,
+        eval_cpu_s=time.process_time() - c0,
+        eval_iterations=len(held.history),
+        eval_fit_s=t1 - t0,
+        eval_predict_s=t2 - t1,
+        eval_score_s=time.perf_counter() - t2,
+    )
+    rec["heldout"] = {
+        "time": times[h],
+        **{f"model_{k}": v for k, v in scores.items()},
+        "previous_w1": distribution_metrics(snaps[h - 1], snaps[h])["w1"],
+    }
     rec["peak_rss_mb"] = _rss_mb()
     rec["rss_before_fit_mb"] = rss0
     rec["load_after"] = os.getloadavg()
@@ -115,8 +140,22 @@ def run_loo_part(splits: list[int], threads: int, model_spec: dict) -> dict:
 
     snaps, times = simulate_course(500, 21)
     t0, c0 = time.perf_counter(), time.process_time()
-    ev = leave_one_out(snaps, times, options.build(ModelOptions, {"select": "none", **model_spec}), options.build(BaselinesOptions, {}), options.build(VanillaOptions, {}), [[k] for k in splits], seed=0)
-    return {"splits": splits, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "metrics": ev.metrics, "peak_rss_mb": _rss_mb()}
+    ev = leave_one_out(
+        snaps,
+        times,
+        options.build(ModelOptions, {"select": "none", **model_spec}),
+        options.build(BaselinesOptions, {}),
+        options.build(VanillaOptions, {}),
+        [[k] for k in splits],
+        seed=0,
+    )
+    return {
+        "splits": splits,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "metrics": ev.metrics,
+        "peak_rss_mb": _rss_mb(),
+    }
 
 
 def _child(args: list[str]) -> dict:
@@ -136,7 +175,14 @@ def run_loo(workers: int, threads: int, model_spec: dict) -> dict:
     load = os.getloadavg()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda p: _child(["--loo-part", json.dumps(p), "--threads", str(per), "--model", json.dumps(model_spec)]), parts))
+        results = list(
+            pool.map(
+                lambda p: _child(
+                    ["--loo-part", json.dumps(p), "--threads", str(per), "--model", json.dumps(model_spec)]
+                ),
+                parts,
+            )
+        )
     wall = time.perf_counter() - t0
     errors = [r for r in results if "error" in r]
     if errors:
@@ -146,16 +192,32 @@ def run_loo(workers: int, threads: int, model_spec: dict) -> dict:
         metrics.update({k: v for k, v in r["metrics"].items() if "/t" in k})
     methods = sorted({k.split("/")[1] for k in metrics if k.startswith("w1/") and k.endswith(tuple("0123456789"))})
     mean_w1 = {m: float(np.mean([v for k, v in metrics.items() if k.startswith(f"w1/{m}/t")])) for m in methods}
-    return {"workers": workers, "threads_per_worker": per, "wall_s": wall, "cpu_s": sum(r["cpu_seconds"] for r in results),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "mean_w1": mean_w1, "per_time_w1": {k: v for k, v in metrics.items() if k.startswith("w1/")},
-            "load_before": load, "load_after": os.getloadavg()}
+    return {
+        "workers": workers,
+        "threads_per_worker": per,
+        "wall_s": wall,
+        "cpu_s": sum(r["cpu_seconds"] for r in results),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "mean_w1": mean_w1,
+        "per_time_w1": {k: v for k, v in metrics.items() if k.startswith("w1/")},
+        "load_before": load,
+        "load_after": os.getloadavg(),
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", type=int, nargs="*", default=[2000, 10000, 50000, 100000], help="cells per snapshot (5 snapshots)")
+    p.add_argument(
+        "--cells", type=int, nargs="*", default=[2000, 10000, 50000, 100000], help="cells per snapshot (5 snapshots)"
+    )
     p.add_argument("--courses", type=int, nargs="*", default=[5, 10, 20], help="snapshot counts at 500 cells")
-    p.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="processes for the 21 x 500 leave-one-out (each setting run once)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="processes for the 21 x 500 leave-one-out (each setting run once)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="{}", help="model options (JSON) over the defaults")
     p.add_argument("--loo-only", action="store_true")
@@ -171,8 +233,14 @@ def main(argv=None) -> int:
     if a.loo_part:
         print(json.dumps(run_loo_part(json.loads(a.loo_part), a.threads, spec)))
         return 0
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python benchmarks/bridge_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "cpu_count": os.cpu_count(), "model": spec, "cases": [], "loo": []}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/bridge_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu_count": os.cpu_count(),
+        "model": spec,
+        "cases": [],
+        "loo": [],
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     cases = [] if a.loo_only else [(n, 5) for n in a.cells] + [(500, K) for K in a.courses]
     for n, K in cases:
@@ -181,10 +249,13 @@ def main(argv=None) -> int:
         if "error" in rec:
             print(f"{n} cells x {K}: failed\n{rec['error']}", flush=True)
         else:
-            print(f"{n:>7} cells x {K:>2} snapshots ({rec['solver']}): fit {rec['fit_s']:.1f} s ({rec['fit_iterations']} it), evaluate {rec['eval_s']:.1f} s "
-                  f"(refit {rec['eval_fit_s']:.1f}, predict {rec['eval_predict_s']:.1f}, score {rec['eval_score_s']:.1f}), "
-                  f"peak RSS {rec['peak_rss_mb']:.0f} MB, held-out W1 {rec['heldout']['model_w1']:.3f} (previous {rec['heldout']['previous_w1']:.3f}), "
-                  f"load {rec['load_before'][0]:.1f} -> {rec['load_after'][0]:.1f}", flush=True)
+            print(
+                f"{n:>7} cells x {K:>2} snapshots ({rec['solver']}): fit {rec['fit_s']:.1f} s ({rec['fit_iterations']} it), evaluate {rec['eval_s']:.1f} s "
+                f"(refit {rec['eval_fit_s']:.1f}, predict {rec['eval_predict_s']:.1f}, score {rec['eval_score_s']:.1f}), "
+                f"peak RSS {rec['peak_rss_mb']:.0f} MB, held-out W1 {rec['heldout']['model_w1']:.3f} (previous {rec['heldout']['previous_w1']:.3f}), "
+                f"load {rec['load_before'][0]:.1f} -> {rec['load_after'][0]:.1f}",
+                flush=True,
+            )
         Path(a.out).write_text(json.dumps(results, indent=1))
     if not a.no_loo:
         for w in a.workers:
@@ -193,7 +264,10 @@ def main(argv=None) -> int:
             if "error" in rec:
                 print(f"loo, {w} workers: failed\n{rec['error']}", flush=True)
             else:
-                print(f"21 x 500 leave-one-out, {w} worker(s): {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU, mean W1 {rec['mean_w1']}", flush=True)
+                print(
+                    f"21 x 500 leave-one-out, {w} worker(s): {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU, mean W1 {rec['mean_w1']}",
+                    flush=True,
+                )
             Path(a.out).write_text(json.dumps(results, indent=1))
     return 0
 

@@ -135,7 +135,11 @@ def run_variant(name: str, work: Path, conditioning: list[str], threads: int) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "sr_targets"))
-    p.add_argument("--variants", nargs="+", default=["sda-25-solver=heun", "sda-25", "sda-18", "sda-12", "dps-25", "mmps1-17-calibrate.gammas=[0.0,0.25]"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["sda-25-solver=heun", "sda-25", "sda-18", "sda-12", "dps-25", "mmps1-17-calibrate.gammas=[0.0,0.25]"],
+    )
     p.add_argument("--conditioning", default="coarse", help="comma-separated modalities")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "sr_guidance.json"))

@@ -84,7 +84,9 @@ class MinibatchCoupling:
 
     def statistics(self, y: torch.Tensor, per_row: bool = True) -> RowStats:
         if self.stats is None or (per_row and self.stats.S is None):
-            raise ValueError("this mini-batch coupling kept no row statistics" + (" per row" if self.stats is not None else ""))
+            raise ValueError(
+                "this mini-batch coupling kept no row statistics" + (" per row" if self.stats is not None else "")
+            )
         return self.stats
 
     # -- sampling ----------------------------------------------------------------------
@@ -95,7 +97,9 @@ class MinibatchCoupling:
         batch[idx[mask]] = torch.arange(idx.shape[0])[:, None].expand_as(idx)[mask]
         return batch
 
-    def sample(self, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, cost: IntervalCost, mode: str = "plan") -> torch.Tensor:
+    def sample(
+        self, idx: torch.Tensor, forward: bool, gen: torch.Generator | None, cost: IntervalCost, mode: str = "plan"
+    ) -> torch.Tensor:
         """A partner for each of `idx` (sources when `forward`, else targets), drawn from the
         plan's conditional row (or column): the batch plan (`mode` 'plan') or its exact-OT
         small-noise limit ('ot')."""
@@ -128,7 +132,9 @@ class MinibatchCoupling:
             for b in range(self.rows.shape[0]):
                 rows, cols = self.rows[b][self.rmask[b]], self.cols[b][self.cmask[b]]
                 C = cost.block(rows, cols).cpu().numpy()
-                P = ot.emd(np.full(len(rows), 1.0 / len(rows)), np.full(len(cols), 1.0 / len(cols)), C, numItermax=10_000_000)
+                P = ot.emd(
+                    np.full(len(rows), 1.0 / len(rows)), np.full(len(cols), 1.0 / len(cols)), C, numItermax=10_000_000
+                )
                 i, j = np.nonzero(P > 0)
                 Is.append(rows[torch.as_tensor(i)])
                 Js.append(cols[torch.as_tensor(j)])
@@ -205,9 +211,15 @@ def minibatch_bridge(
         r_d, c_d = r.to(device), c.to(device)
         C = dev_cost.blocks(r_d, c_d)
         init = None if f0 is None else (f0[r].to(device), g0[c].to(device))
-        fb, gb, its = sinkhorn_batched(C, a.to(device), b.to(device), 1.0, tol, max_iter, init, kernel_dtype=KERNEL_DTYPE)
+        fb, gb, its = sinkhorn_batched(
+            C, a.to(device), b.to(device), 1.0, tol, max_iter, init, kernel_dtype=KERNEL_DTYPE
+        )
         iterations = max(iterations, its)
-        P = torch.exp(fb[:, :, None] + gb[:, None, :] - C) * (a > 0).to(device)[:, :, None] * (b > 0).to(device)[:, None, :]
+        P = (
+            torch.exp(fb[:, :, None] + gb[:, None, :] - C)
+            * (a > 0).to(device)[:, :, None]
+            * (b > 0).to(device)[:, None, :]
+        )
         logP = torch.where(P > 0, P.clamp_min(1e-300).log(), 0.0)
         wb_d = wb.to(device)
         objective += float((wb_d * (P * (C + logP)).sum((1, 2))).sum() + (wb_d * wb_d.log()).sum())
@@ -229,4 +241,3 @@ def minibatch_bridge(
             S[r[rm]] = (0.5 * (Si + Si.transpose(2, 3))).cpu().to(DTYPE)[rm]
     stats = RowStats(w, ybar, 0.5 * (Sbar + Sbar.T), S)
     return MinibatchCoupling(rows, cols, rmask, cmask, (f, g), objective, iterations, stats, cost)
-

@@ -51,7 +51,9 @@ def save_model(result: FitResult, path, extra: dict | None = None) -> None:
         "metadata": json.dumps(meta),
         "snapshots": [x.detach().clone() for x in b.snapshots],
         # dense plans; a minibatch coupling keeps its partition instead (and an empty plan)
-        "plans": [c.plan.detach().clone() if isinstance(c, Coupling) else torch.zeros(0, dtype=DTYPE) for c in b.couplings],
+        "plans": [
+            c.plan.detach().clone() if isinstance(c, Coupling) else torch.zeros(0, dtype=DTYPE) for c in b.couplings
+        ],
         "minibatch": [[] if isinstance(c, Coupling) else [c.rows, c.cols, c.rmask, c.cmask] for c in b.couplings],
         "duals": [[c.duals[0].detach().clone(), c.duals[1].detach().clone()] for c in b.couplings],
         "reference_state": {k: v.detach().clone() for k, v in b.reference.state_dict().items()},

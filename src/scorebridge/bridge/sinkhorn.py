@@ -111,7 +111,9 @@ def sinkhorn_batched(
         for level, e in enumerate(levels):
             final = level == len(levels) - 1
             level_tol = tol if final else max(tol, 1e-2)
-            f, g, its = _level(C, a, b, rmask, cmask, f, g, e, level_tol, max_iter - total, overrelax, kernel_dtype or C.dtype)
+            f, g, its = _level(
+                C, a, b, rmask, cmask, f, g, e, level_tol, max_iter - total, overrelax, kernel_dtype or C.dtype
+            )
             total += its
             if total >= max_iter:
                 break
