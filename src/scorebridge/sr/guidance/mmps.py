@@ -13,8 +13,9 @@ and the Gaussian posterior mean of ``x0`` given ``x_s`` and ``y = A x0 + noise``
 with ``A' = A o (mean + std *)`` the operator on normalised fields (so ``A'^T v =
 std * A^T v``). Each product with ``J^T`` is one vector-Jacobian product, i.e. one backward
 pass through the network; the linear system is solved by ``iterations`` conjugate-gradient
-steps from ``u = 0`` (one backward pass each; one step already moves ``u`` along the
-residual with the optimal length), and the final ``J^T`` product is one more: a denoiser
+steps from ``u = 0`` (one backward pass each), preconditioned by the diagonal that a white
+prior of unit variance gives, ``sigma_y^2 + gamma (a s)^2 + (a s)^2 / (1 + s^2)`` (so
+modalities whose noise differs by orders of magnitude converge together), and the final ``J^T`` product is one more: a denoiser
 evaluation costs one forward and ``iterations + 1`` backward passes. The modalities share
 one system (stacked observations, block-diagonal ``Sigma_y``).
 
@@ -42,23 +43,27 @@ def _dot(a: Vectors, b: Vectors) -> torch.Tensor:
     return sum((x * y).flatten(1).sum(1) for x, y in zip(a, b))
 
 
-def conjugate_gradient(matvec: Callable[[Vectors], Vectors], b: Vectors, iterations: int) -> Vectors:
-    """``iterations`` CG steps from 0 for ``M u = b`` (``M`` symmetric positive definite),
-    one system per batch element; ``matvec`` is called ``iterations`` times."""
+def conjugate_gradient(matvec: Callable[[Vectors], Vectors], b: Vectors, iterations: int, precondition: Vectors | None = None) -> Vectors:
+    """``iterations`` (preconditioned) CG steps from 0 for ``M u = b`` (``M`` symmetric positive
+    definite), one system per batch element; ``matvec`` is called ``iterations`` times.
+    ``precondition``: the inverse of a diagonal approximation of ``M`` (Jacobi), or None."""
+    apply = (lambda r: [pc * x for pc, x in zip(precondition, r)]) if precondition is not None else (lambda r: [x.clone() for x in r])  # noqa: E731
     u = [torch.zeros_like(x) for x in b]
     r = [x.clone() for x in b]
-    p = [x.clone() for x in b]
-    rs = _dot(r, r)
+    z = apply(r)
+    p = [x.clone() for x in z]
+    rz = _dot(r, z)
     for _ in range(iterations):
         mp = matvec(p)
         pmp = _dot(p, mp)
-        alpha = torch.where(pmp > 0, rs / pmp.clamp_min(1e-30), torch.zeros_like(rs))
+        alpha = torch.where(pmp > 0, rz / pmp.clamp_min(1e-30), torch.zeros_like(rz))
         u = [x + _bc(alpha, x) * y for x, y in zip(u, p)]
         r = [x - _bc(alpha, x) * y for x, y in zip(r, mp)]
-        rs_new = _dot(r, r)
-        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
-        p = [x + _bc(beta, x) * y for x, y in zip(r, p)]
-        rs = rs_new
+        z = apply(r)
+        rz_new = _dot(r, z)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+        p = [x + _bc(beta, x) * y for x, y in zip(z, p)]
+        rz = rz_new
     return u
 
 
@@ -114,6 +119,14 @@ class MMPSDenoiser:
                     for ob, v, sv, m in zip(self.observations, vs, var, masks)
                 ]
 
-            u = conjugate_gradient(matvec, b, self.iterations)
+            # Jacobi preconditioner: Sigma_y plus the diagonal of s^2 A' J A'^T for a white prior of
+            # unit variance (J = I / (1 + s^2)), i.e. var + (a s)^2 / (1 + s^2): modalities whose noise
+            # differs by orders of magnitude (coarse field, radiosondes) are solved on one footing
+            pre = []
+            for (_, _, pred, mask), a, sv in zip(rows, scales, var):
+                s_ = sigma.reshape(-1, *([1] * (pred.dim() - 1)))
+                d = sv + (a * s_) ** 2 / (1.0 + s_**2)
+                pre.append(torch.where(mask, 1.0 / d, torch.ones_like(d)))
+            u = conjugate_gradient(matvec, b, self.iterations, pre)
             g = jt(adjoint(u), last=True)
         return (x0 + s2 * g).detach()
