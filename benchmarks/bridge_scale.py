@@ -77,6 +77,9 @@ def run_case(n: int, K: int, threads: int, model_spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    import ot  # noqa: F401  - imported before the clock starts (its first import takes 10-30 s here)
+    import scipy.spatial  # noqa: F401
+
     from scorebridge import options
     from scorebridge.bridge.fit import coupling_solver, fit_bridge
     from scorebridge.bridge.metrics import distribution_metrics
