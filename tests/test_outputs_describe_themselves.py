@@ -365,7 +365,7 @@ def test_igra_derived_store_is_a_cf_profile_ragged_array(derived_files):  # noqa
 
 def _smk_list(name: str) -> list[str]:
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    m = re.search(rf"^{name} = \[(.*?)\]$", text, flags=re.M)
+    m = re.search(rf"^{name} = \[(.*?)\]$", text, flags=re.M | re.S)
     assert m, f"workflow/rules/common.smk: no list {name}"
     return re.findall(r'"(\w+)"', m.group(1))
 

@@ -297,7 +297,7 @@ def declared_figures() -> dict[str, list[str]]:
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     lists = {
         name: re.findall(r'"(\w+)"', body)
-        for name, body in re.findall(r"^(\w+_FIGURES) = \[(.*?)\]$", text, flags=re.M)
+        for name, body in re.findall(r"^(\w+_FIGURES) = \[(.*?)\]$", text, flags=re.M | re.S)
     }
     return {"sr": lists["SR_TRAIN_FIGURES"] + lists["SR_EVALUATE_FIGURES"], "bridge": lists["BRIDGE_EVALUATE_FIGURES"]}
 

@@ -43,11 +43,18 @@ def _dot(a: Vectors, b: Vectors) -> torch.Tensor:
     return sum((x * y).flatten(1).sum(1) for x, y in zip(a, b))
 
 
-def conjugate_gradient(matvec: Callable[[Vectors], Vectors], b: Vectors, iterations: int, precondition: Vectors | None = None) -> Vectors:
+def conjugate_gradient(
+    matvec: Callable[[Vectors], Vectors], b: Vectors, iterations: int, precondition: Vectors | None = None
+) -> Vectors:
     """``iterations`` (preconditioned) CG steps from 0 for ``M u = b`` (``M`` symmetric positive
     definite), one system per batch element; ``matvec`` is called ``iterations`` times.
     ``precondition``: the inverse of a diagonal approximation of ``M`` (Jacobi), or None."""
-    apply = (lambda r: [pc * x for pc, x in zip(precondition, r)]) if precondition is not None else (lambda r: [x.clone() for x in r])  # noqa: E731
+
+    def apply(r: Vectors) -> Vectors:
+        if precondition is None:
+            return [x.clone() for x in r]
+        return [pc * x for pc, x in zip(precondition, r)]
+
     u = [torch.zeros_like(x) for x in b]
     r = [x.clone() for x in b]
     z = apply(r)
