@@ -18,6 +18,11 @@ Cases, each in a fresh process (its peak RSS is its own), torch on `--threads` t
   holds (the default small-noise prediction) and scored with `distribution_metrics` (W1,
   W2, MMD, energy on seeded 5,000-cell subsamples). `previous` (the preceding snapshot) is
   scored beside it for scale.
+- `accuracy` (`--accuracy`): on EB (5 x 300, 5-D) and EMT (4 time points, 577-885 cells,
+  10-D) from ../shared/data/cells, the leave-one-out over the interior snapshots of the model
+  (the configured settings, `select: none`) with the dense solver and with the minibatch one
+  (`minibatch.batch_size` 256, the default, and 128, so that every snapshot is split into
+  2-7 batches); mean held-out W1 per solver and seed, and its difference from the dense one.
 - `loo`: the 21 x 500 x 30 course, the whole leave-one-out of `bridge.evaluate.leave_one_out`
   (19 splits, the model, the vanilla SB and the baselines previous, McCann, OT-CFM) with the
   model's configured settings (`select: none`), splits run by `--workers` processes (each
@@ -161,6 +166,61 @@ def run_loo_part(splits: list[int], threads: int, model_spec: dict) -> dict:
     }
 
 
+def run_accuracy(seeds: list[int], threads: int, model_spec: dict) -> dict:
+    """Dense against minibatch couplings on EB and EMT (see the module docstring)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from scorebridge import options
+    from scorebridge.bridge.evaluate import leave_one_out
+    from scorebridge.bridge.options import BaselinesOptions, ModelOptions, VanillaOptions
+    from scorebridge.data.cells.read import read_snapshots
+
+    data = Path(os.environ.get("SCOREBRIDGE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cells"
+    courses = {}
+    if (data / "eb_5x300x5.npy").exists():
+        eb = np.load(data / "eb_5x300x5.npy")
+        courses["EB"] = ([s.astype(np.float64) for s in eb], [float(k) for k in range(eb.shape[0])])
+    if (data / "emt_4timepoints.csv").exists():
+        cells = read_snapshots(data / "emt_4timepoints.csv", {"source": "csv", "time_key": "samples"})
+        ts = sorted(float(t) for t in np.unique(cells.time))
+        courses["EMT"] = ([cells.X[cells.time == t].astype(np.float64) for t in ts], ts)
+    solvers = {
+        "dense": {"coupling_solver": "dense"},
+        "minibatch 256": {"coupling_solver": "minibatch", "minibatch": {"batch_size": 256}},
+        "minibatch 128": {"coupling_solver": "minibatch", "minibatch": {"batch_size": 128}},
+    }
+    out: dict = {"data": str(data), "seeds": seeds, "courses": {}}
+    for name, (snaps, times) in courses.items():
+        rows: dict = {}
+        for solver, extra in solvers.items():
+            spec = {**model_spec, "select": "none", **extra}
+            for seed in seeds:
+                t0 = time.perf_counter()
+                ev = leave_one_out(
+                    snaps,
+                    times,
+                    options.build(ModelOptions, spec),
+                    options.build(BaselinesOptions, {"methods": []}),
+                    options.build(VanillaOptions, {}),
+                    "loo",
+                    seed=seed,
+                )
+                rows.setdefault(solver, []).append(
+                    {"seed": seed, "w1": ev.metrics["w1/model/mean"], "seconds": time.perf_counter() - t0}
+                )
+        dense = np.array([r["w1"] for r in rows["dense"]])
+        out["courses"][name] = {
+            "cells": [int(s.shape[0]) for s in snaps],
+            "runs": rows,
+            "mean_w1": {s: float(np.mean([r["w1"] for r in v])) for s, v in rows.items()},
+            "max_abs_diff_vs_dense": {
+                s: float(np.max(np.abs(np.array([r["w1"] for r in v]) - dense))) for s, v in rows.items()
+            },
+        }
+    return out
+
+
 def _child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if out.returncode != 0:
@@ -224,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="{}", help="model options (JSON) over the defaults")
     p.add_argument("--loo-only", action="store_true")
+    p.add_argument("--accuracy", action="store_true", help="only the dense / minibatch comparison on EB and EMT")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the accuracy comparison")
     p.add_argument("--no-loo", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bridge_scale.json"))
     p.add_argument("--case", nargs=2, type=int, help=argparse.SUPPRESS)  # n K: one case, JSON on stdout
@@ -232,6 +294,13 @@ def main(argv=None) -> int:
     spec = json.loads(a.model)
     if a.case:
         print(json.dumps(run_case(a.case[0], a.case[1], a.threads, spec)))
+        return 0
+    if a.accuracy:
+        acc = run_accuracy(a.seeds, a.threads, spec)
+        for name, c in acc["courses"].items():
+            print(name, {s: round(v, 4) for s, v in c["mean_w1"].items()}, "max |diff|:", c["max_abs_diff_vs_dense"])
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(acc, indent=1))
         return 0
     if a.loo_part:
         print(json.dumps(run_loo_part(json.loads(a.loo_part), a.threads, spec)))

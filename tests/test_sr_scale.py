@@ -19,7 +19,7 @@ from scorebridge.sr.data import normalisation_of, open_era5, resolve_channels, w
 from scorebridge.sr.edm import EDMPrecond, edm_loss, sample_sigma
 from scorebridge.sr.loader import FieldBatcher, Prefetcher
 from scorebridge.sr.observations import coarse_observation
-from scorebridge.sr.options import CoarseOptions, ModelOptions, resolve_spec
+from scorebridge.sr.options import CoarseOptions, ModelOptions, SampleOptions, resolve_spec
 from scorebridge.sr.patches import PatchDenoiser, PatchOptions, axis_tiling, patched
 from scorebridge.sr.prior import Prior, build_denoiser
 from scorebridge.sr.sampler import posterior_sample
@@ -320,3 +320,17 @@ def test_gpu_check_dry_run_writes_its_json(tmp_path):
         assert entry["train_streamed"]["data"]["streamed"] and entry["train_streamed"]["samples_per_s"] > 0
         assert entry["sample"]["forward"] >= 1 and entry["sample"]["peak_rss_mb"] > 0
     assert r["settings"]["channels_last"] and r["seam"]["windows"] > 1 and "cost_per_pixel_ok" in r["targets"]
+
+
+def test_fields_per_call_auto_keeps_cpu_calls_near_a_cell_budget():
+    from scorebridge.sr.calibrate import CPU_CELLS_PER_CALL, fields_per_call
+
+    assert fields_per_call(7, 256 * 256, "cpu") == 7  # an integer is taken as given
+    assert fields_per_call("auto", 32 * 32, "cpu") == 64  # small grids: the cap
+    assert fields_per_call("auto", 256 * 256, "cpu") == 4
+    assert fields_per_call("auto", 256 * 512, "cpu") == 2
+    assert fields_per_call("auto", 1024 * 1024, "cpu") == 1  # never 0
+    assert fields_per_call("auto", 256 * 256, "cuda") == 64
+    assert 4 * 256 * 256 <= CPU_CELLS_PER_CALL
+    opts = options.build(SampleOptions, {})
+    assert opts.batch_size == "auto"

@@ -95,6 +95,23 @@ def _sampler_settings(opts: SampleOptions) -> dict:
     }
 
 
+# grid cells per network call on a CPU for `batch_size: auto`: beyond ~2.6e5 cells (16 fields
+# of 256 x 256 are 1M) the activations and the guidance's autograd graph fall out of cache and
+# the cost per pixel rises 1.6x (benchmarks/README.md, "SR scale")
+CPU_CELLS_PER_CALL = 262_144
+MAX_FIELDS_PER_CALL = 64
+
+
+def fields_per_call(batch_size: int | str, cells: int, device) -> int:
+    """Fields per network call: ``sample.batch_size``, or for ``auto`` 64 on a GPU and on a
+    CPU as many fields of ``cells`` grid cells as fit in ``CPU_CELLS_PER_CALL`` (1 to 64)."""
+    if batch_size != "auto":
+        return max(1, int(batch_size))
+    if torch.device(device).type != "cpu":
+        return MAX_FIELDS_PER_CALL
+    return int(min(MAX_FIELDS_PER_CALL, max(1, CPU_CELLS_PER_CALL // max(1, int(cells)))))
+
+
 def sample_times(
     prior,
     cond: Conditioner,
@@ -111,8 +128,9 @@ def sample_times(
     ``batch_size`` is below ``members``: memory grows with ``batch_size``)."""
     opts = cond.options
     C, H, W = truth.shape[1:]
-    per = max(1, int(opts.batch_size) // members)
-    chunk = min(members, max(1, int(opts.batch_size)))  # members per sampler call
+    batch = fields_per_call(opts.batch_size, H * W, device)
+    per = max(1, batch // members)
+    chunk = min(members, batch)  # members per sampler call
     out = np.empty((len(idx), members, C, H, W), np.float32)
     total = Cost()
     info_all: dict = {}

@@ -199,7 +199,7 @@ class SampleOptions:
     rho: float
     sigma_min: float | None
     max_times: int | None
-    batch_size: int
+    batch_size: int | str
     device: str
     threads: int | None
     precision: str

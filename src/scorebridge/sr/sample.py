@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from .calibrate import Conditioner, calibrate, calibration_times, inflate, sample_times
+from .calibrate import Conditioner, calibrate, calibration_times, fields_per_call, inflate, sample_times
 from .observations import MODALITIES, choose_withheld, read_obs, sigma_for
 from .operators import CoarseGrain, coarse_grain
 from .options import Experiment, SampleOptions
@@ -234,7 +234,16 @@ def run_sampling(
     mean = np.asarray(prior.normalisation.mean, np.float32)
     std = np.asarray(prior.normalisation.std, np.float32)
     # sample.patch: the prior on overlapping windows, blended at every step (else itself)
-    prior = patched(prior, opts.patch, (ds.sizes["latitude"], ds.sizes["longitude"]), int(opts.batch_size))
+    if opts.patch is None:
+        cells = ds.sizes["latitude"] * ds.sizes["longitude"]
+    else:  # a window's cells (square or [lat, lon])
+        cells = int(np.prod(opts.patch.size)) if isinstance(opts.patch.size, list) else int(opts.patch.size) ** 2
+    prior = patched(
+        prior,
+        opts.patch,
+        (ds.sizes["latitude"], ds.sizes["longitude"]),
+        fields_per_call(opts.batch_size, cells, device),
+    )
     k = int(opts.coarse.factor)
     if "coarse" in opts.conditioning or (opts.compare and any("coarse" in c for c in opts.compare)):
         CoarseGrain(
