@@ -16,7 +16,14 @@ from scorebridge.bridge.bootstrap import comparison_metrics, paired_bootstrap, v
 from scorebridge.bridge.evaluate import bridge_methods, leave_one_out
 from scorebridge.bridge.metrics import energy_distance, wasserstein1
 from scorebridge.bridge.options import BaselinesOptions, ModelOptions, VanillaOptions
-from scorebridge.bridge.select import FitCache, candidate_options, candidates, criterion_values, select_model
+from scorebridge.bridge.select import (
+    FitCache,
+    candidate_options,
+    candidates,
+    criterion_values,
+    inner_tasks,
+    select_model,
+)
 from scorebridge.data.cells.simulate import simulate
 
 torch.set_num_threads(1)
@@ -116,6 +123,19 @@ def test_one_se_rule_prefers_the_simpler_candidate_within_the_noise():
         s[one.record["chosen_name"]]["score"] - s[best.record["chosen_name"]]["score"]
         <= s[one.record["chosen_name"]]["se_vs_best"] + 1e-12
     )
+
+
+def test_max_tasks_bounds_the_inner_tasks_of_a_long_course():
+    assert inner_tasks(list(range(1, 20)), 4) == [1, 7, 13, 19]  # evenly spaced, both ends
+    assert inner_tasks([1, 2, 3], 4) == [1, 2, 3]  # short courses: every interior snapshot
+    assert inner_tasks(list(range(1, 8)), 1) == [4]
+    assert inner_tasks(list(range(1, 20)), None) == list(range(1, 20))
+    snaps, times = _cycle(n=30, times=tuple(range(9)))
+    cache = FitCache(snaps, times)
+    cheap = {**CHEAP, "classes": ["brownian"], "auto_scales": [1.0], "max_tasks": 2}
+    sel = select_model(cache, list(range(9)), _model(max_iter=2, selection=cheap))
+    assert sel.record["inner_holdouts"] == [1.0, 7.0]
+    assert all(len(s["per_holdout"]) == 2 for s in sel.record["scores"].values())
 
 
 def test_verdict_reads_the_interval():

@@ -117,6 +117,7 @@ class SelectionOptions:
     draws: int
     rule: str
     resamples: int
+    max_tasks: int | None
 
     @classmethod
     def from_section(cls, s: dict) -> "SelectionOptions":
@@ -128,6 +129,7 @@ class SelectionOptions:
             draws=s["draws"],
             rule=s["rule"],
             resamples=s["resamples"],
+            max_tasks=s["max_tasks"],
         )
 
 

@@ -247,6 +247,16 @@ def configured(model: ModelOptions, reason: str) -> Selection:
     return Selection(options.build(ModelOptions, section, where="model"), rec)
 
 
+def inner_tasks(interior: list[int], max_tasks: int | None) -> list[int]:
+    """At most `max_tasks` of the `interior` snapshots, evenly spaced (both ends kept)."""
+    if max_tasks is None or len(interior) <= max_tasks:
+        return list(interior)
+    if max_tasks == 1:
+        return [interior[len(interior) // 2]]
+    pos = np.linspace(0, len(interior) - 1, int(max_tasks)).round().astype(int)
+    return [interior[p] for p in pos]
+
+
 def select_model(cache: FitCache, ids, model: ModelOptions) -> Selection:
     """`model` as configured (`select: none`), or the candidate chosen by leave-one-out over
     the interior snapshots among `ids` (indices into `cache.snapshots`); see the module doc."""
@@ -259,6 +269,7 @@ def select_model(cache: FitCache, ids, model: ModelOptions) -> Selection:
             model, f"fallback: {len(ids)} snapshots have no interior snapshot to leave out; the configured settings"
         )
     sel = model.selection
+    inner = inner_tasks(inner, sel.max_tasks)
     cands = candidates(model)
     snaps, times = cache.snapshots, cache.times
     pooled = np.concatenate([snaps[i] for i in ids])
