@@ -1,0 +1,116 @@
+"""How far a Gaussian prior with the data's own spectrum gets: the linear (Wiener) posterior
+mean of a coarse field, beside the diffusion posterior and bicubic interpolation.
+
+    python benchmarks/sr_linear_bound.py --work benchmarks/out/sr_targets
+
+Reuses an `sr_targets.py` run (its scratch directory): the ERA5 store, the prior's channels
+and normalisation, the training split and `results/sr/default/samples.zarr` (its held-out
+times and coarse fields). Per channel, a stationary Gaussian prior on the doubly periodic
+grid: mean = the training-time mean field, covariance = circulant from the power spectrum
+of the training anomalies (the mean of |FFT|^2 over the training times; nothing else is
+fitted or tuned). The observation is the workflow's own block average
+(`sr.operators.CoarseGrain`, factor from the samples store) with noise `sigma_y_relative`
+x std, as the sampler assumes. The posterior mean m + S A^T (A S A^T + R)^-1 (y - A m) is
+scored like the diffusion posterior: latitude-weighted RMSE per channel and pooled in
+normalised units, against the scorecard's bicubic baseline (`summary/rmse_ratio`).
+Only the training times' fields are used to build it, so it is a fair baseline on the
+held-out times. Prints and writes JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def circulant_covariance(anomalies: np.ndarray) -> np.ndarray:
+    """[T, H, W] anomalies -> the (H W) x (H W) covariance of a stationary field on the torus
+    with their mean power spectrum."""
+    T, H, W = anomalies.shape
+    power = np.mean(np.abs(np.fft.fft2(anomalies)) ** 2, axis=0) / (H * W)
+    autocov = np.real(np.fft.ifft2(power))  # autocov[dy, dx]
+    iy, ix = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    iy, ix = iy.ravel(), ix.ravel()
+    return autocov[(iy[:, None] - iy[None, :]) % H, (ix[:, None] - ix[None, :]) % W]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "sr_targets"))
+    p.add_argument("--out", default=None, help="JSON (default: <work>/linear_bound.json)")
+    a = p.parse_args(argv)
+    import torch
+
+    from scorebridge.sr import metrics as M
+    from scorebridge.sr.data import load_fields, open_era5, split_times
+    from scorebridge.sr.operators import CoarseGrain
+    from scorebridge.sr.options import resolve_spec
+    from scorebridge.sr.store import open_samples, vars_to_fields
+
+    work = Path(a.work)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    spec = dict(cfg["sr"]["default"])
+    spec["seed"] = cfg.get("seed", 0) if spec.get("seed") is None else spec["seed"]
+    exp = resolve_spec(spec)
+    ds = open_era5(work / "results" / "data" / "era5" / f"{spec['era5']}.zarr")
+    sds, sampling, channels = open_samples(work / "results" / "sr" / "default" / "samples.zarr")
+    train_idx, _, _ = split_times(ds, exp.train.split, validation=True)
+    tidx = np.asarray(sds["time_index"].values, np.int64)
+    truth = load_fields(ds, channels, tidx, check_nan=False).astype(np.float64)
+    train = load_fields(ds, channels, np.asarray(train_idx), check_nan=False).astype(np.float64)
+    coarse = vars_to_fields(sds, channels, "_coarse").astype(np.float64)  # [T, C, h, w]
+    post = vars_to_fields(sds, channels, "_coarse_only").astype(np.float64).mean(1)  # coarse-only posterior mean
+    std = np.asarray(sampling["normalisation"]["std"], np.float64)
+    lat = np.asarray(sds["latitude"].values, np.float64)
+    T, C, H, W = truth.shape
+    k = int(sampling["coarse_factor"])
+    op = CoarseGrain(k, (H, W))
+    basis = torch.eye(H * W, dtype=torch.float64).view(H * W, 1, H, W)
+    A = op.forward(basis).reshape(H * W, -1).numpy().T  # [n_obs, H W]
+    est = np.empty_like(truth)
+    for c in range(C):
+        m = train[:, c].mean(0)
+        S = circulant_covariance(train[:, c] - m)
+        R = (float(exp.sample.coarse.sigma_y_relative) * std[c]) ** 2 * np.eye(A.shape[0])
+        gain = S @ A.T @ np.linalg.inv(A @ S @ A.T + R)
+        resid = coarse[:, c].reshape(T, -1) - (A @ m.ravel())[None]
+        est[:, c] = m[None] + (resid @ gain.T).reshape(T, H, W)
+    metrics = json.loads((work / "results" / "sr" / "default" / "metrics.json").read_text())
+    metrics = metrics.get("metrics", metrics)
+    names = [f"{v}/{int(lv)}" if lv is not None else v for v, lv in channels]
+    r_lin, r_post = M.rmse(est, truth, lat), M.rmse(post, truth, lat)
+    # the scorecard's baseline (per channel the better bicubic of the field or its anomalies):
+    # rmse_ratio/<c> = coarse-only posterior-mean RMSE / that baseline
+    have = all(f"rmse_ratio/{n}" in metrics for n in names)
+    bic = np.array([r_post[i] / metrics[f"rmse_ratio/{n}"] for i, n in enumerate(names)]) if have else None
+    res = {
+        "work": str(work),
+        "times": [int(t) for t in tidx],
+        "train_times": len(train_idx),
+        "channels": names,
+        "rmse_linear": r_lin.tolist(),
+        "rmse_diffusion_coarse_only": r_post.tolist(),
+        "pooled_linear": M.pooled(r_lin, std),
+        "pooled_diffusion_coarse_only": M.pooled(r_post, std),
+        "linear_over_diffusion": (r_lin / r_post).tolist(),
+    }
+    if bic is not None:
+        res["rmse_bicubic"] = bic.tolist()
+        res["pooled_bicubic"] = M.pooled(bic, std)
+        res["ratio_linear_vs_bicubic"] = res["pooled_linear"] / res["pooled_bicubic"]
+        res["ratio_diffusion_vs_bicubic"] = res["pooled_diffusion_coarse_only"] / res["pooled_bicubic"]
+    out = Path(a.out) if a.out else work / "linear_bound.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k != "times"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
