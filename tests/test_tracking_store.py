@@ -64,6 +64,12 @@ def test_two_workflows_create_one_fresh_sqlite_store_at_once(tmp_path):
     ids = [json.loads(out.read_text())["experiments"] for out, _ in procs]
     assert ids[0] == ids[1] == ids[2] and sorted(ids[0]["sr"]) == ["x", "y"]
     assert (tmp_path / "shared" / "mlflow.db.lock").exists()  # beside the database
+    # model-training experiments: MLflow 3's UI opens them on the runs, not in its GenAI mode
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(f"sqlite:///{db}").get_experiment(ids[0]["sr"]["x"])
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert exp.tags.get("scorebridge.kind") == "sr"
 
 
 def test_store_lock_waits_then_names_the_lock_file(tmp_path):
@@ -184,9 +190,18 @@ def test_run_links_of_one_invocation(tmp_path, monkeypatch, capsys):
     sr_id, lv_id = info["experiments"]["sr"]["alpha"], info["experiments"]["bridge"]["lv"]
     assert f"MLflow: 2 run(s) of this workflow run (tag scorebridge.invocation = '{mine}')" in text
     assert f"mlflow ui --backend-store-uri sqlite:///{db.resolve()} --host 127.0.0.1 --port 5000" in text
-    assert f"scorebridge/sr/alpha: http://127.0.0.1:5000/#/experiments/{sr_id}/runs\n" in text
-    assert f"sr_train[alpha] (FINISHED): http://127.0.0.1:5000/#/experiments/{sr_id}/runs/{runs['alpha']}" in text
-    assert f"scorebridge/bridge/lv: http://127.0.0.1:5000/#/experiments/{lv_id}/runs\n" in text
+    assert (
+        f"scorebridge/sr/alpha: http://127.0.0.1:5000/#/experiments/{sr_id}/runs?workflowType=machine_learning\n"
+        in text
+    )
+    assert (
+        f"sr_train[alpha] (FINISHED): http://127.0.0.1:5000/#/experiments/{sr_id}/runs/{runs['alpha']}?workflowType=machine_learning"
+        in text
+    )
+    assert (
+        f"scorebridge/bridge/lv: http://127.0.0.1:5000/#/experiments/{lv_id}/runs?workflowType=machine_learning\n"
+        in text
+    )
     assert runs["beta"] not in text and "scorebridge/sr/beta" not in text  # another invocation's
     assert "not logged yet: 1 run(s)" in text and "scorebridge tracking-sync" in text
     assert run_links(experiments, uuid.uuid4().hex) == ""  # an invocation that logged nothing
@@ -206,5 +221,7 @@ def test_dashboard_of_a_tracking_server():
     assert dashboard("http://mlflow.example.org:5000/") == ("http://mlflow.example.org:5000", None)
     base, serve = dashboard("postgresql://***@db/mlflow")
     assert base == "http://127.0.0.1:5000" and serve.startswith("mlflow ui --backend-store-uri ")
-    assert runs_url("http://h:5000", "7") == "http://h:5000/#/experiments/7/runs"
-    assert run_url("http://h:5000", "7", "abc") == "http://h:5000/#/experiments/7/runs/abc"
+    assert runs_url("http://h:5000", "7") == "http://h:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert (
+        run_url("http://h:5000", "7", "abc") == "http://h:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )

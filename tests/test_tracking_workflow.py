@@ -91,8 +91,11 @@ def test_first_run_prints_the_dashboard_links(done):
     eid = run.info.experiment_id
     db = (work / "results" / "mlflow" / "mlflow.db").resolve()
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in out
-    assert f"scorebridge/bridge/ou: http://127.0.0.1:5000/#/experiments/{eid}/runs" in out
-    assert f"bridge_fit[ou] (FINISHED): http://127.0.0.1:5000/#/experiments/{eid}/runs/{run.info.run_id}" in out
+    assert f"scorebridge/bridge/ou: http://127.0.0.1:5000/#/experiments/{eid}/runs?workflowType=machine_learning" in out
+    assert (
+        f"bridge_fit[ou] (FINISHED): http://127.0.0.1:5000/#/experiments/{eid}/runs/{run.info.run_id}?workflowType=machine_learning"
+        in out
+    )
     # the run has its model and its system metrics
     assert run.outputs.model_outputs and "system/cpu_utilization_percentage" in run.data.metrics
 
@@ -136,7 +139,10 @@ def test_changed_prefix_and_new_experiment_run_in_one_call(done, tmp_path):
     for name in ("ou", "ou2"):
         (run,) = _runs(copy, f"renamed/bridge/{name}")
         assert run.info.status == "FINISHED" and run.data.tags["scorebridge.rule"] == "bridge_fit"
-        assert f"renamed/bridge/{name}: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs" in out
+        assert (
+            f"renamed/bridge/{name}: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+            in out
+        )
     assert "MLflow: 2 run(s) of this workflow run" in out
     again = snakemake(copy, changed, "-n", *targets("ou", "ou2"))
     assert "Nothing to be done" in again

@@ -2,8 +2,9 @@
 `snakemake` call (the `onsuccess:` handler in workflow/rules/tracking.smk).
 
 Each experiment the invocation logged to is listed with the link of its runs table
-(`<ui>/#/experiments/<id>/runs`; MLflow 3 otherwise opens an experiment on its GenAI
-overview page) and each run with its own page. For a tracking server the links point at
+(`<ui>/#/experiments/<id>/runs?workflowType=machine_learning`: MLflow 3 otherwise opens an
+experiment on its GenAI overview page, and a fresh browser in its GenAI mode) and each run
+with its own page. For a tracking server the links point at
 the server; for a SQLite (or other database) store they point at `mlflow ui` on
 http://127.0.0.1:5000, and the command that serves it is printed with them. Runs that
 could not be logged (pending files of this invocation) are counted with the command that
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3's UI has a GenAI mode (traces, prompts) and a model-training mode (runs, models,
+# registry); a fresh browser starts in the first unless the link asks for the second
+VIEW = "?workflowType=machine_learning"
 
 
 def dashboard(uri: str) -> tuple[str | None, str | None]:
@@ -46,11 +50,11 @@ def dashboard(uri: str) -> tuple[str | None, str | None]:
 
 
 def runs_url(base: str, experiment_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment_id}/runs{VIEW}"
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{VIEW}"
 
 
 def invocation_runs(info: dict, experiments_path: str | os.PathLike, invocation: str) -> list[tuple[str, str, object]]:

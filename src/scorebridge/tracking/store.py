@@ -133,6 +133,11 @@ def store_settings(tracking: TrackingOptions, results: str | os.PathLike) -> tup
     return uri, source, tracking.experiment_prefix, artifact_root
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces, prompts);
+# these are model-training experiments (runs, metrics, models)
+EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(mlflow_client, label: str, kind: str, name: str, artifact_root: str | None) -> str:
     """The id of experiment `label`, created if missing (restored if deleted).
 
@@ -150,7 +155,7 @@ def get_or_create_experiment(mlflow_client, label: str, kind: str, name: str, ar
                     mlflow_client.create_experiment,
                     label,
                     artifact_location=location,
-                    tags={"scorebridge.kind": kind, "scorebridge.experiment": name},
+                    tags={"scorebridge.kind": kind, "scorebridge.experiment": name, **EXPERIMENT_KIND_TAG},
                 )
             )
         except MlflowException:
