@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     lat = np.asarray(sds["latitude"].values, np.float64)
     T, C, H, W = truth.shape
     k = int(sampling["coarse_factor"])
-    op = CoarseGrain(k, (H, W))
+    op = CoarseGrain(k, (H, W), pad=exp.sample.coarse.pad)
     basis = torch.eye(H * W, dtype=torch.float64).view(H * W, 1, H, W)
     A = op.forward(basis).reshape(H * W, -1).numpy().T  # [n_obs, H W]
     est = np.empty_like(truth)

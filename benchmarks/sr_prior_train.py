@@ -53,7 +53,7 @@ def radial_spectrum(x: np.ndarray) -> np.ndarray:
 def heun_samples(prior, n: int, shape, steps: int = 32, seed: int = 0) -> np.ndarray:
     """Unconditional samples by Karras et al. Algorithm 1 (deterministic Heun)."""
     g = torch.Generator().manual_seed(seed)
-    sig = edm_sigmas(steps, prior.sigma_min, prior.sigma_max).float()
+    sig = edm_sigmas(steps, prior.sigma_min, prior.sigma_max, 7.0).float()
     x = torch.randn((n, prior.n_channels, *shape), generator=g) * sig[0]
     for i in range(steps):
         s, s_next = sig[i], sig[i + 1]

@@ -119,9 +119,11 @@ def test_random_shift_rolls_whole_samples(tmp_path):
     ds = open_era5(write_toy_era5(tmp_path / "toy.zarr", ntime=6, nlat=8, nlon=12, seed=2))
     ch = resolve_channels(ds)
     norm = normalisation_of(ds, ch)
-    plain = FieldBatcher(ds, ch, np.arange(6), norm).batch(torch.Generator().manual_seed(3), 8).numpy()
+    plain = (
+        FieldBatcher(ds, ch, np.arange(6), norm, max_memory_mb=2048).batch(torch.Generator().manual_seed(3), 8).numpy()
+    )
     rolled = (
-        FieldBatcher(ds, ch, np.arange(6), norm, shift=("latitude", "longitude"))
+        FieldBatcher(ds, ch, np.arange(6), norm, shift=("latitude", "longitude"), max_memory_mb=2048)
         .batch(torch.Generator().manual_seed(3), 8)
         .numpy()
     )

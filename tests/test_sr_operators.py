@@ -34,7 +34,11 @@ def _points(**kw):
 def _operators():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ops = [CoarseGrain(2, (8, 8)), CoarseGrain(3, (8, 8)), CoarseGrain(4, (8, 8), channels=[0, 4])]
+        ops = [
+            CoarseGrain(2, (8, 8), pad="edge"),
+            CoarseGrain(3, (8, 8), pad="edge"),
+            CoarseGrain(4, (8, 8), pad="edge", channels=[0, 4]),
+        ]
     op, _, _, _ = _points()
     return ops + [op, PointObs.stack([op, _points(latitude=[35.0, 40.0, 36.0, 31.0])[0]])]
 
@@ -70,7 +74,7 @@ def test_coarse_constant_is_constant_and_mean_preserved():
 
 def test_non_dividing_factor_pads_with_warning_or_errors():
     with pytest.warns(UserWarning, match="does not divide"):
-        op = CoarseGrain(3, (8, 8))
+        op = CoarseGrain(3, (8, 8), pad="edge")
     x = torch.randn(1, 1, 8, 8)
     y = op(x)
     assert y.shape == (1, 1, 3, 3)

@@ -26,7 +26,7 @@ def problem():
     prior = GaussianPrior(cov, (1, H, W))
     gen = torch.Generator().manual_seed(0)
     truth = MEAN + STD * prior.sample(2, gen)  # two cases
-    cg = CoarseGrain(2, (H, W))
+    cg = CoarseGrain(2, (H, W), pad="edge")
     ops, yps = [], []
     for b, pts in enumerate([([1.5, 4.2, 6.0], [2.5, 5.0, 0.3]), ([0.5, 3.0], [6.5, 1.2])]):
         op, _, _, _ = build_point_obs(
@@ -168,7 +168,7 @@ def test_seeded_and_churn(problem):
 
 
 def test_schedule_and_inflation():
-    s = edm_sigmas(25, 0.002, 80.0)
+    s = edm_sigmas(25, 0.002, 80.0, 7.0)
     assert len(s) == 26 and s[0] == pytest.approx(80.0) and s[-2] == pytest.approx(0.002) and s[-1] == 0
     ens = np.random.default_rng(0).standard_normal((2, 5, 1, 3, 3)).astype(np.float32)
     inf = inflate(ens, 2.0)

@@ -71,9 +71,9 @@ def test_edm_sigmas():
     i = 5
     expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert s[i].item() == pytest.approx(expected)
-    assert edm_sigmas(1, 0.1, 10.0, append_zero=False).tolist() == [10.0]
+    assert edm_sigmas(1, 0.1, 10.0, 7.0, append_zero=False).tolist() == [10.0]
     with pytest.raises(ValueError):
-        edm_sigmas(0)
+        edm_sigmas(0, 0.002, 80.0, 7.0)
 
 
 def test_sigma_sampling_lognormal():
@@ -121,7 +121,7 @@ def test_training_lowers_the_denoising_loss(toy):
     ds = open_era5(toy)
     ch = resolve_channels(ds, ["t"], [850])
     norm = normalisation_of(ds, ch)
-    batcher = FieldBatcher(ds, ch, np.arange(12), norm, crop=8)
+    batcher = FieldBatcher(ds, ch, np.arange(12), norm, crop=8, max_memory_mb=2048)
     torch.manual_seed(0)
     den = EDMPrecond(UNet(len(ch), base=8, mults=(1, 2)))
 
@@ -222,9 +222,9 @@ def test_nan_in_training_fields_is_named(tmp_path):
     with pytest.raises(
         InputError, match=r"nan2.zarr: NaN in training field 'u' at 500 hPa at time 2020-01-01T18:00:00"
     ):
-        FieldBatcher(ds, ch, np.arange(6), normalisation_of(ds, ch))
+        FieldBatcher(ds, ch, np.arange(6), normalisation_of(ds, ch), max_memory_mb=2048)
     # the NaN outside the training times is not an error
-    FieldBatcher(ds, ch, [0, 1, 2], normalisation_of(ds, ch))
+    FieldBatcher(ds, ch, [0, 1, 2], normalisation_of(ds, ch), max_memory_mb=2048)
     # read per batch (over the memory limit): the same error when a batch reaches it
     lazy = FieldBatcher(ds, ch, [3], normalisation_of(ds, ch), max_memory_mb=1e-6)
     assert not lazy.in_memory
@@ -237,7 +237,7 @@ def test_batches_crops_and_members(tmp_path):
     ds = open_era5(path)
     ch = resolve_channels(ds)
     norm = normalisation_of(ds, ch)
-    mem = FieldBatcher(ds, ch, [0, 1, 2, 3], norm, crop=[4, 6])
+    mem = FieldBatcher(ds, ch, [0, 1, 2, 3], norm, crop=[4, 6], max_memory_mb=2048)
     lazy = FieldBatcher(ds, ch, [0, 1, 2, 3], norm, crop=[4, 6], max_memory_mb=1e-6)
     assert mem.in_memory and not lazy.in_memory and mem.members == 3
     a = mem.batch(torch.Generator().manual_seed(5), 7)
@@ -257,7 +257,7 @@ def test_batches_crops_and_members(tmp_path):
     ]
     assert hits
     with pytest.raises(ConfigError, match="crop 11x4 does not fit"):
-        FieldBatcher(ds, ch, [0], norm, crop=[11, 4])
+        FieldBatcher(ds, ch, [0], norm, crop=[11, 4], max_memory_mb=2048)
 
 
 # --- train_prior + load_prior ------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_streamed_batches_equal_in_memory_and_parts_are_slices(toy):
     ds = open_era5(toy)
     ch = resolve_channels(ds, ["t", "u"], [850])
     norm = normalisation_of(ds, ch)
-    mem = FieldBatcher(ds, ch, np.arange(12), norm, crop=[8, 10], shift=("longitude",))
+    mem = FieldBatcher(ds, ch, np.arange(12), norm, crop=[8, 10], shift=("longitude",), max_memory_mb=2048)
     lazy = FieldBatcher(ds, ch, np.arange(12), norm, crop=[8, 10], max_memory_mb=1e-6, shift=("longitude",))
     assert mem.in_memory and not lazy.in_memory
     full = mem.batch(torch.Generator().manual_seed(4), 6)

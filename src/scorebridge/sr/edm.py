@@ -48,9 +48,7 @@ def sample_sigma(
     return torch.exp(p_mean + p_std * z).to(device) if device is not None else torch.exp(p_mean + p_std * z)
 
 
-def edm_sigmas(
-    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = True, device=None
-) -> Tensor:
+def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float, append_zero: bool = True, device=None) -> Tensor:
     """The EDM time discretisation: n decreasing noise levels from σ_max to σ_min (Eq. 5).
 
     Returns a float64 tensor of length n + 1 ending in 0 (`append_zero`), else length n.

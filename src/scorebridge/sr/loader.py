@@ -58,7 +58,8 @@ class FieldBatcher:
         time_idx: Sequence[int],
         norm: Normalisation,
         crop: int | Sequence[int] | None = None,
-        max_memory_mb: float = 2048,
+        *,
+        max_memory_mb: float,
         shift: Sequence[str] = (),
     ):
         self.ds = ds

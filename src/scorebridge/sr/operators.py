@@ -133,7 +133,7 @@ class CoarseGrain(Operator):
 
     name = "coarse"
 
-    def __init__(self, factor: int, shape: tuple[int, int], pad: str = "edge", channels: Sequence[int] | None = None):
+    def __init__(self, factor: int, shape: tuple[int, int], pad: str, channels: Sequence[int] | None = None):
         self.factor = int(factor)
         self.shape = tuple(shape)
         self.pad = pad

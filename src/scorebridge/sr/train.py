@@ -183,7 +183,7 @@ def train_prior(
             train_idx,
             norm,
             train.crop,
-            train.max_memory_mb,
+            max_memory_mb=train.max_memory_mb,
             shift=model.periodic if train.random_shift else (),
         )
         edm = train.edm
