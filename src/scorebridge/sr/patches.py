@@ -107,7 +107,8 @@ def axis_tiling(length: int, size: int, overlap: int, periodic: bool = False) ->
     return Tiling(length, index, ramp / total[index])
 
 
-def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+def as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """A window size (an int for a square, or [lat, lon]) as (height, width)."""
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
@@ -131,7 +132,7 @@ class PatchDenoiser:
         self.prior = prior
         self.sigma_min, self.sigma_max = prior.sigma_min, prior.sigma_max
         self.H, self.W = int(shape[-2]), int(shape[-1])
-        sh, sw = _as_pair(size)
+        sh, sw = as_pair(size)
         self.rows = axis_tiling(self.H, sh, overlap, bool(periodic[0]))
         self.cols = axis_tiling(self.W, sw, overlap, bool(periodic[1]))
         self.chunk = max(1, int(chunk))

@@ -24,7 +24,7 @@ from .calibrate import Conditioner, calibrate, calibration_times, fields_per_cal
 from .observations import MODALITIES, choose_withheld, read_obs, sigma_for
 from .operators import CoarseGrain, coarse_grain
 from .options import Experiment, SampleOptions
-from .patches import patched
+from .patches import as_pair, patched
 from .store import channel_layout, samples_dataset, write_samples
 
 log = logging.getLogger(__name__)
@@ -234,16 +234,9 @@ def run_sampling(
     mean = np.asarray(prior.normalisation.mean, np.float32)
     std = np.asarray(prior.normalisation.std, np.float32)
     # sample.patch: the prior on overlapping windows, blended at every step (else itself)
-    if opts.patch is None:
-        cells = ds.sizes["latitude"] * ds.sizes["longitude"]
-    else:  # a window's cells (square or [lat, lon])
-        cells = int(np.prod(opts.patch.size)) if isinstance(opts.patch.size, list) else int(opts.patch.size) ** 2
-    prior = patched(
-        prior,
-        opts.patch,
-        (ds.sizes["latitude"], ds.sizes["longitude"]),
-        fields_per_call(opts.batch_size, cells, device),
-    )
+    grid = (ds.sizes["latitude"], ds.sizes["longitude"])
+    cells = int(np.prod(as_pair(opts.patch.size) if opts.patch is not None else grid))  # per network field
+    prior = patched(prior, opts.patch, grid, fields_per_call(opts.batch_size, cells, device))
     k = int(opts.coarse.factor)
     if "coarse" in opts.conditioning or (opts.compare and any("coarse" in c for c in opts.compare)):
         CoarseGrain(

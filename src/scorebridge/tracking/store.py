@@ -133,8 +133,8 @@ def store_settings(tracking: TrackingOptions, results: str | os.PathLike) -> tup
     return uri, source, tracking.experiment_prefix, artifact_root
 
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces, prompts);
-# these are model-training experiments (runs, metrics, models)
+# MLflow 3's own classification of an experiment (model training, not GenAI development).
+# The UI's view is chosen by the link (tracking.links.VIEW), not by this tag
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
 
