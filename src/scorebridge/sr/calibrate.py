@@ -85,6 +85,7 @@ def _sampler_settings(opts: SampleOptions) -> dict:
     return {
         "guidance": opts.guidance,
         "cg_iterations": int(opts.cg_iterations),
+        "covariance": opts.covariance,
         "solver": opts.solver,
         "sigma_min": opts.sigma_min,
         "churn": float(opts.churn),

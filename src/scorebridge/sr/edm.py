@@ -5,6 +5,8 @@ Noise model: x = y + σ n, n ~ N(0, I), with y a (normalised) field of std `sigm
 Denoiser (Eq. 7):
 
     D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ))
+    (with `sr.train.model.skip: wiener` the data's own linear denoiser replaces c_skip x:
+    :mod:`scorebridge.sr.wiener`)
     c_skip = σ_d² / (σ² + σ_d²)       c_out = σ σ_d / sqrt(σ² + σ_d²)
     c_in   = 1 / sqrt(σ² + σ_d²)      c_noise = ln(σ) / 4
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from .wiener import SpectralWiener
 
 __all__ = ["EDMPrecond", "edm_coefficients", "edm_loss", "edm_sigmas", "sample_sigma", "loss_weight"]
 
@@ -78,7 +82,13 @@ class EDMPrecond(nn.Module):
     scalings are in float32.
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float = 1.0, offset_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        sigma_data: float = 1.0,
+        offset_shape: tuple[int, ...] | None = None,
+        wiener_shape: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
         self.net = net
         self.sigma_data = float(sigma_data)
@@ -86,6 +96,8 @@ class EDMPrecond(nn.Module):
             self.register_buffer("offset", torch.zeros(offset_shape))
         else:
             self.offset = None
+        # the spectral Wiener skip (sr.wiener) in place of c_skip x: D = D_lin + c_out F
+        self.wiener = SpectralWiener(wiener_shape) if wiener_shape is not None else None
 
     def forward(self, x: Tensor, sigma: Tensor | float, offset: Tensor | None = None) -> Tensor:
         """With an ``offset`` m the network models the anomalies y - m of the data:
@@ -107,7 +119,8 @@ class EDMPrecond(nn.Module):
                 )
             x = x - m
         f = self.net(c_in.view(b) * x, c_noise)
-        out = c_skip.view(b) * x + c_out.view(b) * f.float()
+        skip = self.wiener(x, sigma) if self.wiener is not None else c_skip.view(b) * x
+        out = skip + c_out.view(b) * f.float()
         return out + m if m is not None else out
 
 

@@ -71,8 +71,8 @@ class SplitOptions:
 @options.register
 @dataclass(frozen=True)
 class ModelOptions:
-    """The U-Net (`train.model`); `periodic` is "auto" until `sr.train.resolve_periodic`
-    replaces it by the list of axis names."""
+    """The U-Net (`train.model`); `periodic` and `skip` are "auto" until `sr.train.resolve_periodic`
+    and `sr.train.resolve_skip` replace them (axis names; "wiener" or "scalar")."""
 
     SCHEMA_PATH = ("sr", "*", "train", "model")
     base: int
@@ -82,6 +82,7 @@ class ModelOptions:
     dropout: float
     periodic: str | list[str]
     padding: str
+    skip: str
 
 
 @options.register
@@ -192,6 +193,7 @@ class SampleOptions:
     solver: str
     guidance: str
     cg_iterations: int
+    covariance: str
     churn: float
     s_tmin: float
     s_tmax: float | None

@@ -203,6 +203,12 @@ def patched(prior, patch: PatchOptions | None, shape: Sequence[int], chunk: int)
     on fields of `shape`, wrapping the axes the prior's network wraps."""
     if patch is None:
         return prior
+    if getattr(getattr(prior, "denoiser", None), "wiener", None) is not None:
+        raise ConfigError(
+            "sr.sample.patch",
+            "this prior's Wiener skip is a filter on the whole training grid, not on windows; "
+            "train it with sr.train.model.skip: scalar for windowed sampling, or set sample.patch: null",
+        )
     net = getattr(getattr(prior, "denoiser", None), "net", None)
     periodic = getattr(net, "periodic", (False, False))
     return PatchDenoiser(prior, shape, patch.size, int(patch.overlap), periodic, chunk)

@@ -68,10 +68,22 @@ def periodic_flags(periodic) -> tuple[bool, bool]:
 
 
 def build_denoiser(
-    n_channels: int, model: ModelOptions, sigma_data: float, offset_shape: tuple[int, ...] | None = None
+    n_channels: int,
+    model: ModelOptions,
+    sigma_data: float,
+    offset_shape: tuple[int, ...] | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> EDMPrecond:
-    """EDMPrecond(UNet) from the `train.model` options (`periodic` resolved to axis names);
-    `offset_shape` (C, H, W): the denoiser models anomalies from a mean field (`train.anomalies`)."""
+    """EDMPrecond(UNet) from the `train.model` options (`periodic` resolved to axis names,
+    `skip` to "wiener" or "scalar"); `offset_shape` (C, H, W): the denoiser models anomalies
+    from a mean field (`train.anomalies`); `grid` (H, W): the grid of a Wiener skip."""
+    wiener = None
+    if model.skip == "wiener":
+        if grid is None:
+            raise ConfigError("sr.train.model.skip", "a Wiener skip needs the grid it is built for")
+        wiener = (n_channels, int(grid[0]), int(grid[1]))
+    elif model.skip not in ("scalar", "auto"):  # unresolved "auto" (a model built without data): scalar
+        raise ConfigError("sr.train.model.skip", f"expected 'auto', 'wiener' or 'scalar', got {model.skip!r}")
     net = UNet(
         n_channels,
         base=int(model.base),
@@ -82,7 +94,7 @@ def build_denoiser(
         periodic=periodic_flags(model.periodic),
         padding=str(model.padding),
     )
-    return EDMPrecond(net, sigma_data, offset_shape)
+    return EDMPrecond(net, sigma_data, offset_shape, wiener)
 
 
 @dataclass
@@ -171,8 +183,17 @@ def load_prior(
         _check_channels(chans, channels, checkpoint_path)
     edm = state["edm"]
     off = state["ema"].get("offset")
-    model = options.build(ModelOptions, state["model_kwargs"], where=f"{checkpoint_path}: model_kwargs")
-    den = build_denoiser(len(chans), model, edm["sigma_data"], tuple(off.shape) if off is not None else None)
+    kwargs = dict(state["model_kwargs"])
+    kwargs.setdefault("skip", "scalar")  # priors written before the skip option
+    model = options.build(ModelOptions, kwargs, where=f"{checkpoint_path}: model_kwargs")
+    lam = state["ema"].get("wiener.evals")
+    grid = tuple(lam.shape[:2]) if lam is not None else None
+    try:
+        den = build_denoiser(len(chans), model, edm["sigma_data"], tuple(off.shape) if off is not None else None, grid)
+    except ConfigError as err:
+        raise InputError(
+            f"model_kwargs do not describe a prior this version can build ({err})", checkpoint_path
+        ) from None
     try:
         den.load_state_dict(state["ema"])
     except RuntimeError as err:

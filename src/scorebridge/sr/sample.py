@@ -173,6 +173,7 @@ def _sampling_record(
         "reference": reference,
         "guidance": opts.guidance,
         "cg_iterations": int(opts.cg_iterations),
+        "covariance": opts.covariance,
         "steps": int(opts.steps),
         "solver": opts.solver,
         "sigma_min": opts.sigma_min,

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .edm import edm_sigmas
 from .guidance import Denoiser, DPSCorrection, Units, guide
 from .operators import Observation
@@ -165,6 +166,7 @@ def posterior_sample(
     sigma_min: float | None = None,
     solver: str = "heun",
     cg_iterations: int = 1,
+    covariance: str = "auto",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, Cost]:
@@ -178,7 +180,9 @@ def posterior_sample(
         carries its own SDA ``gamma`` and DPS ``zeta``.
     shape : ``(C, H, W)`` of one field; ``mean``/``std``: per-channel ``[C]`` normalisation.
     guidance : ``"sda"``, ``"dps"``, ``"mmps"`` or ``"none"`` (unconditional prior samples);
-        ``cg_iterations``: MMPS's conjugate-gradient steps per evaluation.
+        ``cg_iterations``: MMPS's conjugate-gradient steps per evaluation; ``covariance``:
+        its covariance model, ``"jacobian"`` (the network's), ``"wiener"`` (the prior's
+        Wiener skip, :mod:`scorebridge.sr.wiener`) or ``"auto"`` (wiener when the prior has one).
     churn, s_tmin, s_tmax, s_noise, rho : Karras' sampler settings (the keyword defaults
         are the deterministic sampler; the workflow passes `sr.<name>.sample`'s).
     sigma_min : the last noise level before the final step to 0 (the output is the
@@ -196,7 +200,15 @@ def posterior_sample(
     obs = [ob.to(device).repeat_interleave(n_members) for ob in observations]
     units = Units.of(mean, std, device)
     net = Metered(prior)
-    denoiser, correction = guide(net, obs, units, guidance, cg_iterations)
+    if covariance not in ("auto", "jacobian", "wiener"):
+        raise ValueError(f"covariance must be 'auto', 'jacobian' or 'wiener', got {covariance!r}")
+    wiener = getattr(getattr(prior, "denoiser", None), "wiener", None) if covariance != "jacobian" else None
+    if covariance == "wiener" and wiener is None:
+        raise ConfigError(
+            "sr.sample.covariance",
+            "'wiener' needs a prior with a Wiener skip (sr.train.model.skip: wiener); use 'auto'",
+        )
+    denoiser, correction = guide(net, obs, units, guidance, cg_iterations, wiener)
     sig = edm_sigmas(
         steps, float(prior.sigma_min if sigma_min is None else sigma_min), float(prior.sigma_max), rho
     ).tolist()

@@ -39,6 +39,7 @@ from .loader import FieldBatcher, Prefetcher
 from .options import Experiment, ModelOptions
 from .prior import FORMAT, build_denoiser
 from .unet import count_parameters
+from .wiener import spectral_moments
 
 __all__ = ["train_prior", "resolve_periodic", "report_training", "VAL_SIGMAS"]
 
@@ -116,6 +117,37 @@ def _mean_field(batcher: FieldBatcher) -> np.ndarray:
         x = x.reshape(-1, *x.shape[-3:]).mean(0)
         total = x if total is None else total + x
     return (total / len(batcher.time_idx)).astype(np.float32)
+
+
+def resolve_skip(model: ModelOptions, batcher: FieldBatcher) -> str:
+    """`train.model.skip` resolved: "auto" is "wiener" when the model wraps both axes (a
+    doubly periodic domain) and trains on the whole grid, else "scalar"; an explicit
+    "wiener" without both is an error (its filter assumes statistics that do not depend on
+    position, on the whole grid)."""
+    whole = batcher.crop == (batcher.H, batcher.W)
+    both = set(model.periodic) == {"latitude", "longitude"}
+    if model.skip == "auto":
+        return "wiener" if whole and both else "scalar"
+    if model.skip == "wiener" and not (whole and both):
+        raise ConfigError(
+            "sr.train.model.skip",
+            "the Wiener skip needs whole-grid training (no crop) on a domain the model wraps in both axes "
+            f"(sr.train.model.periodic: [latitude, longitude]); got periodic {list(model.periodic)}, "
+            f"crop {batcher.crop} on the {batcher.H}x{batcher.W} grid",
+        )
+    return model.skip
+
+
+def _field_chunks(batcher: FieldBatcher, limit: int = 1024):
+    """The normalised training fields in chunks (at most `limit` times, evenly spaced)."""
+    n = len(batcher.time_idx)
+    pick = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64))
+    for i in range(0, len(pick), 64):
+        sel = pick[i : i + 64]
+        if batcher.in_memory:
+            yield batcher.data[sel]
+        else:
+            yield load_fields(batcher.ds, batcher.channels, [batcher.time_idx[j] for j in sel], batcher.norm)
 
 
 def _step_inputs(
@@ -196,9 +228,14 @@ def train_prior(
                     f"a mean field needs whole-grid training; crop is {batcher.crop} on the {batcher.H}x{batcher.W} grid",
                 )
             offset = _mean_field(batcher)
-        denoiser = build_denoiser(len(channels), model, edm.sigma_data, offset.shape if offset is not None else None)
+        model = dataclasses.replace(model, skip=resolve_skip(model, batcher))
+        denoiser = build_denoiser(
+            len(channels), model, edm.sigma_data, offset.shape if offset is not None else None, (batcher.H, batcher.W)
+        )
         if offset is not None:
             denoiser.offset.copy_(torch.from_numpy(offset))
+        if denoiser.wiener is not None:  # the data's linear denoiser from the training fields' cross-spectra
+            denoiser.wiener.set_moments(spectral_moments(_field_chunks(batcher), offset))
         denoiser = denoiser.to(device)
         opts = train  # the shared loop's TrainOptions
         if opts.batch_size % info.world_size:

@@ -28,12 +28,18 @@ METHODS = ("sda", "dps", "mmps", "none")
 
 
 def guide(
-    prior: Denoiser, observations: Sequence[Observation], units: Units, method: str, cg_iterations: int = 1
+    prior: Denoiser,
+    observations: Sequence[Observation],
+    units: Units,
+    method: str,
+    cg_iterations: int = 1,
+    wiener=None,
 ) -> tuple[Denoiser, DPSCorrection | None]:
     """The denoiser and the in-step correction (or None) of guidance ``method``:
     ``"sda"``, ``"dps"``, ``"mmps"`` (``cg_iterations`` conjugate-gradient steps per
-    evaluation) or ``"none"`` (the prior: unconditional samples, also when there are no
-    observations)."""
+    evaluation; ``wiener``: the prior's linear denoiser as its covariance model, else the
+    network's Jacobian) or ``"none"`` (the prior: unconditional samples, also when there
+    are no observations)."""
     if method not in METHODS:
         raise ValueError(f"guidance must be one of {list(METHODS)}, got {method!r}")
     if method == "none" or not observations:
@@ -41,5 +47,5 @@ def guide(
     if method == "sda":
         return SDADenoiser(prior, observations, units), None
     if method == "mmps":
-        return MMPSDenoiser(prior, observations, units, cg_iterations), None
+        return MMPSDenoiser(prior, observations, units, cg_iterations, wiener), None
     return prior, DPSCorrection(prior, observations, units)
