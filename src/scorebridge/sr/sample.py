@@ -12,6 +12,7 @@ comparison sets; and writes the samples store (:mod:`.store`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -324,6 +325,9 @@ def run_sampling(
         climatology=_climatology(prior, mean, std),
         attrs_from=ds,
     )
+    if opts.covariance == "auto":  # the record says which covariance MMPS used
+        has_wiener = getattr(getattr(prior, "denoiser", None), "wiener", None) is not None
+        opts = dataclasses.replace(opts, covariance="wiener" if has_wiener else "jacobian")
     sampling = _sampling_record(
         opts,
         channels,
