@@ -134,6 +134,12 @@ def default_run(cores: int, sets: list[str], name: str = "sr_targets") -> dict:
         "coarse_only_vs_bicubic": {
             "value": m["summary/rmse_ratio"],
             "worst_channel": max(ratios),
+            "ci95": [m.get("summary/rmse_ratio_ci_low"), m.get("summary/rmse_ratio_ci_high")],
+            "vs_gaussian": m.get("summary/rmse_ratio_gaussian"),
+            "vs_gaussian_ci95": [
+                m.get("summary/rmse_ratio_gaussian_ci_low"),
+                m.get("summary/rmse_ratio_gaussian_ci_high"),
+            ],
             "target": "<= 0.6 (pooled, normalised units)",
             "met": m["summary/rmse_ratio"] <= 0.6,
         },

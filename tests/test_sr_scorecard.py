@@ -73,6 +73,29 @@ def test_scorecard_compares_like_with_like():
     )
 
 
+def test_scorecard_gaussian_baseline_and_bootstrap_intervals():
+    rng = np.random.default_rng(2)
+    T, N, C, H, W = 12, 4, 2, 4, 4
+    std = np.array([1.0, 10.0])
+    truth = rng.standard_normal((T, C, H, W)) * std.reshape(1, C, 1, 1)
+    ens = truth[:, None] + 0.3 * rng.standard_normal((T, N, C, H, W)) * std.reshape(1, 1, C, 1, 1)
+    bicubic = truth + rng.standard_normal((T, C, H, W)) * std.reshape(1, C, 1, 1)
+    better = truth + 0.05 * rng.standard_normal((T, C, H, W)) * std.reshape(1, C, 1, 1)  # a baseline it loses to
+    out, card = scorecard((ens, ens), (ens, ens), bicubic, truth, std, None, ["a", "b"], ["coarse"], gaussian=better)
+    r_co, r_g = metrics.rmse(ens.mean(1), truth), metrics.rmse(better, truth)
+    assert out["summary/rmse_ratio_gaussian"] == pytest.approx(metrics.pooled(r_co, std) / metrics.pooled(r_g, std))
+    assert out["rmse_ratio_gaussian/b"] == pytest.approx(r_co[1] / r_g[1])
+    assert card["channels"]["a"]["coarse / gaussian"] == out["rmse_ratio_gaussian/a"]
+    # intervals bracket the point estimates; the loss to the better baseline is clear, the win over bicubic too
+    lo, hi = out["summary/rmse_ratio_ci_low"], out["summary/rmse_ratio_ci_high"]
+    assert lo <= out["summary/rmse_ratio"] <= hi < 1
+    lo_g, hi_g = out["summary/rmse_ratio_gaussian_ci_low"], out["summary/rmse_ratio_gaussian_ci_high"]
+    assert 1 < lo_g <= out["summary/rmse_ratio_gaussian"] <= hi_g
+    # no baseline given: no gaussian keys
+    out2, _ = scorecard((ens, ens), (ens, ens), bicubic, truth, std, None, ["a", "b"], ["coarse"])
+    assert "summary/rmse_ratio_gaussian" not in out2 and "summary/rmse_ratio_ci_low" in out2
+
+
 def test_baselines_wrap_on_periodic_axes():
     n, k = 32, 4
     rng = np.random.default_rng(0)

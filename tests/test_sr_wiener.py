@@ -155,3 +155,33 @@ def test_mmps_with_the_wiener_covariance_matches_the_closed_form_posterior():
     assert cost.backward == 0 and torch.equal(x_auto, x)
     with pytest.raises(ConfigError, match=r"sr\.sample\.covariance.*Wiener skip"):
         run(gauss, "wiener")  # a prior without a Wiener skip
+
+
+def test_gaussian_posterior_mean_matches_the_closed_form():
+    from scorebridge.sr.guidance import Units
+    from scorebridge.sr.operators import CoarseGrain, Observation
+    from scorebridge.sr.wiener import gaussian_posterior_mean
+
+    C, H, W = 2, 8, 6
+    moments = spectral_moments([_stationary_pair(3000, H, W, seed=5)], None)
+    wiener = SpectralWiener((C, H, W))
+    wiener.set_moments(moments)
+    gauss = GaussianPrior(_dense_covariance(moments), (C, H, W))
+    mean, std = torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5])  # physical = mean + std * normalised
+    truth = gauss.sample(2, torch.Generator().manual_seed(6)).double()
+    offset = 0.1 * torch.randn(C, H, W, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cg = CoarseGrain(2, (H, W), pad="edge")
+    phys = mean.reshape(1, -1, 1, 1) + std.reshape(1, -1, 1, 1) * (truth + offset)
+    sigma_y = torch.tensor([0.05, 0.02]).reshape(1, -1, 1, 1)
+    ob = Observation("coarse", cg, cg(phys).float(), sigma_y.float(), 0.0)
+    got = gaussian_posterior_mean(wiener, offset, [ob], Units.of(mean, std, "cpu"))
+    # the closed form on normalised fields: A' = A diag(std), y' = y - A (mean + std * offset)
+    eye = torch.eye(C * H * W, dtype=torch.float64).reshape(-1, C, H, W)
+    A = cg(eye * std.double().reshape(1, -1, 1, 1)).reshape(C * H * W, -1).T
+    R = torch.diag((sigma_y.double().expand(1, C, H // 2, W // 2) ** 2).flatten())
+    for b in range(2):
+        y = (
+            cg(phys[b : b + 1]) - cg(mean.reshape(1, -1, 1, 1).double() + std.reshape(1, -1, 1, 1) * offset[None])
+        ).flatten()
+        m, _ = gauss.posterior(A, y, R)
+        torch.testing.assert_close(got[b] - offset, m.reshape(C, H, W).to(got.dtype), atol=1e-6, rtol=1e-5)

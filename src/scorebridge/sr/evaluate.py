@@ -198,6 +198,9 @@ def evaluate(samples_path, era5_path, obs_path=None, *, options: EvaluateOptions
         lat,
         names,
         list(sampling["conditioning"]),
+        vars_to_fields(sds, channels, "_gaussian").astype(np.float64)
+        if f"{channels[0][0]}_gaussian" in sds.variables
+        else None,
     )
     out.update(card_metrics)
     ssr = M.spread_skill(ens, truth, lat)
@@ -302,9 +305,13 @@ def log_summary(result: dict) -> None:
     """One log line of the headline scores of :func:`evaluate`'s result."""
     m = result["metrics"]
     log.info(
-        "pooled posterior-mean RMSE: coarse-only / bicubic %s, + radiosondes / coarse-only %s; spread-skill %.3f (raw %.3f; channels %.3f..%.3f); "
+        "pooled posterior-mean RMSE: coarse-only / bicubic %s (95 %% interval %s..%s), coarse-only / Gaussian baseline %s, "
+        "+ radiosondes / coarse-only %s; spread-skill %.3f (raw %.3f; channels %.3f..%.3f); "
         "withheld gain %s; %s forward + %s backward passes per sample",
         m.get("summary/rmse_ratio"),
+        m.get("summary/rmse_ratio_ci_low"),
+        m.get("summary/rmse_ratio_ci_high"),
+        m.get("summary/rmse_ratio_gaussian"),
         m.get("summary/rmse_ratio_radiosondes"),
         m["summary/spread_skill"],
         m["summary/spread_skill_raw"],

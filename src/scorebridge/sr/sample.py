@@ -12,6 +12,7 @@ comparison sets; and writes the samples store (:mod:`.store`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -116,6 +117,28 @@ def _climatology(prior, mean: np.ndarray, std: np.ndarray) -> np.ndarray | None:
     if offset is None:
         return None
     return mean.reshape(-1, 1, 1) + std.reshape(-1, 1, 1) * offset.detach().cpu().numpy()
+
+
+def _gaussian_baseline(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndarray, mean, std) -> np.ndarray | None:
+    """For a prior with a Wiener skip (and a coarse field to condition on): the posterior mean
+    of its Gaussian part given the coarse field alone, ``[T, C, H, W]`` physical -- the
+    baseline the scorecard sets beside the coarse-only posterior mean; else None."""
+    den = getattr(prior, "denoiser", None)
+    wiener = getattr(den, "wiener", None)
+    if wiener is None or "coarse" not in cond.options.conditioning:
+        return None
+    from .guidance import Units
+    from .wiener import gaussian_posterior_mean
+
+    units = Units.of(mean, std, "cpu")
+    offset = den.offset.detach().cpu() if den.offset is not None else None
+    wiener = copy.deepcopy(wiener).cpu()  # a CPU copy: the prior may live on a GPU
+    out = np.empty(truth.shape, np.float32)
+    for a in range(0, len(idx), 8):
+        obs, _ = cond.observations(idx[a : a + 8], truth[a : a + 8], ["coarse"])
+        x = gaussian_posterior_mean(wiener, offset, obs, units)
+        out[a : a + 8] = units.physical(x.float()).numpy()
+    return out
 
 
 def _periodic(ds, exp: Experiment) -> list[str]:
@@ -309,6 +332,7 @@ def run_sampling(
                 )[0].mean(1)
             )
 
+    gaussian = _gaussian_baseline(prior, cond, test_idx, truth, mean, std)
     coarse = coarse_grain(torch.as_tensor(truth), k, pad="edge").numpy()
     out_ds = samples_dataset(
         ens,
@@ -323,6 +347,7 @@ def run_sampling(
         compare_means=compare_means,
         reference=ref_ens,
         climatology=_climatology(prior, mean, std),
+        gaussian=gaussian,
         attrs_from=ds,
     )
     if opts.covariance == "auto":  # the record says which covariance MMPS used

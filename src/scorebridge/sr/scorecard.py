@@ -5,7 +5,13 @@
 - the posterior that also saw radiosondes against the coarse-only posterior
   (``rmse_ratio_radiosondes/{ch}``, pooled ``summary/rmse_ratio_radiosondes``);
 - spread-skill of the raw ensembles (before the inflation that calibration may apply) and
-  of the calibrated ones, per channel and pooled, for both ensembles.
+  of the calibrated ones, per channel and pooled, for both ensembles;
+- for a prior with a Wiener skip, the coarse-only posterior mean against the posterior mean
+  of the prior's Gaussian part given the same coarse field (``rmse_ratio_gaussian/{ch}``,
+  pooled ``summary/rmse_ratio_gaussian``): the data's second-order statistics alone;
+- 95 % intervals of the pooled ratios from a paired bootstrap over the held-out times
+  (``summary/<ratio>_ci_low`` / ``_ci_high``; 1,000 resamples, seeded): a ratio is "below 1"
+  only when its interval is.
 
 Pooled numbers are in normalised units (each channel divided by the prior's climatological
 std, :func:`scorebridge.sr.metrics.pooled`): a ratio of pooled RMSEs, not a mean of
@@ -18,7 +24,7 @@ import numpy as np
 
 from . import metrics as M
 
-__all__ = ["deflate", "scorecard"]
+__all__ = ["deflate", "scorecard", "bootstrap_ratio"]
 
 
 def deflate(ens: np.ndarray, factor) -> np.ndarray:
@@ -54,6 +60,20 @@ def _ensemble_scores(
     return out
 
 
+def _per_time_mse(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """``[T, C]`` latitude-weighted mean squared errors of each time's fields."""
+    return np.stack([M.rmse(pred[t : t + 1], truth[t : t + 1], lat) ** 2 for t in range(len(truth))])
+
+
+def bootstrap_ratio(num: np.ndarray, den: np.ndarray, std: np.ndarray, draws: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the pooled-RMSE ratio ``num / den`` from per-time squared
+    errors ``[T, C]``, the same times resampled for both (paired)."""
+    T = len(num)
+    idx = np.random.default_rng(seed).integers(0, T, size=(draws, T))
+    ratios = [M.pooled(np.sqrt(num[i].mean(0)), std) / M.pooled(np.sqrt(den[i].mean(0)), std) for i in idx]
+    return [float(v) for v in np.percentile(ratios, [2.5, 97.5])]
+
+
 def scorecard(
     main: tuple[np.ndarray, np.ndarray],
     coarse_only: tuple[np.ndarray, np.ndarray] | None,
@@ -63,13 +83,15 @@ def scorecard(
     lat: np.ndarray,
     names: list[str],
     conditioning: list[str],
+    gaussian: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
     """Metrics (flat, for metrics.json and MLflow) and the scorecard table.
 
     ``main`` and ``coarse_only`` are ``(calibrated, raw)`` ensembles ``[T, N, C, H, W]``
     (``coarse_only`` None when the conditioning has no coarse field; the main ensemble
     itself when the conditioning is the coarse field alone); ``std[C]`` the prior's
-    normalisation std.
+    normalisation std; ``gaussian[T, C, H, W]`` the Gaussian baseline's coarse-only posterior
+    mean, or None.
     """
     std = np.asarray(std, np.float64)
     out = _ensemble_scores("", main[0], main[1], truth, std, lat, names)
@@ -96,6 +118,22 @@ def scorecard(
                 rows[c][f"{main_tag} / coarse"] = out[f"rmse_ratio_radiosondes/{c}"]
         out["summary/rmse_ratio"] = M.pooled(rmse_co, std) / M.pooled(rmse_bicubic, std)
         card["pooled"] = {"coarse / bicubic": out["summary/rmse_ratio"]}
+        mse_co = _per_time_mse(coarse_only[0].mean(1), truth, lat)
+        lo, hi = bootstrap_ratio(mse_co, _per_time_mse(bicubic, truth, lat), std)
+        out["summary/rmse_ratio_ci_low"], out["summary/rmse_ratio_ci_high"] = lo, hi
+        card["pooled"]["coarse / bicubic: 95 % interval"] = [lo, hi]
+        if gaussian is not None:
+            rmse_g = M.rmse(gaussian, truth, lat)
+            for i, c in enumerate(names):
+                out[f"rmse/{c}/gaussian"] = float(rmse_g[i])
+                out[f"rmse_ratio_gaussian/{c}"] = float(rmse_co[i] / rmse_g[i])
+                rows[c]["gaussian"] = float(rmse_g[i])
+                rows[c]["coarse / gaussian"] = out[f"rmse_ratio_gaussian/{c}"]
+            out["summary/rmse_ratio_gaussian"] = M.pooled(rmse_co, std) / M.pooled(rmse_g, std)
+            lo, hi = bootstrap_ratio(mse_co, _per_time_mse(gaussian, truth, lat), std)
+            out["summary/rmse_ratio_gaussian_ci_low"], out["summary/rmse_ratio_gaussian_ci_high"] = lo, hi
+            card["pooled"]["coarse / gaussian"] = out["summary/rmse_ratio_gaussian"]
+            card["pooled"]["coarse / gaussian: 95 % interval"] = [lo, hi]
         if not is_main:
             out["summary/rmse_ratio_radiosondes"] = M.pooled(rmse_main, std) / M.pooled(rmse_co, std)
             card["pooled"][f"{main_tag} / coarse"] = out["summary/rmse_ratio_radiosondes"]

@@ -45,7 +45,7 @@ GLOBAL_ATTRS = {
     "title": "Posterior ensembles of super-resolved ERA5 fields (scorebridge)",
     "source": "scorebridge sr-sample: score-based (EDM) prior conditioned zero-shot on coarse fields and radiosondes",
     "comment": "per variable v: v (members), v_mean, v_spread (over members, after the calibration's inflation), v_coarse (the "
-    "coarse input), v_coarse_only and v_mean_compare when sampled; attributes sampling, channels, provenance are JSON",
+    "coarse input), v_coarse_only, v_mean_compare and v_gaussian (the Gaussian baseline) when sampled; attributes sampling, channels, provenance are JSON",
 }
 
 
@@ -111,13 +111,15 @@ def samples_dataset(
     compare_means: Sequence[np.ndarray] = (),
     reference: np.ndarray | None = None,
     climatology: np.ndarray | None = None,
+    gaussian: np.ndarray | None = None,
     attrs_from=None,
 ):
     """The store's dataset of ensembles ``ens[T, N, C, H, W]`` and coarse fields
     ``coarse[T, C, h, w]`` (physical); ``compare_means[j]`` the ensemble mean conditioned on
     ``compare[j]``; ``reference`` the coarse-only ensemble ``[T, N, C, H, W]`` sampled beside a
     conditioning set that adds radiosondes; ``climatology[C, H, W]`` the prior's training-time
-    mean field (a prior that models anomalies); variable attributes (units, names) copied
+    mean field (a prior that models anomalies); ``gaussian[T, C, H, W]`` the coarse-only posterior
+    mean of the prior's Gaussian part (a prior with a Wiener skip); variable attributes (units, names) copied
     from ``attrs_from``."""
     import xarray as xr
 
@@ -142,6 +144,8 @@ def samples_dataset(
         data.update(fields_to_vars(reference, channels, ("time", "member"), "_coarse_only"))
     if climatology is not None:
         data.update(fields_to_vars(climatology, channels, (), "_climatology"))
+    if gaussian is not None:
+        data.update(fields_to_vars(gaussian, channels, ("time",), "_gaussian"))
     if len(compare_means):
         coords["conditioning"] = np.array(["+".join(c) if c else "prior" for c in compare])
         data.update(fields_to_vars(np.stack(compare_means), channels, ("conditioning", "time"), "_mean_compare"))
@@ -181,6 +185,10 @@ _KINDS = {
     "_coarse": ("coarse input: block average of the truth", "latitude_coarse: longitude_coarse: mean"),
     "_coarse_only": ("posterior ensemble member conditioned on the coarse input only", None),
     "_mean_compare": ("posterior ensemble mean of each comparison conditioning set", "realization: mean"),
+    "_gaussian": (
+        "posterior mean of the Gaussian prior with the training fields' cross-spectra, coarse input only",
+        None,
+    ),
     "_climatology": ("the prior's training-time mean field (it models anomalies from it)", "time: mean"),
 }
 
