@@ -102,12 +102,13 @@ def gaussian_posterior_mean(
 ) -> Tensor:
     """The posterior mean of the Gaussian prior ``N(offset, S)`` (normalised units) given linear
     observations with Gaussian noise ``sigma_y``: ``m + S A'^T u``, ``(A' S A'^T + Sigma_y) u =
-    y - A' m``, solved by `iterations` Jacobi-preconditioned conjugate-gradient steps (in float64;
-    each a few FFTs, no network pass). ``A'`` is each operator on normalised fields. Returns
+    y - A' m``, solved by `iterations` preconditioned conjugate-gradient steps (in float64;
+    each a few FFTs, no network pass; a complete coarse field on a grid its factor divides is
+    solved exactly in Fourier space, other modalities Jacobi-preconditioned). ``A'`` is each operator on normalised fields. Returns
     ``[B, C, H, W]`` normalised, B the observations' batch. The baseline a diffusion posterior
     mean must beat to claim anything beyond the data's second-order statistics."""
     from .guidance.base import Units, noise_scales, residuals
-    from .guidance.mmps import conjugate_gradient
+    from .guidance.mmps import coarse_block_inverse, conjugate_gradient
 
     units = Units(units.mean.double().cpu(), units.std.double().cpu())
 
@@ -139,5 +140,11 @@ def gaussian_posterior_mean(
     scales = noise_scales(obs, units, shape)
     pre = [torch.where(mk, 1.0 / (sv + a.double() ** 2), torch.ones_like(sv)) for a, sv, mk in zip(scales, var, masks)]
     with torch.enable_grad():  # the operators' adjoints are vector-Jacobian products
+        for i, (ob, sv, mk) in enumerate(zip(obs, var, masks)):
+            exact = coarse_block_inverse(ob, wiener.covariance, std, sv, shape)  # the coarse block in Fourier space
+            if exact is not None:
+                pre[i] = lambda r, exact=exact, mk=mk: torch.where(
+                    mk, exact(torch.where(mk, r, torch.zeros_like(r))), r
+                )
         u = conjugate_gradient(matvec, b, iterations, pre)
         return (m + wiener.covariance(adjoint(u))).detach()

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..operators import Observation
+from ..operators import CoarseGrain, Observation
 from .base import Denoiser, Units, noise_scales, residuals
 
 __all__ = ["MMPSDenoiser", "conjugate_gradient"]
@@ -56,12 +56,14 @@ def conjugate_gradient(
 ) -> Vectors:
     """``iterations`` (preconditioned) CG steps from 0 for ``M u = b`` (``M`` symmetric positive
     definite), one system per batch element; ``matvec`` is called ``iterations`` times.
-    ``precondition``: the inverse of a diagonal approximation of ``M`` (Jacobi), or None."""
+    ``precondition``: per modality the inverse of a diagonal approximation of ``M`` (Jacobi),
+    or a function applying a symmetric positive definite approximation of the inverse of
+    its diagonal block; or None."""
 
     def apply(r: Vectors) -> Vectors:
         if precondition is None:
             return [x.clone() for x in r]
-        return [pc * x for pc, x in zip(precondition, r)]
+        return [pc(x) if callable(pc) else pc * x for pc, x in zip(precondition, r)]
 
     u = [torch.zeros_like(x) for x in b]
     r = [x.clone() for x in b]
@@ -80,6 +82,40 @@ def conjugate_gradient(
         p = [x + _bc(beta, x) * y for x, y in zip(z, p)]
         rz = rz_new
     return u
+
+
+def coarse_block_inverse(
+    ob: Observation, cov: Callable[[torch.Tensor], torch.Tensor], std: torch.Tensor, var: torch.Tensor, shape
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``r -> M^{-1} r`` for ``M = var + A' K A'^T``, the coarse field's block of an MMPS (or
+    Gaussian posterior) system, when ``K`` (``cov``, on normalised fields ``[n, C, H, W]``) is
+    stationary on a periodic grid and the block average ``A`` divides it: then ``M`` is
+    circulant on the coarse grid, diagonal in Fourier space with one ``C x C`` matrix per
+    coarse wavenumber, read off by applying ``M`` to one delta per channel. Exact for a
+    complete coarse field (conjugate gradients then converge at once); masked cells are left
+    out. None where it does not apply (another operator, a padded grid, a noise variance
+    ``var`` that differs over the batch or the cells)."""
+    op = ob.operator
+    H, W = shape[-2:]
+    if not isinstance(op, CoarseGrain) or H % op.factor or W % op.factor:
+        return None
+    v = var.detach()
+    if not bool((v == v[:1, :, :1, :1]).all()):
+        return None
+    co, hc, wc = v.shape[1:]
+    probes = torch.zeros(co, co, hc, wc, dtype=v.dtype, device=v.device)
+    probes[torch.arange(co), torch.arange(co), 0, 0] = 1.0
+    fine = op.adjoint(probes, (co, shape[1], H, W)) * std
+    resp = op(std * cov(fine)).detach() + probes * v[0, :, 0, 0].reshape(1, -1, 1, 1)
+    spec = torch.fft.fft2(resp.double()).permute(2, 3, 1, 0)  # [hc, wc, channel c, probe c']
+    spec = 0.5 * (spec + spec.conj().transpose(-1, -2))
+    inv = torch.linalg.inv(spec)
+
+    def apply(r: torch.Tensor) -> torch.Tensor:
+        f = torch.fft.fft2(r.double()).permute(2, 3, 1, 0)  # [hc, wc, C, B]
+        return torch.fft.ifft2((inv @ f).permute(3, 2, 0, 1)).real.to(r.dtype)
+
+    return apply
 
 
 def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -155,6 +191,16 @@ class MMPSDenoiser:
                 s_ = sigma.reshape(-1, *([1] * (pred.dim() - 1)))
                 d = sv + (a * s_) ** 2 / (1.0 + s_**2)
                 pre.append(torch.where(mask, 1.0 / d, torch.ones_like(d)))
+            if linear:  # the coarse field's block solved exactly in Fourier space where it can be
+                for i, (ob, sv) in enumerate(zip(self.observations, var)):
+                    exact = coarse_block_inverse(
+                        ob, lambda f: s2[:1] * self.wiener(f, sigma[:1].expand(f.shape[0])), self.units.std, sv, shape
+                    )
+                    if exact is not None and bool((sigma == sigma[0]).all()):
+                        mask = masks[i]
+                        pre[i] = lambda r, exact=exact, mask=mask: torch.where(
+                            mask, exact(torch.where(mask, r, torch.zeros_like(r))), r
+                        )
             u = conjugate_gradient(matvec, b, self.iterations, pre)
             g = jt(adjoint(u), last=True)
         return (x0 + s2 * g).detach()
