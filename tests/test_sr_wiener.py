@@ -91,8 +91,16 @@ def test_trained_prior_with_wiener_skip_round_trips(tmp_path):
     out2 = tmp_path / "scalar.pt"
     train_prior(resolve_spec(_spec()), era5, tmp_path / "ck2", out2)
     assert load_prior(out2, "cpu").denoiser.wiener is None
-    with pytest.raises(ConfigError, match=r"sr\.train\.model\.skip.*both axes"):
-        train_prior(resolve_spec(_spec(skip="wiener")), era5, tmp_path / "ck3", tmp_path / "bad.pt")
+    # an explicit Wiener skip on a regional grid: mirror-extended along both (non-periodic) axes
+    out3 = tmp_path / "regional.pt"
+    train_prior(resolve_spec(_spec(skip="wiener")), era5, tmp_path / "ck3", out3)
+    reg = load_prior(out3, "cpu").denoiser.wiener
+    assert reg.extend == (True, True) and reg.grid == (8, 12) and tuple(reg.evals.shape[:2]) == (16, 24)
+    with pytest.raises(ConfigError, match=r"sr\.train\.model\.skip.*whole-grid"):
+        cropped = _spec(skip="wiener")
+        cropped["train"]["crop"] = 6
+        cropped["train"]["anomalies"] = False
+        train_prior(resolve_spec(cropped), era5, tmp_path / "ck4", tmp_path / "bad.pt")
 
 
 class _WienerPrior:
@@ -185,3 +193,30 @@ def test_gaussian_posterior_mean_matches_the_closed_form():
         ).flatten()
         m, _ = gauss.posterior(A, y, R)
         torch.testing.assert_close(got[b] - offset, m.reshape(C, H, W).to(got.dtype), atol=1e-6, rtol=1e-5)
+
+
+def test_mirror_extended_filter_is_a_symmetric_psd_cosine_filter():
+    """On axes that do not wrap, the filter acts on the mirror-extended field: no wrap-around
+    edge, and still symmetric positive semi-definite (what MMPS's conjugate gradients need)."""
+    C, H, W = 2, 6, 5
+    rng = np.random.default_rng(8)
+    # a smooth, non-periodic field: a ramp plus noise, whose periodic wrap would jump
+    ramp = np.linspace(-2, 2, W)[None, None, None, :] + np.linspace(-1, 1, H)[None, None, :, None]
+    x = ramp * rng.standard_normal((400, C, 1, 1)) + 0.1 * rng.standard_normal((400, C, H, W))
+    wiener = SpectralWiener((C, H, W), extend=(True, True))
+    wiener.set_moments(spectral_moments([x], None, (True, True)))
+    n = C * H * W
+    basis = torch.eye(n, dtype=torch.float32).reshape(n, C, H, W)
+    for s in (0.05, 0.5, 2.0):
+        T = wiener(basis, torch.full((n,), s)).reshape(n, n).double()
+        torch.testing.assert_close(T, T.T, atol=1e-5, rtol=1e-4)
+        assert torch.linalg.eigvalsh(0.5 * (T + T.T)).min() > -1e-5
+    K = wiener.covariance(basis.double()).reshape(n, n)
+    torch.testing.assert_close(K, K.T, atol=1e-8, rtol=1e-6)
+    # the mirror filter denoises these non-periodic fields better than the plain periodic one
+    periodic = SpectralWiener((C, H, W))
+    periodic.set_moments(spectral_moments([x], None))
+    clean = torch.from_numpy(x[:100]).float()
+    noisy = clean + 0.5 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(9))
+    sig = torch.full((100,), 0.5)
+    assert (wiener(noisy, sig) - clean).square().mean() < (periodic(noisy, sig) - clean).square().mean()

@@ -88,6 +88,7 @@ class EDMPrecond(nn.Module):
         sigma_data: float = 1.0,
         offset_shape: tuple[int, ...] | None = None,
         wiener_shape: tuple[int, int, int] | None = None,
+        wiener_extend: tuple[bool, bool] = (False, False),
     ):
         super().__init__()
         self.net = net
@@ -97,7 +98,7 @@ class EDMPrecond(nn.Module):
         else:
             self.offset = None
         # the spectral Wiener skip (sr.wiener) in place of c_skip x: D = D_lin + c_out F
-        self.wiener = SpectralWiener(wiener_shape) if wiener_shape is not None else None
+        self.wiener = SpectralWiener(wiener_shape, wiener_extend) if wiener_shape is not None else None
 
     def forward(self, x: Tensor, sigma: Tensor | float, offset: Tensor | None = None) -> Tensor:
         """With an ``offset`` m the network models the anomalies y - m of the data:

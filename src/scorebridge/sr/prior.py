@@ -77,8 +77,10 @@ def build_denoiser(
     """EDMPrecond(UNet) from the `train.model` options (`periodic` resolved to axis names,
     `skip` to "wiener" or "scalar"); `offset_shape` (C, H, W): the denoiser models anomalies
     from a mean field (`train.anomalies`); `grid` (H, W): the grid of a Wiener skip."""
-    wiener = None
+    wiener, extend = None, (False, False)
     if model.skip == "wiener":
+        lat_p, lon_p = periodic_flags(model.periodic)
+        extend = (not lat_p, not lon_p)  # mirror-extended along the axes that do not wrap
         if grid is None:
             raise ConfigError("sr.train.model.skip", "a Wiener skip needs the grid it is built for")
         wiener = (n_channels, int(grid[0]), int(grid[1]))
@@ -94,7 +96,7 @@ def build_denoiser(
         periodic=periodic_flags(model.periodic),
         padding=str(model.padding),
     )
-    return EDMPrecond(net, sigma_data, offset_shape, wiener)
+    return EDMPrecond(net, sigma_data, offset_shape, wiener, extend)
 
 
 @dataclass
@@ -187,7 +189,10 @@ def load_prior(
     kwargs.setdefault("skip", "scalar")  # priors written before the skip option
     model = options.build(ModelOptions, kwargs, where=f"{checkpoint_path}: model_kwargs")
     lam = state["ema"].get("wiener.evals")
-    grid = tuple(lam.shape[:2]) if lam is not None else None
+    grid = None
+    if lam is not None:  # the filter's grid, halved along mirror-extended (non-periodic) axes
+        lat_p, lon_p = periodic_flags(model.periodic)
+        grid = (int(lam.shape[0]) // (1 + (not lat_p)), int(lam.shape[1]) // (1 + (not lon_p)))
     try:
         den = build_denoiser(len(chans), model, edm["sigma_data"], tuple(off.shape) if off is not None else None, grid)
     except ConfigError as err:

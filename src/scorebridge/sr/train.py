@@ -121,19 +121,18 @@ def _mean_field(batcher: FieldBatcher) -> np.ndarray:
 
 def resolve_skip(model: ModelOptions, batcher: FieldBatcher) -> str:
     """`train.model.skip` resolved: "auto" is "wiener" when the model wraps both axes (a
-    doubly periodic domain) and trains on the whole grid, else "scalar"; an explicit
-    "wiener" without both is an error (its filter assumes statistics that do not depend on
-    position, on the whole grid)."""
+    doubly periodic domain) and trains on the whole grid, else "scalar". An explicit "wiener"
+    needs whole-grid training (the filter is built for one grid); on axes the model does not
+    wrap it acts on the mirror-extended field (a cosine-transform filter, no wrap-around edge)."""
     whole = batcher.crop == (batcher.H, batcher.W)
     both = set(model.periodic) == {"latitude", "longitude"}
     if model.skip == "auto":
         return "wiener" if whole and both else "scalar"
-    if model.skip == "wiener" and not (whole and both):
+    if model.skip == "wiener" and not whole:
         raise ConfigError(
             "sr.train.model.skip",
-            "the Wiener skip needs whole-grid training (no crop) on a domain the model wraps in both axes "
-            f"(sr.train.model.periodic: [latitude, longitude]); got periodic {list(model.periodic)}, "
-            f"crop {batcher.crop} on the {batcher.H}x{batcher.W} grid",
+            f"the Wiener skip needs whole-grid training (no crop); got crop {batcher.crop} on the "
+            f"{batcher.H}x{batcher.W} grid",
         )
     return model.skip
 
@@ -235,7 +234,7 @@ def train_prior(
         if offset is not None:
             denoiser.offset.copy_(torch.from_numpy(offset))
         if denoiser.wiener is not None:  # the data's linear denoiser from the training fields' cross-spectra
-            denoiser.wiener.set_moments(spectral_moments(_field_chunks(batcher), offset))
+            denoiser.wiener.set_moments(spectral_moments(_field_chunks(batcher), offset, denoiser.wiener.extend))
         denoiser = denoiser.to(device)
         opts = train  # the shared loop's TrainOptions
         if opts.batch_size % info.world_size:

@@ -32,17 +32,33 @@ from torch import Tensor, nn
 __all__ = ["SpectralWiener", "spectral_moments", "gaussian_posterior_mean"]
 
 
-def spectral_moments(fields: Iterable[np.ndarray], offset: np.ndarray | None) -> np.ndarray:
+def mirror(x, extend: tuple[bool, bool]):
+    """``x[..., H, W]`` extended by its mirror image along the axes flagged in `extend`
+    (latitude, longitude): ``[x, flip(x)]``, so the extended field is periodic and even, and a
+    convolution on it is a cosine-transform (DCT-II) filter of ``x`` with no wrap-around edge.
+    NumPy arrays or tensors."""
+    cat, flip = (torch.cat, torch.flip) if isinstance(x, Tensor) else (np.concatenate, np.flip)
+    if extend[0]:
+        x = cat([x, flip(x, (-2,) if isinstance(x, Tensor) else -2)], -2)
+    if extend[1]:
+        x = cat([x, flip(x, (-1,) if isinstance(x, Tensor) else -1)], -1)
+    return x
+
+
+def spectral_moments(
+    fields: Iterable[np.ndarray], offset: np.ndarray | None, extend: tuple[bool, bool] = (False, False)
+) -> np.ndarray:
     """The mean cross-spectral matrix ``S[H, W, C, C]`` (complex128, Hermitian per wavenumber)
     of fields ``[n, C, H, W]`` (an iterable of chunks; normalised units) less `offset`
-    ``[C, H, W]`` (the anomalies' mean field; None: the fields themselves)."""
+    ``[C, H, W]`` (the anomalies' mean field; None: the fields themselves), mirror-extended
+    along the `extend` axes (then ``S`` is on the ``2H`` and/or ``2W`` grid)."""
     total, count = None, 0
     for chunk in fields:
         x = np.asarray(chunk, np.float64)
         x = x.reshape(-1, *x.shape[-3:])
         if offset is not None:
             x = x - offset[None]
-        f = np.fft.fft2(x)  # [n, C, H, W]
+        f = np.fft.fft2(mirror(x, extend))  # [n, C, H, W]
         part = np.einsum("ncij,ndij->ijcd", f, f.conj())
         total = part if total is None else total + part
         count += x.shape[0]
@@ -53,17 +69,32 @@ def spectral_moments(fields: Iterable[np.ndarray], offset: np.ndarray | None) ->
 
 
 class SpectralWiener(nn.Module):
-    """``D_lin(a; σ)`` for anomalies ``a[B, C, H, W]`` on the ``H x W`` grid it was built for."""
+    """``D_lin(a; σ)`` for anomalies ``a[B, C, H, W]`` on the ``H x W`` grid it was built for.
+    `extend` (latitude, longitude): axes that are not periodic, where the filter acts on the
+    mirror-extended field (:func:`mirror`) and the result is cut back: symmetric positive
+    semi-definite all the same (a cosine-transform filter)."""
 
-    def __init__(self, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], extend: tuple[bool, bool] = (False, False)):
         super().__init__()
         C, H, W = (int(s) for s in shape)
-        self.register_buffer("evals", torch.zeros(H, W, C, dtype=torch.float64))
-        self.register_buffer("evecs", torch.zeros(H, W, C, C, 2, dtype=torch.float64))  # real, imag
+        self.extend = (bool(extend[0]), bool(extend[1]))
+        He, We = H * (1 + self.extend[0]), W * (1 + self.extend[1])
+        self.register_buffer("evals", torch.zeros(He, We, C, dtype=torch.float64))
+        self.register_buffer("evecs", torch.zeros(He, We, C, C, 2, dtype=torch.float64))  # real, imag
 
     @property
     def grid(self) -> tuple[int, int]:
-        return int(self.evals.shape[0]), int(self.evals.shape[1])
+        H, W = int(self.evals.shape[0]), int(self.evals.shape[1])
+        return H // (1 + self.extend[0]), W // (1 + self.extend[1])
+
+    @property
+    def periodic(self) -> bool:
+        """True when the filter is a circular convolution on the grid itself (no mirror axis)."""
+        return not any(self.extend)
+
+    def _cut(self, out: Tensor) -> Tensor:
+        H, W = self.grid
+        return out[..., :H, :W]
 
     def set_moments(self, moments: np.ndarray) -> None:
         """Store the eigenpairs of ``S`` from :func:`spectral_moments`."""
@@ -81,20 +112,20 @@ class SpectralWiener(nn.Module):
             )
         vec = torch.view_as_complex(self.evecs.float().contiguous())  # [H, W, C, C]
         lam = self.evals.float()  # [H, W, C]
-        f = torch.fft.fft2(a.float()).permute(2, 3, 1, 0)  # [H, W, C, B]
+        f = torch.fft.fft2(mirror(a.float(), self.extend)).permute(2, 3, 1, 0)  # [H, W, C, B]
         z = vec.conj().transpose(-1, -2) @ f
         s2 = (sigma.float().reshape(1, 1, 1, -1)) ** 2
         z = z * (lam[..., None] / (lam[..., None] + s2))
         out = torch.fft.ifft2((vec @ z).permute(3, 2, 0, 1)).real
-        return out.to(a.dtype)
+        return self._cut(out).to(a.dtype)
 
     def covariance(self, a: Tensor) -> Tensor:
         """``S a``: the covariance the filter was built from applied to fields ``a[B, C, H, W]``
         (a circular convolution: ``S(k) a^(k)`` per wavenumber)."""
         vec = torch.view_as_complex(self.evecs.double().contiguous())
-        f = torch.fft.fft2(a.double()).permute(2, 3, 1, 0)
+        f = torch.fft.fft2(mirror(a.double(), self.extend)).permute(2, 3, 1, 0)
         z = (vec.conj().transpose(-1, -2) @ f) * self.evals[..., None]
-        return torch.fft.ifft2((vec @ z).permute(3, 2, 0, 1)).real
+        return self._cut(torch.fft.ifft2((vec @ z).permute(3, 2, 0, 1)).real)
 
 
 def gaussian_posterior_mean(
@@ -141,8 +172,8 @@ def gaussian_posterior_mean(
     pre = [torch.where(mk, 1.0 / (sv + a.double() ** 2), torch.ones_like(sv)) for a, sv, mk in zip(scales, var, masks)]
     with torch.enable_grad():  # the operators' adjoints are vector-Jacobian products
         for i, (ob, sv, mk) in enumerate(zip(obs, var, masks)):
-            exact = coarse_block_inverse(ob, wiener.covariance, std, sv, shape)  # the coarse block in Fourier space
-            if exact is not None:
+            exact = coarse_block_inverse(ob, wiener.covariance, std, sv, shape) if wiener.periodic else None
+            if exact is not None:  # the coarse block exactly, in Fourier space
                 pre[i] = lambda r, exact=exact, mk=mk: torch.where(
                     mk, exact(torch.where(mk, r, torch.zeros_like(r))), r
                 )

@@ -191,7 +191,7 @@ class MMPSDenoiser:
                 s_ = sigma.reshape(-1, *([1] * (pred.dim() - 1)))
                 d = sv + (a * s_) ** 2 / (1.0 + s_**2)
                 pre.append(torch.where(mask, 1.0 / d, torch.ones_like(d)))
-            if linear:  # the coarse field's block solved exactly in Fourier space where it can be
+            if linear and getattr(self.wiener, "periodic", False):  # the coarse block exactly, in Fourier space
                 for i, (ob, sv) in enumerate(zip(self.observations, var)):
                     exact = coarse_block_inverse(
                         ob, lambda f: s2[:1] * self.wiener(f, sigma[:1].expand(f.shape[0])), self.units.std, sv, shape
