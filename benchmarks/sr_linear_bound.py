@@ -194,28 +194,26 @@ def main(argv=None) -> int:
     # paired bootstrap over the held-out times (2,000 resamples, percentile 95 % intervals) of
     # the pooled RMSE ratios: every estimator is scored on the same resampled times
     from scorebridge.sr.evaluate import _interpolated
+    from scorebridge.sr.scorecard import bootstrap_ratio, per_time_mse
 
     fields = {"diffusion": post, "linear": est}
     if est_x is not None:
         fields["linear_cross"] = est_x
     interp, _ = _interpolated(sds, channels, coarse, k, (H, W), sampling["periodic"], truth, lat)
     fields["bicubic"] = interp["bicubic"]
-    mse = {n: np.stack([M.rmse(f[t : t + 1], truth[t : t + 1], lat) ** 2 for t in range(T)]) for n, f in fields.items()}
-    rng = np.random.default_rng(0)
-    draws = rng.integers(0, T, size=(2000, T))
+    mse = {n: per_time_mse(f, truth, lat) for n, f in fields.items()}
 
-    def pooled_of(name, idx):
-        return M.pooled(np.sqrt(mse[name][idx].mean(0)), std)
+    def pooled_of(name):
+        return M.pooled(np.sqrt(mse[name].mean(0)), std)
 
     pairs = [("diffusion", "bicubic"), ("linear", "bicubic"), ("diffusion", "linear")]
     if est_x is not None:
         pairs += [("linear_cross", "bicubic"), ("diffusion", "linear_cross")]
     res["bootstrap"] = {}
     for num, den in pairs:
-        ratios = np.array([pooled_of(num, d) / pooled_of(den, d) for d in draws])
         res["bootstrap"][f"{num}/{den}"] = {
-            "ratio": pooled_of(num, np.arange(T)) / pooled_of(den, np.arange(T)),
-            "ci95": np.percentile(ratios, [2.5, 97.5]).tolist(),
+            "ratio": pooled_of(num) / pooled_of(den),
+            "ci95": bootstrap_ratio(mse[num], mse[den], std, draws=2000),
         }
     if len(val_idx):
         res["denoiser_vs_linear"] = denoiser_vs_linear(work, ds, exp, train_idx, val_idx)

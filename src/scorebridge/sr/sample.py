@@ -27,6 +27,7 @@ from .observations import MODALITIES, choose_withheld, read_obs, sigma_for
 from .operators import CoarseGrain, coarse_grain
 from .options import Experiment, SampleOptions
 from .patches import as_pair, patched
+from .sampler import prior_wiener, resolve_covariance
 from .store import channel_layout, samples_dataset, write_samples
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _gaussian_baseline(prior, cond: Conditioner, idx: np.ndarray, truth: np.ndar
     of its Gaussian part given the coarse field alone, ``[T, C, H, W]`` physical -- the
     baseline the scorecard sets beside the coarse-only posterior mean; else None."""
     den = getattr(prior, "denoiser", None)
-    wiener = getattr(den, "wiener", None)
+    wiener = prior_wiener(prior)
     if wiener is None or "coarse" not in cond.options.conditioning:
         return None
     from .guidance import Units
@@ -350,9 +351,7 @@ def run_sampling(
         gaussian=gaussian,
         attrs_from=ds,
     )
-    if opts.covariance == "auto":  # the record says which covariance MMPS used
-        has_wiener = getattr(getattr(prior, "denoiser", None), "wiener", None) is not None
-        opts = dataclasses.replace(opts, covariance="wiener" if has_wiener else "jacobian")
+    opts = dataclasses.replace(opts, covariance=resolve_covariance(prior, opts.covariance))  # the record: which one
     sampling = _sampling_record(
         opts,
         channels,

@@ -147,6 +147,25 @@ def multistep(
     return x
 
 
+def prior_wiener(prior):
+    """The prior's Wiener skip (:mod:`scorebridge.sr.wiener`), or None."""
+    return getattr(getattr(prior, "denoiser", None), "wiener", None)
+
+
+def resolve_covariance(prior, covariance: str) -> str:
+    """`sample.covariance` for this prior: "auto" is "wiener" when it has a Wiener skip, else
+    "jacobian"; "wiener" without one is a ConfigError."""
+    if covariance not in ("auto", "jacobian", "wiener"):
+        raise ValueError(f"covariance must be 'auto', 'jacobian' or 'wiener', got {covariance!r}")
+    has = prior_wiener(prior) is not None
+    if covariance == "wiener" and not has:
+        raise ConfigError(
+            "sr.sample.covariance",
+            "'wiener' needs a prior with a Wiener skip (sr.train.model.skip: wiener); use 'auto'",
+        )
+    return covariance if covariance != "auto" else ("wiener" if has else "jacobian")
+
+
 def posterior_sample(
     prior: Denoiser,
     observations: Sequence[Observation],
@@ -200,14 +219,7 @@ def posterior_sample(
     obs = [ob.to(device).repeat_interleave(n_members) for ob in observations]
     units = Units.of(mean, std, device)
     net = Metered(prior)
-    if covariance not in ("auto", "jacobian", "wiener"):
-        raise ValueError(f"covariance must be 'auto', 'jacobian' or 'wiener', got {covariance!r}")
-    wiener = getattr(getattr(prior, "denoiser", None), "wiener", None) if covariance != "jacobian" else None
-    if covariance == "wiener" and wiener is None:
-        raise ConfigError(
-            "sr.sample.covariance",
-            "'wiener' needs a prior with a Wiener skip (sr.train.model.skip: wiener); use 'auto'",
-        )
+    wiener = prior_wiener(prior) if resolve_covariance(prior, covariance) == "wiener" else None
     denoiser, correction = guide(net, obs, units, guidance, cg_iterations, wiener)
     sig = edm_sigmas(
         steps, float(prior.sigma_min if sigma_min is None else sigma_min), float(prior.sigma_max), rho

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import metrics as M
 
-__all__ = ["deflate", "scorecard", "bootstrap_ratio"]
+__all__ = ["deflate", "scorecard", "bootstrap_ratio", "per_time_mse"]
 
 
 def deflate(ens: np.ndarray, factor) -> np.ndarray:
@@ -60,7 +60,7 @@ def _ensemble_scores(
     return out
 
 
-def _per_time_mse(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> np.ndarray:
+def per_time_mse(pred: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """``[T, C]`` latitude-weighted mean squared errors of each time's fields."""
     return np.stack([M.rmse(pred[t : t + 1], truth[t : t + 1], lat) ** 2 for t in range(len(truth))])
 
@@ -118,8 +118,8 @@ def scorecard(
                 rows[c][f"{main_tag} / coarse"] = out[f"rmse_ratio_radiosondes/{c}"]
         out["summary/rmse_ratio"] = M.pooled(rmse_co, std) / M.pooled(rmse_bicubic, std)
         card["pooled"] = {"coarse / bicubic": out["summary/rmse_ratio"]}
-        mse_co = _per_time_mse(coarse_only[0].mean(1), truth, lat)
-        lo, hi = bootstrap_ratio(mse_co, _per_time_mse(bicubic, truth, lat), std)
+        mse_co = per_time_mse(coarse_only[0].mean(1), truth, lat)
+        lo, hi = bootstrap_ratio(mse_co, per_time_mse(bicubic, truth, lat), std)
         out["summary/rmse_ratio_ci_low"], out["summary/rmse_ratio_ci_high"] = lo, hi
         card["pooled"]["coarse / bicubic: 95 % interval"] = [lo, hi]
         if gaussian is not None:
@@ -130,7 +130,7 @@ def scorecard(
                 rows[c]["gaussian"] = float(rmse_g[i])
                 rows[c]["coarse / gaussian"] = out[f"rmse_ratio_gaussian/{c}"]
             out["summary/rmse_ratio_gaussian"] = M.pooled(rmse_co, std) / M.pooled(rmse_g, std)
-            lo, hi = bootstrap_ratio(mse_co, _per_time_mse(gaussian, truth, lat), std)
+            lo, hi = bootstrap_ratio(mse_co, per_time_mse(gaussian, truth, lat), std)
             out["summary/rmse_ratio_gaussian_ci_low"], out["summary/rmse_ratio_gaussian_ci_high"] = lo, hi
             card["pooled"]["coarse / gaussian"] = out["summary/rmse_ratio_gaussian"]
             card["pooled"]["coarse / gaussian: 95 % interval"] = [lo, hi]

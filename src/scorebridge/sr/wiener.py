@@ -172,10 +172,7 @@ def gaussian_posterior_mean(
     pre = [torch.where(mk, 1.0 / (sv + a.double() ** 2), torch.ones_like(sv)) for a, sv, mk in zip(scales, var, masks)]
     with torch.enable_grad():  # the operators' adjoints are vector-Jacobian products
         for i, (ob, sv, mk) in enumerate(zip(obs, var, masks)):
-            exact = coarse_block_inverse(ob, wiener.covariance, std, sv, shape) if wiener.periodic else None
-            if exact is not None:  # the coarse block exactly, in Fourier space
-                pre[i] = lambda r, exact=exact, mk=mk: torch.where(
-                    mk, exact(torch.where(mk, r, torch.zeros_like(r))), r
-                )
+            exact = coarse_block_inverse(ob, wiener.covariance, std, sv, mk, shape) if wiener.periodic else None
+            pre[i] = exact if exact is not None else pre[i]  # the coarse block exactly, in Fourier space
         u = conjugate_gradient(matvec, b, iterations, pre)
         return (m + wiener.covariance(adjoint(u))).detach()

@@ -85,15 +85,20 @@ def conjugate_gradient(
 
 
 def coarse_block_inverse(
-    ob: Observation, cov: Callable[[torch.Tensor], torch.Tensor], std: torch.Tensor, var: torch.Tensor, shape
+    ob: Observation,
+    cov: Callable[[torch.Tensor], torch.Tensor],
+    std: torch.Tensor,
+    var: torch.Tensor,
+    mask: torch.Tensor,
+    shape,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``r -> M^{-1} r`` for ``M = var + A' K A'^T``, the coarse field's block of an MMPS (or
     Gaussian posterior) system, when ``K`` (``cov``, on normalised fields ``[n, C, H, W]``) is
     stationary on a periodic grid and the block average ``A`` divides it: then ``M`` is
     circulant on the coarse grid, diagonal in Fourier space with one ``C x C`` matrix per
     coarse wavenumber, read off by applying ``M`` to one delta per channel. Exact for a
-    complete coarse field (conjugate gradients then converge at once); masked cells are left
-    out. None where it does not apply (another operator, a padded grid, a noise variance
+    complete coarse field (conjugate gradients then converge at once); cells outside `mask`
+    are left out (passed through unchanged). None where it does not apply (another operator, a padded grid, a noise variance
     ``var`` that differs over the batch or the cells)."""
     op = ob.operator
     H, W = shape[-2:]
@@ -112,8 +117,8 @@ def coarse_block_inverse(
     inv = torch.linalg.inv(spec)
 
     def apply(r: torch.Tensor) -> torch.Tensor:
-        f = torch.fft.fft2(r.double()).permute(2, 3, 1, 0)  # [hc, wc, C, B]
-        return torch.fft.ifft2((inv @ f).permute(3, 2, 0, 1)).real.to(r.dtype)
+        f = torch.fft.fft2(torch.where(mask, r, torch.zeros_like(r)).double()).permute(2, 3, 1, 0)  # [hc, wc, C, B]
+        return torch.where(mask, torch.fft.ifft2((inv @ f).permute(3, 2, 0, 1)).real.to(r.dtype), r)
 
     return apply
 
@@ -191,16 +196,11 @@ class MMPSDenoiser:
                 s_ = sigma.reshape(-1, *([1] * (pred.dim() - 1)))
                 d = sv + (a * s_) ** 2 / (1.0 + s_**2)
                 pre.append(torch.where(mask, 1.0 / d, torch.ones_like(d)))
-            if linear and getattr(self.wiener, "periodic", False):  # the coarse block exactly, in Fourier space
-                for i, (ob, sv) in enumerate(zip(self.observations, var)):
-                    exact = coarse_block_inverse(
-                        ob, lambda f: s2[:1] * self.wiener(f, sigma[:1].expand(f.shape[0])), self.units.std, sv, shape
-                    )
-                    if exact is not None and bool((sigma == sigma[0]).all()):
-                        mask = masks[i]
-                        pre[i] = lambda r, exact=exact, mask=mask: torch.where(
-                            mask, exact(torch.where(mask, r, torch.zeros_like(r))), r
-                        )
+            if linear and getattr(self.wiener, "periodic", False) and bool((sigma == sigma[0]).all()):
+                cov = lambda f: s2[:1] * self.wiener(f, sigma[:1].expand(f.shape[0]))  # noqa: E731
+                for i, (ob, sv, mask) in enumerate(zip(self.observations, var, masks)):
+                    exact = coarse_block_inverse(ob, cov, self.units.std, sv, mask, shape)  # the coarse block, exactly
+                    pre[i] = exact if exact is not None else pre[i]
             u = conjugate_gradient(matvec, b, self.iterations, pre)
             g = jt(adjoint(u), last=True)
         return (x0 + s2 * g).detach()
